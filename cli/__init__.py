@@ -1,0 +1,1 @@
+"""cli: the rich terminal front end (`lineup`)."""

@@ -1,0 +1,1 @@
+"""retrieval: Qdrant store, search, evaluation metrics and the THI dialogue engine."""
