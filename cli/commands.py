@@ -1,0 +1,201 @@
+"""One function per subcommand: flags → library calls → rich output. Heavy imports stay inside each command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mllm_embed.errors import LineupError
+
+from cli.project import Project
+from cli.ui import console, contact_sheet, halfblock, metrics_table, progress_bar
+
+
+# ---------------------------------------------------------------- shared helpers
+
+def _world(args, project: Project) -> Path:
+    world = getattr(args, "world", None) or project.world
+    if not (Path(world) / "world.json").exists():
+        raise LineupError(f"{world}: no world here (world.json missing) — run `lineup world --out {world}` first")
+    return Path(world)
+
+
+def _embedder(args, project: Project):
+    from mllm_embed import load_embedder
+
+    model = args.model or str(project.model)
+    if args.model is None and not (project.model / "config.json").exists():
+        raise LineupError(f"{project.model}: no base model — run `lineup bootstrap` or pass --model")
+    adapter = args.adapter
+    if adapter is None:
+        adapter = project.default_adapter() if args.model is None else None
+    elif adapter == "none":
+        adapter = None
+    with console.status(f"loading {model}" + (f" + adapter {adapter}" if adapter else "")):
+        return load_embedder(model, adapter=adapter, device=args.device, quantization=args.quantization)
+
+
+def _store(args, project: Project):
+    from retrieval.store import open_store
+
+    if args.qdrant_url:
+        return open_store(url=args.qdrant_url)
+    return open_store(path=args.qdrant_path or project.qdrant)
+
+
+def _engine(args, project: Project):
+    from retrieval.engine import SearchEngine
+
+    return SearchEngine(_embedder(args, project), _store(args, project), args.collection)
+
+
+def _parse_filters(items: list[str]) -> dict | None:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LineupError(f"--filter {item!r}: expected FIELD=VALUE, e.g. camera_id=3")
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out or None
+
+
+def show_hits(hits, title: str, preview: bool = True) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("#", "score", "person", "camera", "image"):
+        table.add_column(col, justify="right" if col in ("#", "score", "person", "camera") else "left")
+    if preview:
+        table.add_column("preview")
+    for rank, hit in enumerate(hits, 1):
+        p = hit.payload
+        row = [str(rank), f"{hit.score:.3f}", str(p.get("person_id", "?")), str(p.get("camera_id", "?")),
+               Path(p.get("image", "")).name]
+        if preview and p.get("image") and Path(p["image"]).exists():
+            row.append(halfblock(p["image"], width=8))
+        table.add_row(*row)
+    console.print(table)
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_world(args, project: Project) -> int:
+    from finetune.data.world import WorldConfig, generate_world
+
+    out = args.out or project.world
+    cfg = WorldConfig(identities=args.identities, images_per_id=args.images_per_id, seed=args.seed)
+    with progress_bar("rendering world", total=None) as advance:
+        generate_world(out, cfg, progress=advance)
+    meta = json.loads((Path(out) / "world.json").read_text())
+    counts = meta.get("counts", meta)
+    console.print(metrics_table(f"world {out}", {"counts": {k: v for k, v in counts.items()
+                                                            if isinstance(v, (int, float))}}))
+    return 0
+
+
+def cmd_bootstrap(args, project: Project) -> int:
+    from finetune.stage0 import Stage0Config, pretrain
+    from mllm_embed.tiny import build_tiny_base
+
+    world = _world(args, project)
+    out = args.out or project.model
+    with console.status("training tokenizer and building the tiny base"):
+        build_tiny_base(world, out, size=args.size)
+    cfg = Stage0Config.for_size(args.size)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    with progress_bar("stage 0 pre-training", total=None) as advance:
+        report = pretrain(out, world, cfg, progress=advance)
+    done = json.loads((Path(out) / "stage0_done.json").read_text()) if report is None else report
+    console.print(metrics_table("stage 0", {"base": {k: v for k, v in done.items() if isinstance(v, (int, float))}}))
+    return 0
+
+
+def cmd_index(args, project: Project) -> int:
+    from finetune.data.loaders import load_person_dataset
+
+    engine = _engine(args, project)
+    if args.images:
+        records = _folder_records(args.images)
+    else:
+        ds = load_person_dataset(args.dataset or _world(args, project))
+        records = [r for r in ds if args.split == "all" or r["split"] == args.split]
+    if not records:
+        raise LineupError(f"nothing to index: split {args.split!r} is empty — pick another with --split")
+    with progress_bar(f"indexing into {args.collection!r}", total=len(records)) as advance:
+        added = engine.index_images(records, batch_size=args.batch_size, progress=advance)
+    if args.vqa_cache:
+        from finetune.data.world import QUESTION_BANK
+
+        with progress_bar("caching THI answers", total=len(records)) as advance:
+            engine.cache_answers(QUESTION_BANK, progress=advance)
+    console.print(f"indexed {added} new images; collection {args.collection!r} holds "
+                  f"{engine.store.count(args.collection)}")
+    return 0
+
+
+def _folder_records(folder: Path) -> list[dict]:
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    if not folder.is_dir():
+        raise LineupError(f"--images {folder}: not a folder")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
+    return [{"image": str(p.resolve()), "person_id": -1, "camera_id": -1, "split": "gallery"} for p in paths]
+
+
+def cmd_search(args, project: Project) -> int:
+    if not args.text and not args.image:
+        raise LineupError("search needs --text, or --image (optionally with --modify)")
+    if args.modify and not args.image:
+        raise LineupError("--modify needs --image: the person to change")
+    engine = _engine(args, project)
+    filters = _parse_filters(args.filter)
+    if args.image and args.modify:
+        hits = engine.search_composed(args.image, args.modify, k=args.top_k, filter=filters)
+        title = f"{args.image.name} + “{args.modify}”"
+    elif args.image:
+        hits = engine.search_image(args.image, k=args.top_k, filter=filters)
+        title = f"like {args.image.name}"
+    else:
+        hits = engine.search_text(args.text, k=args.top_k, filter=filters)
+        title = f"“{args.text}”"
+    show_hits(hits, title, preview=not args.no_preview)
+    if args.sheet:
+        contact_sheet([h.payload["image"] for h in hits],
+                      [f"#{i} id{h.payload.get('person_id')}" for i, h in enumerate(hits, 1)], args.sheet)
+        console.print(f"contact sheet: {args.sheet}")
+    return 0
+
+
+def cmd_batch(args, project: Project) -> int:
+    from retrieval.batch import run_batch
+
+    engine = _engine(args, project)
+    with progress_bar("batch queries", total=None) as advance:
+        n = run_batch(engine, args.queries, args.out, k=args.top_k, progress=advance)
+    console.print(f"{n} queries → {args.out}")
+    return 0
+
+
+def cmd_train(args, project: Project) -> int:
+    raise LineupError("train: not wired yet")
+
+
+def cmd_caption(args, project: Project) -> int:
+    raise LineupError("caption: not wired yet")
+
+
+def cmd_rewrite(args, project: Project) -> int:
+    raise LineupError("rewrite: not wired yet")
+
+
+def cmd_eval(args, project: Project) -> int:
+    raise LineupError("eval: not wired yet")
+
+
+def cmd_chat(args, project: Project) -> int:
+    raise LineupError("chat: not wired yet")
+
+
+def cmd_demo(args, project: Project) -> int:
+    raise LineupError("demo: not wired yet")
+

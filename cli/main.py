@@ -1,0 +1,174 @@
+"""`lineup`: the command line. Parses flags, hands them to the library, renders results with rich.
+
+Errors a user can cause (LineupError) print as one red line and exit 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mllm_embed.errors import LineupError
+
+from cli.project import Project
+from cli.ui import console
+
+
+def _add_project(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--project", type=Path, default=None,
+                   help="project folder holding world/, model/, adapters/, qdrant/ (default: ./lineup-project "
+                        "or $LINEUP_PROJECT)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="base model: a folder or a hub name such as Qwen/Qwen2-VL-2B-Instruct (default: project model/)")
+    p.add_argument("--adapter", default=None,
+                   help="LoRA adapter folder (default: the project's stage2, else stage1 adapter; 'none' for the bare base)")
+    p.add_argument("--quantization", choices=["4bit", "8bit"], default=None, help="load the base with bitsandbytes")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", default="gallery", help="Qdrant collection name")
+    p.add_argument("--qdrant-path", type=Path, default=None,
+                   help="embedded Qdrant (qdrant-edge) folder (default: project qdrant/)")
+    p.add_argument("--qdrant-url", default=None, help="a Qdrant server URL instead of the embedded store")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lineup",
+        description="Composed and interactive person retrieval on an MLLM embedder, with Qdrant.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("world", help="render the synthetic person world (images + annotations)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: project world/)")
+    p.add_argument("--identities", type=int, default=200, help="number of base identities")
+    p.add_argument("--images-per-id", type=int, default=6, help="images per identity")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed → identical world)")
+    _add_project(p)
+
+    p = sub.add_parser("bootstrap", help="build the offline tiny base MLLM: local tokenizer + stage-0 pre-training")
+    p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
+    p.add_argument("--out", type=Path, default=None, help="model folder (default: project model/)")
+    p.add_argument("--size", choices=["test", "tiny", "small"], default="tiny", help="model size")
+    p.add_argument("--epochs", type=int, default=None, help="stage-0 epochs (default: the size's own)")
+    _add_project(p)
+
+    p = sub.add_parser("train", help="LoRA fine-tune: stage1 (image–text alignment) or stage2 (composed)")
+    p.add_argument("stage", choices=["stage1", "stage2"])
+    _add_model(p)
+    p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
+    p.add_argument("--dataset", type=Path, default=None, help="a real dataset annotation file or folder instead")
+    p.add_argument("--out", type=Path, default=None, help="adapter output folder (default: project adapters/STAGE)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lora-rank", type=int, default=None)
+    p.add_argument("--nam", choices=["none", "uniform", "nam"], default=None, help="caption-token masking")
+    p.add_argument("--id-loss-weight", type=float, default=None, help="identity loss on image embeddings (0 = off)")
+    p.add_argument("--common-prompt", action="store_true", help="MLLMReID common instruction for image and text")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=None)
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    _add_project(p)
+
+    p = sub.add_parser("caption", help="TDE: caption images with diverse templates by the MLLM")
+    _add_model(p)
+    p.add_argument("--images", type=Path, required=True, help="folder of images")
+    p.add_argument("--out", type=Path, required=True, help="JSONL of {image, caption}")
+    p.add_argument("--per-image", type=int, default=2, help="captions per image")
+    _add_project(p)
+
+    p = sub.add_parser("rewrite", help="LLM-DA: rewrite captions with a causal LM, filtered by TFF")
+    _add_model(p)
+    p.add_argument("--rewriter", required=True, help="causal LM folder or hub name")
+    p.add_argument("--captions", type=Path, required=True, help="JSONL with a 'caption' or 'captions' field")
+    p.add_argument("--out", type=Path, required=True, help="JSONL of {original, rewrite, faithfulness, kept}")
+    p.add_argument("--threshold", type=float, default=None, help="TFF cosine threshold")
+    _add_project(p)
+
+    p = sub.add_parser("index", help="embed gallery images and upsert them into Qdrant (resumable)")
+    _add_model(p)
+    _add_store(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--images", type=Path, help="a folder of images")
+    src.add_argument("--dataset", type=Path, help="a world folder or real dataset annotation file")
+    p.add_argument("--split", default="test", help="dataset split to index ('all' for every split)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--vqa-cache", action="store_true",
+                   help="also cache the MLLM's answers to the THI question bank in the payload (for `chat`)")
+    _add_project(p)
+
+    p = sub.add_parser("search", help="one query: text, image, or image + modification")
+    _add_model(p)
+    _add_store(p)
+    p.add_argument("--text", help="describe the person")
+    p.add_argument("--image", type=Path, help="a photo of the person")
+    p.add_argument("--modify", help="with --image: how the wanted person differs")
+    p.add_argument("-k", "--top-k", type=int, default=10)
+    p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                   help="payload filter, e.g. camera_id=3 (repeatable)")
+    p.add_argument("--no-preview", action="store_true", help="no half-block image previews")
+    p.add_argument("--sheet", type=Path, help="save a contact sheet PNG of the results")
+    _add_project(p)
+
+    p = sub.add_parser("chat", help="interactive search session with THI questions, composed steps and undo")
+    _add_model(p)
+    _add_store(p)
+    p.add_argument("-k", "--top-k", type=int, default=5)
+    p.add_argument("--transcript", type=Path, help="write the session transcript to this file")
+    p.add_argument("--no-preview", action="store_true")
+    _add_project(p)
+
+    p = sub.add_parser("batch", help="run a JSONL/CSV/parquet file of queries, write ranked results")
+    _add_model(p)
+    _add_store(p)
+    p.add_argument("--queries", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("-k", "--top-k", type=int, default=10)
+    _add_project(p)
+
+    p = sub.add_parser("eval", help="Rank-1/5/10, mAP, mINP, composed Recall@K, verification, THI rounds")
+    _add_model(p)
+    p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
+    p.add_argument("--dataset", type=Path, default=None, help="a real dataset instead")
+    p.add_argument("--task", choices=["t2i", "i2i", "composed", "verify", "all"], default="all")
+    p.add_argument("--thi", choices=["off", "auto", "simulated"], default="off", help="THI evaluation mode")
+    p.add_argument("--thi-rounds", type=int, default=3)
+    p.add_argument("--plots", type=Path, help="with --task verify: folder for ROC and histogram PNGs")
+    p.add_argument("--json", type=Path, help="write the results as JSON")
+    _add_project(p)
+
+    p = sub.add_parser("demo", help="the offline demo: world → bootstrap → stage1 → stage2 → index → eval → search")
+    p.add_argument("--identities", type=int, default=None, help="world size (default: the demo's)")
+    p.add_argument("--fast", action="store_true", help="a much smaller demo (minutes), for smoke tests")
+    _add_project(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    project = Project(args.project) if getattr(args, "project", None) else Project()
+    from cli import commands
+
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args, project) or 0
+    except LineupError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] — run the same command again to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Terminal rendering: progress bars, tables, half-block image previews, contact sheets. Only `cli` uses rich."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar handed to library code as an `advance(n)` callback."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=total, info="")
+
+        def advance(n: int = 1, info: str | None = None) -> None:
+            progress.advance(task, n)
+            if info is not None:
+                progress.update(task, info=info)
+
+        yield advance
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    """rows: {row name: {metric: value}} → one table, metric columns in first-seen order."""
+    columns: list[str] = []
+    for metrics in rows.values():
+        columns += [c for c in metrics if c not in columns]
+    table = Table(title=title)
+    table.add_column("")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, metrics in rows.items():
+        table.add_row(name, *(_fmt(metrics.get(c)) for c in columns))
+    return table
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def halfblock(image: Image.Image | str | Path, width: int = 12) -> Text:
+    """An image as coloured half-block characters: each cell shows two vertical pixels (▀, fg=top, bg=bottom)."""
+    img = Image.open(image) if isinstance(image, (str, Path)) else image
+    img = img.convert("RGB")
+    height = max(2, round(img.height * width / img.width / 2) * 2)
+    px = img.resize((width, height), Image.Resampling.BILINEAR).load()
+    text = Text()
+    for y in range(0, height, 2):
+        for x in range(width):
+            top, bottom = px[x, y], px[x, y + 1]
+            text.append("▀", style=f"rgb({top[0]},{top[1]},{top[2]}) on rgb({bottom[0]},{bottom[1]},{bottom[2]})")
+        if y + 2 < height:
+            text.append("\n")
+    return text
+
+
+def contact_sheet(paths: Sequence[str | Path], labels: Sequence[str], out: str | Path, cell=(64, 128)) -> Path:
+    """A PNG grid of result images with a label under each."""
+    w, h = cell
+    cols = min(len(paths), 10) or 1
+    rows = (len(paths) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * w, rows * (h + 14)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (path, label) in enumerate(zip(paths, labels)):
+        x, y = (i % cols) * w, (i // cols) * (h + 14)
+        sheet.paste(Image.open(path).convert("RGB").resize((w, h)), (x, y))
+        draw.text((x + 2, y + h + 1), label, fill="black")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
