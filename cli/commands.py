@@ -21,11 +21,11 @@ def _world(args, project: Project) -> Path:
 
 
 def _embedder(args, project: Project):
-    from mllm_embed import load_embedder
-
     model = args.model or str(project.model)
     if args.model is None and not (project.model / "config.json").exists():
         raise LineupError(f"{project.model}: no base model — run `lineup bootstrap` or pass --model")
+    from mllm_embed import load_embedder
+
     adapter = args.adapter
     if adapter is None:
         adapter = project.default_adapter() if args.model is None else None
