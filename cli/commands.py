@@ -44,9 +44,10 @@ def _store(args, project: Project):
 
 
 def _engine(args, project: Project):
+    embedder = _embedder(args, project)
     from retrieval.engine import SearchEngine
 
-    return SearchEngine(_embedder(args, project), _store(args, project), args.collection)
+    return SearchEngine(embedder, _store(args, project), args.collection)
 
 
 def _parse_filters(items: list[str]) -> dict | None:
