@@ -1,0 +1,103 @@
+"""Contrastive and identity losses over L2-normalised embeddings.
+
+All functions take embeddings of shape (n, d) (already normalised by the embedder) and integer person ids
+of shape (n,). Two samples of the same identity are never pushed apart: in the cross-modal InfoNCE they
+count as positives (the loss is −log of the softmax mass on all positives), in the identity losses they are the positives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IDENTITY_LOSSES = ("supcon", "triplet")
+
+
+class Temperature(nn.Module):
+    """InfoNCE temperature τ, learnable as a log-scale (CLIP style, clamped to τ ≥ 0.01) or fixed."""
+
+    def __init__(self, init: float = 0.05, learnable: bool = True):
+        super().__init__()
+        if init <= 0:
+            raise ValueError(f"temperature must be > 0, got {init}")
+        log_scale = torch.tensor(math.log(1.0 / init))
+        if learnable:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    def forward(self) -> torch.Tensor:
+        """The logit scale 1/τ."""
+        return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+
+def _same_id(pids_a: torch.Tensor, pids_b: torch.Tensor) -> torch.Tensor:
+    return pids_a.view(-1, 1) == pids_b.view(1, -1)
+
+
+def _multi_positive_ce(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """−log of the softmax mass on each row's positives (rows need ≥ 1 positive): 0 when all mass is there."""
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~positives, float("-inf")), 1)).mean()
+
+
+def contrastive_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: torch.Tensor | float,
+    pids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bidirectional InfoNCE between row-aligned embeddings a[i] ↔ b[i] (image↔caption, composed↔target).
+
+    With `pids`, every pair of the same identity is a positive instead of an in-batch negative (a caption of
+    person 3 is never pushed away from another image of person 3). For composed pairs pass the identities of
+    the targets: two queries that both describe person 7 share their positives.
+    """
+    logits = scale * a @ b.t()
+    if pids is None:
+        positives = torch.eye(len(a), dtype=torch.bool, device=a.device)
+    else:
+        positives = _same_id(pids, pids) | torch.eye(len(a), dtype=torch.bool, device=a.device)
+    return 0.5 * (_multi_positive_ce(logits, positives) + _multi_positive_ce(logits.t(), positives.t()))
+
+
+def supcon_loss(emb: torch.Tensor, pids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020): each sample against the other samples of the batch,
+    all images of the same identity are positives. Anchors without a positive in the batch are skipped."""
+    n = len(emb)
+    self_mask = torch.eye(n, dtype=torch.bool, device=emb.device)
+    logits = (emb @ emb.t() / temperature).masked_fill(self_mask, float("-inf"))
+    positives = _same_id(pids, pids) & ~self_mask
+    has_pos = positives.any(1)
+    if not has_pos.any():
+        return emb.sum() * 0.0
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(self_mask, 0.0)
+    per_anchor = -(log_prob * positives).sum(1) / positives.sum(1).clamp(min=1)
+    return per_anchor[has_pos].mean()
+
+
+def batch_hard_triplet_loss(emb: torch.Tensor, pids: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017) on cosine distance: for each anchor the farthest positive
+    and the closest negative. Anchors lacking a positive or a negative in the batch are skipped."""
+    dist = 1.0 - emb @ emb.t()
+    same = _same_id(pids, pids)
+    self_mask = torch.eye(len(emb), dtype=torch.bool, device=emb.device)
+    pos_mask, neg_mask = same & ~self_mask, ~same
+    valid = pos_mask.any(1) & neg_mask.any(1)
+    if not valid.any():
+        return emb.sum() * 0.0
+    hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).max(1).values
+    hardest_neg = dist.masked_fill(~neg_mask, float("inf")).min(1).values
+    return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+
+
+def identity_loss(kind: str, emb: torch.Tensor, pids: torch.Tensor, temperature: float = 0.1,
+                  margin: float = 0.3) -> torch.Tensor:
+    """The identity loss on image embeddings named by `kind` ("supcon" or "triplet")."""
+    if kind == "supcon":
+        return supcon_loss(emb, pids, temperature)
+    if kind == "triplet":
+        return batch_hard_triplet_loss(emb, pids, margin)
+    raise ValueError(f"identity loss must be one of {IDENTITY_LOSSES}, got {kind!r}")

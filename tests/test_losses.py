@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.losses import (
+    Temperature,
+    batch_hard_triplet_loss,
+    contrastive_loss,
+    identity_loss,
+    supcon_loss,
+)
+
+
+def _unit(x):
+    return F.normalize(torch.as_tensor(x, dtype=torch.float32), dim=-1)
+
+
+def test_contrastive_equals_clip_loss_when_identities_distinct():
+    g = torch.Generator().manual_seed(0)
+    a, b = _unit(torch.randn(6, 8, generator=g)), _unit(torch.randn(6, 8, generator=g))
+    pids = torch.arange(6)
+    logits = 10.0 * a @ b.t()
+    clip = 0.5 * (F.cross_entropy(logits, pids) + F.cross_entropy(logits.t(), pids))
+    assert torch.allclose(contrastive_loss(a, b, 10.0, pids), clip, atol=1e-6)
+    assert torch.allclose(contrastive_loss(a, b, 10.0), clip, atol=1e-6)
+
+
+def test_same_identity_is_never_a_negative():
+    # rows 0 and 1 are two images (and captions) of the same person: they are identical embeddings
+    a = _unit([[1, 0, 0], [1, 0, 0], [0, 1, 0]])
+    without_ids = contrastive_loss(a, a, 20.0)
+    with_ids = contrastive_loss(a, a, 20.0, torch.tensor([5, 5, 9]))
+    # without ids the duplicate is a hard negative: loss ≈ (2·log 2)/3; with ids it is a positive: ≈ 0
+    assert without_ids.item() == pytest.approx(2 * math.log(2) / 3, abs=1e-3)
+    assert with_ids.item() < 1e-3
+
+
+def test_contrastive_target_pids_for_composed_pairs():
+    # composed query 0 targets person 7, query 1 also targets person 7 (another image): both are positives
+    q = _unit([[1, 0], [1, 0]])
+    t = _unit([[1, 0], [1, 0]])
+    loss = contrastive_loss(q, t, 20.0, torch.tensor([7, 7]))
+    assert loss.item() < 1e-3
+
+
+def test_contrastive_gradient_aligns_pairs():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(8, 16, generator=g, requires_grad=True)
+    b = torch.randn(8, 16, generator=g, requires_grad=True)
+    opt = torch.optim.SGD([a, b], lr=0.5)
+    losses = []
+    for _ in range(50):
+        loss = contrastive_loss(F.normalize(a, dim=1), F.normalize(b, dim=1), 10.0, torch.arange(8))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+    sim = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t()
+    assert (sim.argmax(1) == torch.arange(8)).all()
+
+
+def test_temperature_learnable_or_fixed():
+    learnable, fixed = Temperature(0.05, learnable=True), Temperature(0.05, learnable=False)
+    assert learnable().item() == pytest.approx(20.0) and fixed().item() == pytest.approx(20.0)
+    assert [p.requires_grad for p in learnable.parameters()] == [True]
+    assert list(fixed.parameters()) == []
+    with pytest.raises(ValueError):
+        Temperature(0.0)
+
+
+def _clusters(noise):
+    g = torch.Generator().manual_seed(2)
+    centers = _unit(torch.randn(4, 16, generator=g))
+    pids = torch.arange(4).repeat_interleave(3)
+    return _unit(centers[pids] + noise * torch.randn(12, 16, generator=g)), pids
+
+
+@pytest.mark.parametrize("kind", ["supcon", "triplet"])
+def test_identity_losses_prefer_identity_clusters(kind):
+    tight, pids = _clusters(0.05)
+    shuffled = pids[torch.randperm(12, generator=torch.Generator().manual_seed(3))]
+    assert identity_loss(kind, tight, pids) < identity_loss(kind, tight, shuffled)
+
+
+def test_batch_hard_triplet_value():
+    emb = _unit([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]])
+    pids = torch.tensor([0, 0, 1, 1])
+    # anchor 0: pos dist 0.2, closest neg dist 1.0 -> 0; anchor 1: pos 0.2, neg (to [0,1]) 0.4 -> 0.1
+    # anchor 2: pos dist 1.0, neg (to [0.8,.6]) 0.4 -> 0.9; anchor 3: pos 1.0, neg 1.8 -> 0
+    expected = (0 + 0.1 + 0.9 + 0) / 4
+    assert batch_hard_triplet_loss(emb, pids, margin=0.3).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_identity_losses_without_positives_are_zero_with_grad():
+    emb = _unit(torch.randn(4, 8)).requires_grad_()
+    pids = torch.arange(4)
+    for kind in ("supcon", "triplet"):
+        loss = identity_loss(kind, emb, pids)
+        assert loss.item() == 0.0 and loss.requires_grad
+    assert supcon_loss(emb, torch.tensor([0, 0, 1, 2])).item() > 0
+    with pytest.raises(ValueError, match="identity loss"):
+        identity_loss("arcface", emb, pids)
