@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from finetune.augment import (
+    attribute_phrase,
+    balanced_choice,
+    decompose,
+    enrich,
+    faithfulness_filter,
+    rda,
+)
+from mllm_embed.errors import LineupError
+
+CAPTION = "A woman with long black hair, wearing a red jacket and blue jeans. She carries a backpack."
+ATTRS = {"gender": "female", "hair_length": "long", "hair_color": "black", "upper_color": "red",
+         "lower_color": "blue", "shoes_color": "white", "hat": "yes", "glasses": "no"}
+
+
+def test_decompose_splits_into_attribute_clauses():
+    assert decompose(CAPTION) == ["a woman with long black hair", "wearing a red jacket", "blue jeans",
+                                  "she carries a backpack"]
+
+
+def test_enrich_adds_only_missing_attributes():
+    clauses = decompose(CAPTION)
+    out = enrich(clauses, ATTRS, np.random.default_rng(0), max_new=5)
+    added = out[len(clauses):]
+    assert set(added) <= {"the shoes color is white", "wearing hat", "no glasses", "the gender is female"}
+    assert len(added) == 4  # black/long/red/blue are already mentioned
+    assert attribute_phrase("bag", "none") == "no bag" and attribute_phrase("shoes", "unknown") is None
+
+
+def test_rda_is_deterministic_per_seed_and_keeps_every_clause():
+    a, b, c = rda(CAPTION, ATTRS, seed=1), rda(CAPTION, ATTRS, seed=1), rda(CAPTION, ATTRS, seed=2)
+    assert a == b
+    outs = {rda(CAPTION, ATTRS, seed=s) for s in range(10)}
+    assert len(outs) > 3  # order and enrichment vary across seeds
+    for clause in decompose(CAPTION):
+        assert clause in a.lower() and clause in c.lower()
+    assert a.startswith("A woman with long black hair") and a.endswith(".")
+    assert rda(CAPTION, None, seed=0).lower().count(",") + rda(CAPTION, None, seed=0).count(";") >= 3
+
+
+def test_bss_mixes_at_the_configured_ratio():
+    rng = np.random.default_rng(0)
+    picks = [balanced_choice("orig", ["rw1", "rw2"], 0.3, rng) for _ in range(4000)]
+    assert picks.count("orig") / 4000 == pytest.approx(0.7, abs=0.03)
+    assert picks.count("rw1") == pytest.approx(picks.count("rw2"), rel=0.2)
+    assert balanced_choice("orig", [], 1.0, rng) == "orig"
+    assert all(balanced_choice("o", ["r"], 0.0, rng) == "o" for _ in range(50))
+
+
+def _bag_of_words(texts):
+    vocab = ["man", "woman", "red", "blue", "shirt", "jeans", "cat", "moon", "pizza"]
+    m = np.array([[t.lower().split().count(w) for w in vocab] for t in texts], dtype=float) + 1e-6
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def test_tff_keeps_faithful_rewrites_and_reports_counts():
+    originals = ["a man in a red shirt", "a woman in blue jeans", "a man in blue jeans"]
+    rewrites = ["red shirt worn by a man", "the cat eats pizza on the moon", ""]
+    kept, cos, report = faithfulness_filter(_bag_of_words, originals, rewrites, threshold=0.8)
+    assert kept == [0]
+    assert (report.kept, report.dropped) == (1, 2)
+    assert cos[0] == pytest.approx(1.0, abs=1e-6) and cos[1] < 0.1 and cos[2] == -1.0
+    with pytest.raises(LineupError, match="rewrites"):
+        faithfulness_filter(_bag_of_words, originals, rewrites[:2])
