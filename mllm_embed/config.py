@@ -1,0 +1,89 @@
+"""Embedder configuration (saved next to an adapter as `lineup_embedder.json`) and the one precision map."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from mllm_embed.errors import LineupError
+
+CONFIG_NAME = "lineup_embedder.json"
+IMAGE_MARKER = "<image>"  # where a prompt puts the image; each family swaps in its own placeholder tokens
+
+
+@dataclass
+class EmbedderConfig:
+    """What defines an embedder artifact: prompts, pooling and the base model it belongs to.
+
+    Prompts follow E5-V: the model is asked to compress the input into one word and the final hidden
+    state of the last prompt token is the embedding. `<image>` marks the image; `{text}`,
+    `{modification}` and `{question}` are the slots for user text.
+    """
+
+    image_prompt: str = field(default="<image>\nSummarize the person in the image in one word:",
+                              metadata={"help": "prompt for an image; must contain <image>"})
+    text_prompt: str = field(default="{text}\nSummarize the person described in one word:",
+                             metadata={"help": "prompt for a text query; must contain {text}"})
+    composed_prompt: str = field(
+        default="<image>\nChange: {modification}. Summarize the changed person in one word:",
+        metadata={"help": "prompt for image + modification; must contain <image> and {modification}"})
+    common_prompt: str = field(default="", metadata={"help": "text prepended to every embedding prompt"})
+    vqa_prompt: str = field(default="<image>\n{question}",
+                            metadata={"help": "prompt for answer(image, question); <image> and {question}"})
+    caption_question: str = field(default="Describe the person.",
+                                  metadata={"help": "question whose answer is a caption (stage 0)"})
+    use_chat_template: bool = field(default=True,
+                                    metadata={"help": "wrap prompts in the tokenizer's chat template"})
+    pooling: str = field(default="last", metadata={"help": "pooling of the final hidden state: last"})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings"})
+    base_model: str = field(default="", metadata={"help": "name or path of the base model"})
+    base_fingerprint: str = field(default="", metadata={"help": "architecture/identity hash of the base"})
+
+    def __post_init__(self):
+        required = {"image_prompt": (IMAGE_MARKER,), "text_prompt": ("{text}",),
+                    "composed_prompt": (IMAGE_MARKER, "{modification}"), "vqa_prompt": (IMAGE_MARKER, "{question}")}
+        for name, parts in required.items():
+            missing = [p for p in parts if p not in getattr(self, name)]
+            if missing:
+                raise ValueError(f"EmbedderConfig.{name} must contain {missing}")
+        if self.pooling != "last":
+            raise ValueError(f"EmbedderConfig.pooling={self.pooling!r}: only 'last' is supported")
+
+    def prompt_texts(self) -> list[str]:
+        """The literal prompt text (for tokenizer training)."""
+        return [self.common_prompt, self.image_prompt, self.text_prompt, self.composed_prompt,
+                self.vqa_prompt, self.caption_question]
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EmbedderConfig:
+        path = Path(directory) / CONFIG_NAME
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LineupError(f"{path}: cannot read embedder config ({exc}); save the adapter with "
+                              "MLLMEmbedder.save_adapter") from exc
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+PRECISIONS = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+              "fp16": "float16", "float16": "float16"}
+
+
+def resolve_dtype(precision=None):
+    """The one place a precision string ("fp32", "bf16", "fp16", or a torch.dtype) becomes a dtype."""
+    import torch
+
+    if precision is None:
+        return torch.float32
+    if isinstance(precision, torch.dtype):
+        return precision
+    if precision not in PRECISIONS:
+        raise LineupError(f"precision={precision!r}: unknown; choose one of {sorted(PRECISIONS)}")
+    return getattr(torch, PRECISIONS[precision])

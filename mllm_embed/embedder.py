@@ -1,0 +1,329 @@
+"""MLLMEmbedder: one instruction MLLM embeds images, text and image+modification into one space.
+
+One forward pass per input, E5-V prompts, last-token pooling of the final hidden state, L2-normalised
+float32 output. The same code builds the inputs for inference (`encode_*`), contrastive training
+(`batch` / `embed`), token-level training (`hidden_states`) and generative training (`lm_batch`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mllm_embed.config import CONFIG_NAME, IMAGE_MARKER, EmbedderConfig, resolve_dtype
+from mllm_embed.errors import LineupError
+from mllm_embed.families import Family, family_for
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int], None] | None
+
+# token kinds returned with every batch (NAM needs to tell image patches from caption words)
+PAD, PROMPT, IMAGE, TEXT = 0, 1, 2, 3
+_SLOT = "\x00slot\x00"
+_IMAGE = "\x00image\x00"
+_EXTRA_KEYS = ("token_kinds", "word_ids")
+
+
+def load_image(image):
+    """A PIL RGB image from a PIL image or a path; unreadable files raise LineupError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as exc:
+        raise LineupError(f"{path}: image file not found; check the path") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise LineupError(f"{path}: cannot read image ({exc}); replace or remove the file") from exc
+
+
+def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of each row's last real token; works for left and right padding."""
+    length = attention_mask.shape[1]
+    last = length - 1 - attention_mask.flip(1).long().argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+
+
+def base_fingerprint(model_config, path: str | Path) -> str:
+    """Identity of a base: its architecture, plus the build id of a locally built base."""
+    text = model_config.get_text_config()
+    arch = {"model_type": model_config.model_type, "vocab": text.vocab_size, "hidden": text.hidden_size,
+            "layers": text.num_hidden_layers}
+    marker = Path(path) / "lineup_base.json"
+    if marker.exists():
+        arch["build_id"] = json.loads(marker.read_text()).get("build_id", "")
+    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class MLLMEmbedder:
+    """Embeds images, texts and (image, modification) pairs; answers questions about images."""
+
+    def __init__(self, model, family: Family, config: EmbedderConfig):
+        self.model = model
+        self.family = family
+        self.processor = family.processor
+        self.tokenizer = family.tokenizer
+        self.config = config
+        self.dim = model.config.get_text_config().hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---------------------------------------------------------------- building inputs
+    def _prompt(self, template: str) -> str:
+        """Fill the chat template around a user prompt, keeping the image and slot as sentinels."""
+        content = self.config.common_prompt + template.replace(IMAGE_MARKER, _IMAGE)
+        for slot in ("{text}", "{modification}", "{question}"):
+            content = content.replace(slot, _SLOT)
+        if self.config.use_chat_template and self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return content
+
+    def _encode_piece(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _tokens(self, prompt: str, slot_text: str | None, placeholder: list[int] | None):
+        """input ids, token kinds and word ids (index into slot_text.split(), -1 elsewhere)."""
+        ids: list[int] = []
+        kinds: list[int] = []
+        words: list[int] = []
+        for i, part in enumerate(prompt.split(_IMAGE)):
+            if i:
+                ids += placeholder
+                kinds += [IMAGE] * len(placeholder)
+                words += [-1] * len(placeholder)
+            for j, literal in enumerate(part.split(_SLOT)):
+                if j:
+                    enc = self.tokenizer(slot_text, add_special_tokens=False, return_offsets_mapping=True)
+                    starts = np.cumsum([0] + [len(w) + 1 for w in slot_text.split(" ")])[:-1]
+                    spans = [k for k, w in enumerate(slot_text.split(" ")) if w]
+                    ids += enc["input_ids"]
+                    kinds += [TEXT] * len(enc["input_ids"])
+                    for start, end in enc["offset_mapping"]:
+                        k = int(np.searchsorted(starts, max(start, end - 1), side="right")) - 1
+                        words.append(spans.index(k) if k in spans else -1)
+                piece = self._encode_piece(literal)
+                ids += piece
+                kinds += [PROMPT] * len(piece)
+                words += [-1] * len(piece)
+        return ids, kinds, words
+
+    def _collate(self, rows, image_tensors: dict, labels: list[list[int]] | None = None) -> dict:
+        """Right-pad rows (positions of real tokens do not depend on the batch) into tensors."""
+        width = max(len(r[0]) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+        def padded(values, fill):
+            return torch.tensor([v + [fill] * (width - len(v)) for v in values])
+
+        out = {"input_ids": padded([r[0] for r in rows], pad),
+               "attention_mask": padded([[1] * len(r[0]) for r in rows], 0),
+               "token_kinds": padded([r[1] for r in rows], PAD), "word_ids": padded([r[2] for r in rows], -1)}
+        if labels is not None:
+            out["labels"] = padded(labels, -100)
+        out.update(image_tensors)
+        return out
+
+    def batch(self, kind: str, items: Sequence) -> dict[str, torch.Tensor]:
+        """Model inputs (plus `token_kinds`, `word_ids`) for kind in {"image", "text", "composed"}."""
+        if kind == "text":
+            for i, text in enumerate(items):
+                if not isinstance(text, str) or not text.strip():
+                    raise LineupError(f"texts[{i}] is empty; every text query needs at least one word")
+            prompt = self._prompt(self.config.text_prompt)
+            return self._collate([self._tokens(prompt, t.strip(), None) for t in items], {})
+        if kind == "image":
+            images, texts, template = list(items), [None] * len(items), self.config.image_prompt
+        elif kind == "composed":
+            images = [pair[0] for pair in items]
+            texts = [str(pair[1]).strip() for pair in items]
+            template = self.config.composed_prompt
+        else:
+            raise LineupError(f"kind={kind!r}: unknown batch kind; choose image, text or composed")
+        vision = self.family.images([load_image(img) for img in images])
+        prompt = self._prompt(template)
+        rows = [self._tokens(prompt, t, p) for t, p in zip(texts, vision.placeholders)]
+        return self._collate(rows, vision.tensors)
+
+    def lm_batch(self, items: Sequence[tuple]) -> dict[str, torch.Tensor]:
+        """Generative training inputs for (image, question, answer) triples: labels on the answer only."""
+        vision = self.family.images([load_image(item[0]) for item in items])
+        prompt = self._prompt(self.config.vqa_prompt)
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        rows, labels = [], []
+        for (_, question, answer), placeholder in zip(items, vision.placeholders):
+            ids, kinds, words = self._tokens(prompt, question, placeholder)
+            target = self._encode_piece(answer) + eos
+            rows.append((ids + target, kinds + [PROMPT] * len(target), words + [-1] * len(target)))
+            labels.append([-100] * len(ids) + target)
+        return self._collate(rows, vision.tensors, labels)
+
+    # ---------------------------------------------------------------- forward passes
+    def _backbone(self):
+        """The multimodal transformer without the LM head (keeps peft's injected layers)."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return model.model
+
+    def _to_device(self, batch: dict) -> dict:
+        device = self.device
+        return {k: v.to(device) for k, v in batch.items() if k not in _EXTRA_KEYS and k != "labels"}
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """Forward + last-token pooling (+ L2 normalisation), with grad when grad is enabled."""
+        inputs = self._to_device(batch)
+        hidden = self._backbone()(**inputs).last_hidden_state
+        pooled = last_token_pool(hidden, inputs["attention_mask"]).float()
+        return torch.nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
+
+    def lm_loss(self, batch: dict) -> torch.Tensor:
+        """Language-model loss of a `lm_batch` (answer tokens only), with grad when grad is enabled."""
+        return self.model(**self._to_device(batch), labels=batch["labels"].to(self.device)).loss
+
+    def hidden_states(self, batch: dict, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token hidden states of one layer (n, L, h) and token kinds (n, L): PAD, PROMPT, IMAGE, TEXT.
+        `batch["word_ids"]` maps TEXT tokens to word indices of the slot text (str.split())."""
+        inputs = self._to_device(batch)
+        out = self._backbone()(**inputs, output_hidden_states=True)
+        return out.hidden_states[layer], batch["token_kinds"].to(self.device)
+
+    def _encode(self, kind: str, items: Sequence, batch_size: int, progress: Progress,
+                length=lambda item: 0) -> np.ndarray:
+        if batch_size < 1:
+            raise LineupError(f"batch_size={batch_size}: must be >= 1")
+        items = list(items)
+        order = sorted(range(len(items)), key=lambda i: -length(items[i]))
+        out = np.zeros((len(items), self.dim), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(items), batch_size):
+                    idx = order[start:start + batch_size]
+                    vectors = self.embed(self.batch(kind, [items[i] for i in idx]))
+                    out[idx] = vectors.cpu().numpy()
+                    if progress:
+                        progress(len(idx))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 16, progress: Progress = None) -> np.ndarray:
+        """(n, dim) float32 embeddings of text queries."""
+        return self._encode("text", texts, batch_size, progress, length=lambda t: len(str(t)))
+
+    def encode_images(self, images: Sequence, batch_size: int = 16, progress: Progress = None) -> np.ndarray:
+        """(n, dim) float32 embeddings of PIL images or image paths."""
+        return self._encode("image", images, batch_size, progress)
+
+    def encode_composed(self, pairs: Sequence[tuple], batch_size: int = 16, progress: Progress = None) -> np.ndarray:
+        """(n, dim) float32 embeddings of (image, modification text) pairs."""
+        return self._encode("composed", pairs, batch_size, progress, length=lambda p: len(str(p[1])))
+
+    def answer(self, image, question: str, max_new_tokens: int = 8) -> str:
+        """Greedy answer to a question about an image (lower-case, stripped)."""
+        batch = self.lm_batch([(image, question, "")])
+        prompt_len = int((batch["labels"][0] == -100).sum())  # drop the eos the training view appends
+        inputs = self._to_device(batch)
+        inputs = {k: (v[:, :prompt_len] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+        finally:
+            self.model.train(was_training)
+        text = self.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
+        return text.strip().strip(".").strip().lower()
+
+    # ---------------------------------------------------------------- adapters
+    def add_adapter(self, peft_config) -> None:
+        """Wrap the model with a new peft adapter (e.g. a LoraConfig) for training."""
+        from peft import get_peft_model
+
+        self.model = get_peft_model(self.model, peft_config)
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Write the peft adapter files and lineup_embedder.json into `directory`."""
+        if not hasattr(self.model, "peft_config"):
+            raise LineupError("this embedder has no adapter to save; call add_adapter(LoraConfig(...)) first")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.config.save(directory)
+        return directory
+
+
+_QUANTIZATION = ("4bit", "8bit")
+
+
+def _quantization_config(quantization: str | None, dtype, family: type[Family]):
+    if quantization is None:
+        return None
+    if quantization not in _QUANTIZATION:
+        raise LineupError(f"quantization={quantization!r}: unknown; choose one of {list(_QUANTIZATION)} or None")
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise LineupError(f"quantization={quantization!r} needs bitsandbytes: pip install bitsandbytes") from exc
+    skip = list(family.skip_quantization)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                  llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, device: str | None = None,
+                  dtype=None, quantization: str | None = None) -> MLLMEmbedder:
+    """Load a base MLLM (local folder or hub name) and optionally a peft adapter saved by `save_adapter`."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    name = str(name_or_path)
+    path = Path(name)
+    if (path.is_absolute() or name.startswith(".") or path.exists()) and not (path / "config.json").exists():
+        raise LineupError(f"{name}: no model folder (config.json missing); build one with `lineup bootstrap` "
+                          "or pass a hub name such as Qwen/Qwen2-VL-2B-Instruct")
+    try:
+        model_config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise LineupError(f"{name}: cannot load model config ({exc}); pass a model folder or hub name") from exc
+    family_cls = family_for(model_config.model_type)
+    torch_dtype = resolve_dtype(dtype)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    quant = _quantization_config(quantization, torch_dtype, family_cls)
+    kwargs = {"dtype": torch_dtype}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": device})
+    model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+    if quant is None:
+        model.to(device)
+    model.eval()
+    family = family_cls(name)
+    fingerprint = base_fingerprint(model_config, path)
+    if adapter is None:
+        config = EmbedderConfig(base_model=name, base_fingerprint=fingerprint)
+    else:
+        config = EmbedderConfig.load(adapter)
+        if config.base_fingerprint and config.base_fingerprint != fingerprint:
+            raise LineupError(f"{adapter}: adapter was trained on base {config.base_model!r}, not on {name!r}; "
+                              f"load it with that base model")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        model.eval()
+    logger.info("loaded %s embedder from %s (dim %d)", family_cls.name, name, model.config.get_text_config().hidden_size)
+    return MLLMEmbedder(model, family, config)
