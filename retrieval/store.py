@@ -189,6 +189,10 @@ class Store(ABC):
     def scroll(self, name: str, with_vectors: bool = False, batch: int = 1024) -> Iterator[Hit]: ...
 
     @abstractmethod
+    def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
+        """Merge ``payload`` keys into one point's payload."""
+
+    @abstractmethod
     def delete_collection(self, name: str) -> None: ...
 
     def optimize(self, name: str) -> None:
@@ -337,6 +341,11 @@ class EdgeStore(Store):
             if offset is None:
                 return
 
+    def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
+        import qdrant_edge as qe
+
+        self._shard(name).update(qe.UpdateOperation.set_payload([id], payload))
+
     def optimize(self, name: str) -> None:
         shard = self._shard(name)
         shard.flush()
@@ -479,6 +488,9 @@ class ClientStore(Store):
             yield from (_hit(r, 0.0) for r in records)
             if offset is None:
                 return
+
+    def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
+        self.client.set_payload(name, payload=payload, points=[id], wait=True)
 
     def delete_collection(self, name: str) -> None:
         self.client.delete_collection(name)
