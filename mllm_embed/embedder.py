@@ -133,7 +133,9 @@ class MLLMEmbedder:
                "token_kinds": padded([r[1] for r in rows], PAD), "word_ids": padded([r[2] for r in rows], -1)}
         if labels is not None:
             out["labels"] = padded(labels, -100)
-        out.update(image_tensors)
+        if image_tensors:
+            out.update(image_tensors)
+            out.update(self.family.token_inputs(out["input_ids"]))
         return out
 
     def batch(self, kind: str, items: Sequence) -> dict[str, torch.Tensor]:
@@ -158,14 +160,15 @@ class MLLMEmbedder:
         return self._collate(rows, vision.tensors)
 
     def lm_batch(self, items: Sequence[tuple]) -> dict[str, torch.Tensor]:
-        """Generative training inputs for (image, question, answer) triples: labels on the answer only."""
+        """Generative training inputs for (image, question, answer) triples: labels on the answer only
+        (answer None: the prompt alone, for generation)."""
         vision = self.family.images([load_image(item[0]) for item in items])
         prompt = self._prompt(self.config.vqa_prompt)
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         rows, labels = [], []
         for (_, question, answer), placeholder in zip(items, vision.placeholders):
             ids, kinds, words = self._tokens(prompt, question, placeholder)
-            target = self._encode_piece(answer) + eos
+            target = [] if answer is None else self._encode_piece(answer) + eos
             rows.append((ids + target, kinds + [PROMPT] * len(target), words + [-1] * len(target)))
             labels.append([-100] * len(ids) + target)
         return self._collate(rows, vision.tensors, labels)
@@ -233,10 +236,8 @@ class MLLMEmbedder:
 
     def answer(self, image, question: str, max_new_tokens: int = 8) -> str:
         """Greedy answer to a question about an image (lower-case, stripped)."""
-        batch = self.lm_batch([(image, question, "")])
-        prompt_len = int((batch["labels"][0] == -100).sum())  # drop the eos the training view appends
-        inputs = self._to_device(batch)
-        inputs = {k: (v[:, :prompt_len] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
+        inputs = self._to_device(self.lm_batch([(image, question, None)]))
+        prompt_len = inputs["input_ids"].shape[1]
         was_training = self.model.training
         self.model.eval()
         try:

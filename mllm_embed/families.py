@@ -40,6 +40,10 @@ class Family:
     def images(self, images: list) -> ImageInputs:
         raise NotImplementedError
 
+    def token_inputs(self, input_ids) -> dict:
+        """Extra per-token tensors the model needs besides input_ids (none by default)."""
+        return {}
+
 
 class LlavaFamily(Family):
     """LLaVA-style: CLIP/SigLIP vision tower, projector, any causal LM (llava-hf/*, the tiny base)."""
@@ -82,6 +86,10 @@ class Qwen2VLFamily(Family):
         counts = [int(thw.prod()) // merge for thw in out["image_grid_thw"]]
         return ImageInputs({"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]},
                            [[ids[0]] + [ids[1]] * n + [ids[2]] for n in counts])
+
+    def token_inputs(self, input_ids) -> dict:
+        # M-RoPE needs to know which positions are image patches (the processor's mm_token_type_ids)
+        return {"mm_token_type_ids": (input_ids == self.tokenizer.convert_tokens_to_ids("<|image_pad|>")).int()}
 
 
 FAMILIES: dict[str, type[Family]] = {f.name: f for f in (LlavaFamily, Qwen2VLFamily)}

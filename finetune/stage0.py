@@ -1,0 +1,142 @@
+"""Stage 0: generative pre-training of the offline base so it sees and speaks before the LoRA stages.
+
+Full parameters, language-model loss on the answer tokens only, over captioning ("Describe the person."
+-> caption) and VQA pairs of the world's train split. Writes `stage0_done.json` (loss curve, VQA accuracy
+on the val split) and saves the weights back into the model folder with `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mllm_embed import load_embedder
+from mllm_embed.embedder import load_image
+from mllm_embed.errors import LineupError
+
+logger = logging.getLogger(__name__)
+
+DONE_FILE = "stage0_done.json"
+
+
+@dataclass
+class Stage0Config:
+    """Stage-0 pre-training settings."""
+
+    epochs: int = field(default=8, metadata={"help": "passes over the train pairs"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (cosine decay, warmup)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
+    captions_per_image: int = field(default=1, metadata={"help": "caption pairs per train image"})
+    caption_weight: float = field(default=1.0, metadata={"help": "fraction of caption pairs kept per epoch"})
+    eval_questions: int = field(default=300, metadata={"help": "val VQA pairs scored after training (0: none)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    seed: int = field(default=0, metadata={"help": "shuffling seed"})
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Stage0Config.{name} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("Stage0Config.lr must be > 0")
+        if not 0.0 <= self.caption_weight <= 1.0:
+            raise ValueError("Stage0Config.caption_weight must be in [0, 1]")
+
+    @classmethod
+    def for_tests(cls) -> Stage0Config:
+        """About a minute on one core for the `test`-size base and the 48-identity test world."""
+        return cls(epochs=6, batch_size=16, lr=2e-3, warmup_steps=10, caption_weight=0.5, eval_questions=120)
+
+
+def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple], list[tuple]]:
+    """(image, question, answer, attribute) VQA pairs and (image, caption) pairs of one split."""
+    from finetune.data.loaders import load_person_dataset, load_vqa
+
+    vqa = load_vqa(world_dir)
+    vqa = vqa.filter(lambda row: row["split"] == split)
+    qa = [(r["image"], r["question"], r["answer"], r["attribute"]) for r in vqa]
+    people = load_person_dataset(world_dir).filter(lambda row: row["split"] == split)
+    captions = [(r["image"], c) for r in people for c in r["captions"][: cfg.captions_per_image]]
+    return qa, captions
+
+
+def vqa_accuracy(embedder, pairs: list[tuple], images: dict | None = None) -> dict:
+    """Exact-match accuracy of `embedder.answer` over (image, question, answer, attribute) pairs."""
+    hits: dict[str, list[int]] = defaultdict(list)
+    for image, question, answer, attribute in pairs:
+        img = images[image] if images else image
+        hits[attribute].append(int(embedder.answer(img, question) == answer.strip().lower()))
+    everything = [h for values in hits.values() for h in values]
+    return {"accuracy": sum(everything) / max(1, len(everything)), "n": len(everything),
+            "by_attribute": {k: sum(v) / len(v) for k, v in sorted(hits.items())}}
+
+
+def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | None = None,
+             progress: Callable[[int], None] | None = None) -> Path:
+    """Full-parameter LM training of the base in `model_dir` on the world's train split; saves in place."""
+    cfg = cfg or Stage0Config()
+    model_dir, world_dir = Path(model_dir), Path(world_dir)
+    if not (world_dir / "annotations.jsonl").exists():
+        raise LineupError(f"{world_dir}: no annotations.jsonl; generate a world first (lineup world generate)")
+    started = time.time()
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    embedder = load_embedder(model_dir, dtype="fp32")
+    qa, captions = _pairs(world_dir, "train", cfg)
+    if not qa and not captions:
+        raise LineupError(f"{world_dir}: the train split has no VQA or caption pairs")
+    question = embedder.config.caption_question
+    images = {path: load_image(path) for path in {p[0] for p in qa} | {c[0] for c in captions}}
+
+    steps_per_epoch = math.ceil((len(qa) + int(len(captions) * cfg.caption_weight)) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    model = embedder.model
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    curve = []
+    for epoch in range(cfg.epochs):
+        kept = rng.sample(captions, int(len(captions) * cfg.caption_weight))
+        items = [(images[i], q, a) for i, q, a, _ in qa] + [(images[i], question, c) for i, c in kept]
+        rng.shuffle(items)
+        losses = []
+        for start in range(0, len(items), cfg.batch_size):
+            loss = embedder.lm_loss(embedder.lm_batch(items[start:start + cfg.batch_size]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if progress:
+                progress(1)
+        curve.append(sum(losses) / len(losses))
+        logger.info("stage 0 epoch %d/%d: loss %.3f", epoch + 1, cfg.epochs, curve[-1])
+    model.eval()
+    model.save_pretrained(model_dir)
+
+    result = {"loss_curve": curve, "steps": total, "train_pairs": {"vqa": len(qa), "captions": len(captions)},
+              "seconds": round(time.time() - started, 1), "config": asdict(cfg)}
+    if cfg.eval_questions:
+        val, _ = _pairs(world_dir, "val", cfg)
+        rng.shuffle(val)
+        result["val_vqa"] = vqa_accuracy(embedder, val[: cfg.eval_questions])
+        logger.info("stage 0 val VQA accuracy %.3f", result["val_vqa"]["accuracy"])
+    (model_dir / DONE_FILE).write_text(json.dumps(result, indent=2))
+    return model_dir
