@@ -9,7 +9,7 @@ uniform masking). The pure tensor/array parts live here; `estimate_word_noise` r
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -94,29 +94,69 @@ def noise_auc(scores: Sequence[np.ndarray], noisy_words: Sequence[Sequence[int]]
 
 
 class NoiseAwareMasker:
-    """Holds the latest word-noise estimates per caption and masks captions for the next epoch."""
+    """Holds the latest word-noise estimates (keyed by e.g. (image, caption) index) and masks captions.
 
-    def __init__(self, rate: float = 0.15, mode: str = "nam", sharpness: float = 3.0, seed: int = 0):
+    "nam" masks each word with a probability growing with its estimated noise, "uniform" with the same
+    average rate everywhere (also "nam" for captions without an estimate yet), "none" never."""
+
+    def __init__(self, rate: float = 0.15, mode: str = "nam", sharpness: float = 3.0):
         if mode not in MASK_MODES:
             raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+        if not 0 <= rate < 1:
+            raise ValueError(f"mask rate must be in [0, 1), got {rate}")
         self.rate, self.mode, self.sharpness = rate, mode, sharpness
-        self.rng = np.random.default_rng(seed)
-        self.noise: dict[str, np.ndarray] = {}
+        self.noise: dict[Hashable, np.ndarray] = {}
 
-    def update(self, captions: Sequence[str], scores: Sequence[np.ndarray]) -> None:
-        self.noise.update({c: np.asarray(s, dtype=float) for c, s in zip(captions, scores)})
+    def update(self, keys: Sequence[Hashable], scores: Sequence[np.ndarray]) -> None:
+        self.noise.update({k: np.asarray(s, dtype=float) for k, s in zip(keys, scores)})
 
-    def __call__(self, caption: str) -> str:
+    def __call__(self, caption: str, rng: np.random.Generator, key: Hashable | None = None) -> str:
         if self.mode == "none":
             return caption
         n = len(caption.split())
-        noise = self.noise.get(caption, np.zeros(n)) if self.mode == "nam" else np.zeros(n)
-        return mask_caption(caption, mask_probabilities(noise, self.rate, self.mode, self.sharpness), self.rng)
+        noise = self.noise.get(key) if self.mode == "nam" and key is not None else None
+        if noise is None or len(noise) != n:
+            noise = np.zeros(n)
+        return mask_caption(caption, mask_probabilities(noise, self.rate, self.mode, self.sharpness), rng)
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "noise": {c: s.tolist() for c, s in self.noise.items()}}
+        return {"noise": [(k, s.tolist()) for k, s in self.noise.items()]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self.noise = {c: np.asarray(s, dtype=float) for c, s in state["noise"].items()}
+        self.noise = {tuple(k) if isinstance(k, list) else k: np.asarray(s, dtype=float) for k, s in state["noise"]}
 
+
+def estimate_word_noise(embedder, pairs: Sequence[tuple], layer: int = -1, joint: bool = True,
+                        batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Word noise scores for (image, caption) pairs from the embedder's hidden states at `layer`.
+
+    joint=True: one forward of image + caption (the composed prompt with the caption in its slot), caption
+    tokens against the image patches of the same sequence; joint=False: caption tokens of the text prompt
+    against patches of the image prompt (two forwards, the paper's two-tower setting)."""
+    from mllm_embed.embedder import IMAGE, TEXT
+
+    out: list[np.ndarray] = []
+    was_training = embedder.model.training
+    embedder.model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start:start + batch_size]
+                text_batch = embedder.batch("composed" if joint else "text",
+                                            list(chunk) if joint else [c for _, c in chunk])
+                text_h, text_kinds = embedder.hidden_states(text_batch, layer)
+                if joint:
+                    image_h, image_kinds = text_h, text_kinds
+                else:
+                    image_h, image_kinds = embedder.hidden_states(embedder.batch("image", [i for i, _ in chunk]), layer)
+                for row, (_, caption) in enumerate(chunk):
+                    is_text = text_kinds[row] == TEXT
+                    r = token_noise(text_h[row][is_text], image_h[row][image_kinds[row] == IMAGE])
+                    words = text_batch["word_ids"][row][is_text.cpu()].tolist()
+                    out.append(word_scores(r.cpu().tolist(), [w if w >= 0 else None for w in words],
+                                           len(caption.split())))
+                if progress:
+                    progress(len(chunk))
+    finally:
+        embedder.model.train(was_training)
+    return out
