@@ -1,0 +1,185 @@
+"""Batch queries: a JSONL / CSV / parquet file of queries in, ranked results out (format from the suffix).
+
+Query fields: ``id`` (optional, defaults to the line/row number), ``text``, ``image``, ``modification``,
+``k`` (optional), ``filter`` (optional dict; a JSON string in CSV). A query is text (``text``), image
+(``image``) or composed (``image`` + ``modification``). Relative image paths are resolved against the
+query file's folder.
+
+Every line is validated before anything runs: one broken line raises a ``LineupError`` naming the file and
+line, and no output is written — so a fixed file can simply be run again. Queries are embedded in one
+batch per kind, then searched one by one.
+
+Results are one row per (query, rank): ``query_id, rank, score, image, person_id, camera_id, point_id``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mllm_embed.errors import LineupError
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+RESULT_FIELDS = ["query_id", "rank", "score", "image", "person_id", "camera_id", "point_id"]
+
+
+@dataclass
+class Query:
+    id: str
+    kind: str  # "text" | "image" | "composed"
+    text: str | None = None
+    image: str | None = None
+    modification: str | None = None
+    k: int = 10
+    filter: dict[str, Any] | None = field(default=None)
+
+
+def _format(path: Path, role: str) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise LineupError(f"{role} {path}: unknown format {path.suffix!r}; use one of {sorted(FORMATS)}")
+    return fmt
+
+
+def _read_rows(path: Path) -> list[tuple[str, Any]]:
+    """(location, raw row) pairs; location is 'line N' / 'row N' for error messages."""
+    if not path.is_file():
+        raise LineupError(f"queries {path}: no such file")
+    fmt = _format(path, "queries")
+    if fmt == "jsonl":
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {n}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise LineupError(f"{path}:{n}: not valid JSON ({exc.msg}); fix or delete that line") from exc
+        return rows
+    if fmt == "csv":
+        with path.open(newline="") as fh:
+            return [(f"line {n}", row) for n, row in enumerate(csv.DictReader(fh), 2)]
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise LineupError(f"queries {path}: cannot read parquet ({exc})") from exc
+    return [(f"row {n}", row) for n, row in enumerate(table.to_pylist(), 1)]
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def parse_query(row: Any, where: str, path: Path, default_k: int) -> Query:
+    """Validate one raw row into a Query; errors name the file and line."""
+
+    def fail(msg: str) -> LineupError:
+        return LineupError(f"{path} {where}: {msg}")
+
+    if not isinstance(row, dict):
+        raise fail("expected an object with fields id/text/image/modification/k/filter")
+    unknown = set(row) - {"id", "text", "image", "modification", "k", "filter"}
+    if unknown:
+        raise fail(f"unknown field(s) {sorted(unknown)}; allowed: id, text, image, modification, k, filter")
+    text, image, mod = (None if _blank(row.get(f)) else str(row[f]) for f in ("text", "image", "modification"))
+    if image is not None:
+        candidate = Path(image) if Path(image).is_absolute() else path.parent / image
+        if not candidate.is_file():
+            raise fail(f"image {image!r} not found (relative paths are read from {path.parent})")
+        image = str(candidate)
+    if mod is not None and image is None:
+        raise fail("'modification' needs an 'image' (the person to change)")
+    if image is not None and text is not None:
+        raise fail("give 'text', or 'image' (+ 'modification'), not both")
+    if image is None and text is None:
+        raise fail("no query: give 'text', or 'image' (+ 'modification')")
+    k = default_k
+    if not _blank(row.get("k")):
+        try:
+            k = int(row["k"])
+        except (TypeError, ValueError):
+            k = 0
+        if k < 1 or float(row["k"]) != k:
+            raise fail(f"k={row['k']!r} must be a positive integer")
+    flt = row.get("filter")
+    if isinstance(flt, str):
+        try:
+            flt = json.loads(flt) if flt.strip() else None
+        except json.JSONDecodeError as exc:
+            raise fail(f"filter {flt!r} is not JSON, e.g. {{\"camera_id\": 3}}") from exc
+    if flt is not None and not isinstance(flt, dict):
+        raise fail(f"filter must be an object like {{\"camera_id\": 3}}, got {flt!r}")
+    if isinstance(flt, dict):  # parquet structs: drop null members
+        flt = {key: v for key, v in flt.items() if v is not None} or None
+    kind = "text" if text is not None else ("composed" if mod is not None else "image")
+    qid = where.split()[-1] if _blank(row.get("id")) else str(row["id"])
+    return Query(qid, kind, text, image, mod, k, flt)
+
+
+def load_queries(path: str | Path, default_k: int = 10) -> list[Query]:
+    path = Path(path)
+    queries = [parse_query(row, where, path, default_k) for where, row in _read_rows(path)]
+    if not queries:
+        raise LineupError(f"queries {path}: no queries in the file")
+    return queries
+
+
+def write_results(rows: list[dict[str, Any]], out: Path) -> None:
+    fmt = _format(out, "output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "csv":
+        with out.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=RESULT_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), out)
+
+
+def run_batch(
+    engine: Any,
+    queries_path: str | Path,
+    out_path: str | Path,
+    k: int = 10,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Run every query of ``queries_path`` through ``engine``; write ranked rows to ``out_path``.
+
+    Returns the number of queries run. ``k`` is the default for rows without their own ``k``.
+    """
+    out_path = Path(out_path)
+    _format(out_path, "output")  # fail before any embedding work
+    queries = load_queries(queries_path, default_k=k)
+    emb = engine.embedder
+    vectors: dict[int, np.ndarray] = {}
+    for kind, encode, item in (
+        ("text", emb.encode_text, lambda q: q.text),
+        ("image", emb.encode_images, lambda q: q.image),
+        ("composed", emb.encode_composed, lambda q: (q.image, q.modification)),
+    ):
+        idx = [i for i, q in enumerate(queries) if q.kind == kind]
+        if idx:
+            vectors.update(zip(idx, encode([item(queries[i]) for i in idx], batch_size=batch_size)))
+    rows = []
+    for i, q in enumerate(queries):
+        for rank, hit in enumerate(engine.search_vector(vectors[i], q.k, q.filter), 1):
+            p = hit.payload
+            rows.append({"query_id": q.id, "rank": rank, "score": round(hit.score, 6), "image": p.get("image"),
+                         "person_id": p.get("person_id"), "camera_id": p.get("camera_id"), "point_id": hit.id})
+        if progress:
+            progress(1)
+    write_results(rows, out_path)
+    return len(queries)
