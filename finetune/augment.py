@@ -87,6 +87,78 @@ def rda(caption: str, attributes: dict[str, str] | None = None, seed: int | np.r
     return reorganize(enrich(decompose(caption), attributes, rng, max_new), rng)
 
 
+# ------------------------------------------------------------------------------------------------- TDE
+
+
+def _snap(value: str, vocabulary: Sequence[str]) -> str | None:
+    """The vocabulary value an answer names (exact, else the longest value contained in it), or None."""
+    value = value.strip().lower()
+    if value in vocabulary:
+        return value
+    contained = [v for v in vocabulary if v != "none" and v in value]
+    return max(contained, key=len) if contained else None
+
+
+def answers_to_attributes(answers: dict[str, str]) -> tuple[dict[str, str], int]:
+    """Map VQA answers onto the world's attribute vocabulary; returns (attributes, number of answers that named
+    no known value and fell back to the vocabulary's first entry)."""
+    from finetune.data.world import ATTRIBUTES
+
+    attrs, unknown = {}, 0
+    for key, vocabulary in ATTRIBUTES.items():
+        value = _snap(answers.get(key, ""), vocabulary)
+        unknown += value is None
+        attrs[key] = value or vocabulary[0]
+    if attrs["bag"] == "none":
+        attrs["bag_color"] = "none"
+    elif attrs["bag_color"] == "none":
+        attrs["bag_color"] = ATTRIBUTES["bag_color"][1]
+    return attrs, unknown
+
+
+def caption_images(
+    embedder,
+    images: Sequence,
+    templates: Sequence[str] | None = None,
+    per_image: int = 2,
+    mode: str = "vqa",
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[str]]:
+    """TDE captioning: `per_image` captions per image, each following a different template (seeded choice).
+
+    mode="vqa" (small offline models): ask "Describe the person." (kept as a caption when the model answers)
+    and the question bank, map the answers onto the attribute vocabulary and fill the slot templates
+    (default: the world's CAPTION_TEMPLATES). mode="template" (instruction-following MLLMs): the template goes
+    into the prompt and the model writes the caption itself."""
+    from finetune.data.world import CAPTION_TEMPLATES, QUESTION_BANK, describe
+
+    if mode not in ("vqa", "template"):
+        raise LineupError(f"caption mode={mode!r}: choose vqa or template")
+    templates = list(templates or CAPTION_TEMPLATES)
+    if per_image < 1 or per_image > len(templates):
+        raise LineupError(f"per_image={per_image}: must be between 1 and the number of templates ({len(templates)})")
+    rng = np.random.default_rng(seed)
+    out, unknown = [], 0
+    for image in images:
+        chosen = [templates[i] for i in rng.choice(len(templates), size=per_image, replace=False)]
+        if mode == "template":
+            captions = [embedder.answer(image, TEMPLATE_PROMPT.format(template=t), max_new_tokens) for t in chosen]
+        else:
+            answers = {q["key"]: embedder.answer(image, q["question"]) for q in QUESTION_BANK}
+            attrs, n_unknown = answers_to_attributes(answers)
+            unknown += n_unknown
+            free = embedder.answer(image, DESCRIBE_PROMPT, max_new_tokens)
+            captions = ([free] if len(free.split()) >= 3 else []) + [describe(attrs, rng, t) for t in chosen]
+        out.append([c for c in captions if c.strip()])
+        if progress:
+            progress(1)
+    if unknown:
+        log.info("TDE: %d answers named no known attribute value (fell back to defaults)", unknown)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- LLM-DA
 
 

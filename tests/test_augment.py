@@ -65,3 +65,17 @@ def test_tff_keeps_faithful_rewrites_and_reports_counts():
     assert cos[0] == pytest.approx(1.0, abs=1e-6) and cos[1] < 0.1 and cos[2] == -1.0
     with pytest.raises(LineupError, match="rewrites"):
         faithfulness_filter(_bag_of_words, originals, rewrites[:2])
+
+
+def test_answers_map_onto_the_attribute_vocabulary_and_fill_templates():
+    from finetune.augment import answers_to_attributes
+    from finetune.data.world import ATTRIBUTES, CAPTION_TEMPLATES, describe
+
+    answers = {"gender": "female", "hair_length": "long", "upper_type": "a red jacket", "upper_color": "red",
+               "lower_type": "jeans", "bag": "none", "bag_color": "blue", "hat": "cap", "glasses": "???"}
+    attrs, unknown = answers_to_attributes(answers)
+    assert attrs["upper_type"] == "jacket" and attrs["bag_color"] == "none" and attrs["hat"] == "cap"
+    assert set(attrs) == set(ATTRIBUTES) and all(attrs[k] in ATTRIBUTES[k] for k in attrs)
+    assert unknown == len(ATTRIBUTES) - 8  # 8 answers named a value ("???" and the missing keys did not)
+    caption = describe(attrs, np.random.default_rng(0), CAPTION_TEMPLATES[0])
+    assert "jacket" in caption or "red" in caption
