@@ -1,0 +1,337 @@
+"""Read the synthetic world and real person / composed-retrieval datasets into the same `datasets` columns
+(docs/CONTRACTS.md section 1).
+
+Real layouts (as distributed):
+- CUHK-PEDES: `reid_raw.json` (list of {split, captions, file_path, processed_tokens, id (1-based)}) + `imgs/`
+- ICFG-PEDES: `ICFG-PEDES.json` (same keys, 0-based ids, train/test) + `imgs/`
+- RSTPReid: `data_captions.json` ({split, captions, img_path, id}) + `imgs/`
+- UFine6926: a `*ufine*.json` ({split, id, file_path, captions}) + `imgs/` (or paths relative to the root)
+- CIRR: `captions/cap.rc2.<split>.json` ({reference, target_hard, caption, ...}) and
+  `image_splits/split.rc2.<split>.json` (name -> relative path)
+- FashionIQ: `captions/cap.<category>.<split>.json` ({candidate, target, captions[2]}) + `images/<name>.png`
+
+Records whose image file is missing are skipped; the count is logged and kept in the dataset's
+`info.description` (read it with `load_report(ds)`). Malformed files raise LineupError naming file and field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+
+from mllm_embed.errors import LineupError
+
+log = logging.getLogger(__name__)
+
+PERSON_FORMATS = ("auto", "world", "cuhk-pedes", "icfg-pedes", "rstpreid", "ufine6926")
+TRIPLET_FORMATS = ("auto", "world", "cirr", "fashioniq")
+
+
+@dataclass(frozen=True)
+class _PersonSpec:
+    label: str
+    files: tuple[str, ...]
+    image_key: str
+    id_offset: int  # added to the file's id to make person ids 0-based where the file is 1-based
+
+
+_PERSON_SPECS = {
+    "cuhk-pedes": _PersonSpec("CUHK-PEDES", ("reid_raw.json",), "file_path", -1),
+    "icfg-pedes": _PersonSpec("ICFG-PEDES", ("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path", 0),
+    "rstpreid": _PersonSpec("RSTPReid", ("data_captions.json",), "img_path", 0),
+    "ufine6926": _PersonSpec("UFine6926", ("ufine6926.json", "UFine6926.json"), "file_path", 0),
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+def _read_json(path: Path, label: str):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LineupError(f"{path.name}: not valid JSON ({e.msg}, line {e.lineno}) — is this a {label} file?") from e
+    except OSError as e:
+        raise LineupError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise LineupError(f"{path}: not found — run `lineup world` (or generate_world) to create it")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise LineupError(f"{path.name}: line {n} is not valid JSON ({e.msg})") from e
+    return rows
+
+
+def _get(item, key: str, i: int, fname: str, label: str, kind=None):
+    if not isinstance(item, dict):
+        raise LineupError(f"{fname}: item {i} is not a JSON object — is this a {label} file?")
+    if key not in item:
+        raise LineupError(f"{fname}: item {i} has no '{key}' field — is this a {label} file?")
+    value = item[key]
+    if kind is list and not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
+        raise LineupError(f"{fname}: item {i} field '{key}' must be a list of strings")
+    if kind is int and not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+        raise LineupError(f"{fname}: item {i} field '{key}' must be an integer, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise LineupError(f"{fname}: item {i} field '{key}' must be a string, got {type(value).__name__}")
+    return int(value) if kind is int else value
+
+
+def _as_list(data, fname: str, label: str) -> list:
+    if not isinstance(data, list):
+        raise LineupError(f"{fname}: expected a JSON list of records, got {type(data).__name__} — is this a "
+                          f"{label} file?")
+    return data
+
+
+def _find_image(root: Path, rel: str, subdirs: tuple[str, ...]) -> Path | None:
+    for sub in subdirs:
+        p = (root / sub / rel) if sub else (root / rel)
+        if p.is_file():
+            return p.resolve()
+    return None
+
+
+def _finish(rows: list[dict], total: int, missing: list[str], source: Path, fmt: str, label: str) -> datasets.Dataset:
+    if missing:
+        log.warning("%s: skipped %d of %d records whose image file is missing (first: %s)", source, len(missing),
+                    total, missing[0])
+    if not total:
+        raise LineupError(f"{source}: holds no {label} records with targets/images to load")
+    if not rows:
+        raise LineupError(f"{source}: none of the {total} images it lists exist (first: {missing[0]}) — point the "
+                          f"path at the {label} folder that holds the images")
+    report = {"source": str(source), "format": fmt, "records": len(rows), "skipped_missing_images": len(missing)}
+    info = datasets.DatasetInfo(description=json.dumps(report))
+    return datasets.Dataset.from_list(rows, info=info)
+
+
+def load_report(ds: datasets.Dataset) -> dict:
+    """What a loader recorded: {"source", "format", "records", "skipped_missing_images"}."""
+    return json.loads(ds.info.description or "{}")
+
+
+# ------------------------------------------------------------------------------------------- person data
+
+def _detect_person(path: Path) -> tuple[str, Path]:
+    """(format, annotation file) for a dataset folder or an annotation file."""
+    if path.is_file():
+        if path.name == "annotations.jsonl":
+            return "world", path
+        for fmt, spec in _PERSON_SPECS.items():
+            if path.name in spec.files or (fmt == "ufine6926" and "ufine" in path.name.lower()):
+                return fmt, path
+        raise LineupError(f"{path}: unknown annotation file — pass fmt= one of {', '.join(PERSON_FORMATS[1:])}")
+    if not path.is_dir():
+        raise LineupError(f"{path}: no such file or folder")
+    if (path / "annotations.jsonl").is_file():
+        return "world", path / "annotations.jsonl"
+    for fmt, spec in _PERSON_SPECS.items():
+        for name in spec.files:
+            if (path / name).is_file():
+                return fmt, path / name
+    ufine = sorted(p for p in path.glob("*.json") if "ufine" in p.name.lower())
+    if ufine:
+        return "ufine6926", ufine[0]
+    raise LineupError(f"{path}: no annotations.jsonl, reid_raw.json, ICFG-PEDES.json, data_captions.json or "
+                      f"*ufine*.json here — point at a dataset folder or pass fmt=")
+
+
+def _annotation_file(path: Path, fmt: str) -> Path:
+    if path.is_file():
+        return path
+    names = ("annotations.jsonl",) if fmt == "world" else _PERSON_SPECS[fmt].files
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    if fmt == "ufine6926":
+        found = sorted(p for p in path.glob("*.json") if "ufine" in p.name.lower())
+        if found:
+            return found[0]
+    raise LineupError(f"{path}: no {' or '.join(names)} found for fmt={fmt!r}")
+
+
+def load_person_dataset(path, fmt: str = "auto") -> datasets.Dataset:
+    """Person images with captions: columns image (absolute path), person_id, camera_id (-1 unknown), split,
+    captions (list[str]), attributes (JSON string, "" when the format has none)."""
+    if fmt not in PERSON_FORMATS:
+        raise LineupError(f"unknown person dataset format {fmt!r}; valid: {', '.join(PERSON_FORMATS)}")
+    path = Path(path).expanduser()
+    if fmt == "auto":
+        fmt, ann = _detect_person(path)
+    else:
+        ann = _annotation_file(path, fmt)
+    if fmt == "world":
+        return _load_world_people(ann)
+    spec = _PERSON_SPECS[fmt]
+    items = _as_list(_read_json(ann, spec.label), ann.name, spec.label)
+    rows, missing = [], []
+    for i, item in enumerate(items):
+        rel = _get(item, spec.image_key, i, ann.name, spec.label, str)
+        captions = _get(item, "captions", i, ann.name, spec.label, list)
+        pid = _get(item, "id", i, ann.name, spec.label, int) + spec.id_offset
+        split = _get(item, "split", i, ann.name, spec.label, str)
+        image = _find_image(ann.parent, rel, ("imgs", ""))
+        if image is None:
+            missing.append(rel)
+            continue
+        cam = re.search(r"_c(\d+)_", Path(rel).name) if fmt == "rstpreid" else None
+        rows.append({"image": str(image), "person_id": pid, "camera_id": int(cam.group(1)) if cam else -1,
+                     "split": split, "captions": captions, "attributes": ""})
+    return _finish(rows, len(items), missing, ann, fmt, spec.label)
+
+
+def _load_world_people(ann: Path) -> datasets.Dataset:
+    rows, missing = [], []
+    items = _read_jsonl(ann)
+    for i, item in enumerate(items):
+        rel = _get(item, "image", i, ann.name, "world", str)
+        image = ann.parent / rel
+        if not image.is_file():
+            missing.append(rel)
+            continue
+        rows.append({"image": str(image.resolve()),
+                     "person_id": _get(item, "person_id", i, ann.name, "world", int),
+                     "camera_id": int(item.get("camera_id", -1)),
+                     "split": _get(item, "split", i, ann.name, "world", str),
+                     "captions": _get(item, "captions", i, ann.name, "world", list),
+                     "attributes": json.dumps(item["attributes"]) if item.get("attributes") else ""})
+    return _finish(rows, len(items), missing, ann, "world", "world")
+
+
+# ------------------------------------------------------------------------------------------------ triplets
+
+def _world_dir(path: Path, name: str) -> Path:
+    return path if path.is_file() else path / name
+
+
+def load_triplets(path, fmt: str = "auto") -> datasets.Dataset:
+    """Composed-retrieval triplets: columns reference, modification, target (absolute paths), reference_id,
+    target_id, split. For CIRR/FashionIQ (no person ids) the ids number the distinct images."""
+    if fmt not in TRIPLET_FORMATS:
+        raise LineupError(f"unknown triplet format {fmt!r}; valid: {', '.join(TRIPLET_FORMATS)}")
+    path = Path(path).expanduser()
+    if fmt == "auto":
+        if path.name == "triplets.jsonl" or (path / "triplets.jsonl").is_file():
+            fmt = "world"
+        elif list(path.glob("captions/cap.rc2.*.json")):
+            fmt = "cirr"
+        elif list(path.glob("captions/cap.*.*.json")):
+            fmt = "fashioniq"
+        else:
+            raise LineupError(f"{path}: no triplets.jsonl, captions/cap.rc2.<split>.json (CIRR) or "
+                              f"captions/cap.<category>.<split>.json (FashionIQ) — pass fmt= or fix the path")
+    if fmt == "world":
+        return _load_world_triplets(_world_dir(path, "triplets.jsonl"))
+    if fmt == "cirr":
+        return _load_cirr(path)
+    return _load_fashioniq(path)
+
+
+def _load_world_triplets(ann: Path) -> datasets.Dataset:
+    items = _read_jsonl(ann)
+    rows, missing = [], []
+    for i, t in enumerate(items):
+        ref, tgt = (ann.parent / _get(t, k, i, ann.name, "world", str) for k in ("reference", "target"))
+        if not (ref.is_file() and tgt.is_file()):
+            missing.append(str(ref if not ref.is_file() else tgt))
+            continue
+        rows.append({"reference": str(ref.resolve()), "modification": _get(t, "modification", i, ann.name, "world",
+                                                                           str),
+                     "target": str(tgt.resolve()), "reference_id": _get(t, "reference_id", i, ann.name, "world", int),
+                     "target_id": _get(t, "target_id", i, ann.name, "world", int),
+                     "split": _get(t, "split", i, ann.name, "world", str)})
+    return _finish(rows, len(items), missing, ann, "world", "world")
+
+
+class _ImageIds:
+    """Stable integer ids for image names (CIRR / FashionIQ have no person ids)."""
+
+    def __init__(self):
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, name: str) -> int:
+        return self.ids.setdefault(name, len(self.ids))
+
+
+def _load_cirr(root: Path) -> datasets.Dataset:
+    rows, missing, total, ids = [], [], 0, _ImageIds()
+    for cap_file in sorted(root.glob("captions/cap.rc2.*.json")):
+        split = cap_file.name.split(".")[2]
+        split_file = root / "image_splits" / f"split.rc2.{split}.json"
+        if not split_file.is_file():
+            raise LineupError(f"{cap_file.name}: its image list image_splits/{split_file.name} is missing")
+        names = _read_json(split_file, "CIRR")
+        if not isinstance(names, dict):
+            raise LineupError(f"{split_file.name}: expected a JSON object name -> relative path — is this a CIRR file?")
+        items = _as_list(_read_json(cap_file, "CIRR"), cap_file.name, "CIRR")
+        for i, item in enumerate(items):
+            ref_name = _get(item, "reference", i, cap_file.name, "CIRR", str)
+            caption = _get(item, "caption", i, cap_file.name, "CIRR", str)
+            if "target_hard" not in item:  # the test1 split hides its targets: nothing to learn or score
+                continue
+            total += 1
+            tgt_name = _get(item, "target_hard", i, cap_file.name, "CIRR", str)
+            for name in (ref_name, tgt_name):
+                if name not in names:
+                    raise LineupError(f"{cap_file.name}: item {i} names image {name!r}, which {split_file.name} "
+                                      f"does not list")
+            ref, tgt = (_find_image(root, names[n], ("", "img_raw")) for n in (ref_name, tgt_name))
+            if ref is None or tgt is None:
+                missing.append(names[ref_name] if ref is None else names[tgt_name])
+                continue
+            rows.append({"reference": str(ref), "modification": caption, "target": str(tgt),
+                         "reference_id": ids(ref_name), "target_id": ids(tgt_name), "split": split})
+    return _finish(rows, total, missing, root, "cirr", "CIRR")
+
+
+def _load_fashioniq(root: Path) -> datasets.Dataset:
+    rows, missing, total, ids = [], [], 0, _ImageIds()
+    for cap_file in sorted(root.glob("captions/cap.*.*.json")):
+        parts = cap_file.name.split(".")
+        if len(parts) != 4:
+            continue
+        split = parts[2]
+        items = _as_list(_read_json(cap_file, "FashionIQ"), cap_file.name, "FashionIQ")
+        for i, item in enumerate(items):
+            captions = _get(item, "captions", i, cap_file.name, "FashionIQ", list)
+            cand = _get(item, "candidate", i, cap_file.name, "FashionIQ", str)
+            if "target" not in item:  # test captions without targets
+                continue
+            total += 1
+            tgt_name = _get(item, "target", i, cap_file.name, "FashionIQ", str)
+            ref, tgt = (_find_image(root / "images", f"{n}.png", ("",)) for n in (cand, tgt_name))
+            if ref is None or tgt is None:
+                missing.append(f"images/{cand if ref is None else tgt_name}.png")
+                continue
+            rows.append({"reference": str(ref), "modification": " and ".join(c.strip().rstrip(".") for c in captions),
+                         "target": str(tgt), "reference_id": ids(cand), "target_id": ids(tgt_name), "split": split})
+    return _finish(rows, total, missing, root, "fashioniq", "FashionIQ")
+
+
+# ----------------------------------------------------------------------------------------------------- VQA
+
+def load_vqa(path) -> datasets.Dataset:
+    """World VQA pairs: columns image (absolute path), question, answer, attribute, split."""
+    ann = _world_dir(Path(path).expanduser(), "vqa.jsonl")
+    items = _read_jsonl(ann)
+    rows, missing = [], []
+    for i, q in enumerate(items):
+        image = ann.parent / _get(q, "image", i, ann.name, "world", str)
+        if not image.is_file():
+            missing.append(str(image))
+            continue
+        rows.append({"image": str(image.resolve()),
+                     **{k: _get(q, k, i, ann.name, "world", str) for k in ("question", "answer", "attribute", "split")}})
+    return _finish(rows, len(items), missing, ann, "world", "world")
