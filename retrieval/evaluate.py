@@ -1,0 +1,311 @@
+"""Evaluate an embedder on a person dataset: text→image, image→image, composed Recall@K, verification, THI.
+
+Protocols (numbers come from ``retrieval.metrics`` applied to the similarity matrices built here):
+- text→image: queries = every caption of the split's images, gallery = the split's images.
+- image→image: every image queries the others; same-person same-camera gallery items are excluded
+  (the standard ReID protocol), so a person needs a second camera to count.
+- composed: queries = (reference image, modification) of the split's triplets; the gallery is collapsed
+  to identities (a person's score = its best image, the reference image itself excluded), and a query hits
+  when the target identity is among the top K — any image of the edited person is a right answer.
+- verification: same/different-identity image pairs scored by embedding cosine and by the MLLM's own
+  yes/no on the two crops side by side; accuracy/precision/recall/F1 at a threshold, ROC AUC, optional PNGs.
+- THI: ``evaluate_thi_dataset`` indexes the split into a temporary embedded store, caches the question-bank
+  answers, and reports per-round Rank-1 / mAP / cumulative Hits@10 (``retrieval.thi.evaluate_thi``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mllm_embed.errors import LineupError
+from retrieval.metrics import rank_metrics, recall_at_k, roc_auc, verification_metrics
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None] | None
+VERIFY_QUESTION = "Are these two the same person? Answer yes or no."
+TASKS = ("t2i", "i2i", "composed", "verify")
+
+
+@dataclass
+class EvalConfig:
+    split: str = field(default="test", metadata={"help": "dataset split to evaluate"})
+    batch_size: int = field(default=16, metadata={"help": "embedding batch size"})
+    ks: tuple[int, ...] = field(default=(1, 5, 10), metadata={"help": "Rank-k / Recall@k cut-offs"})
+    pairs: int = field(default=200, metadata={"help": "verification pairs (half same, half different)"})
+    threshold: float | None = field(
+        default=None, metadata={"help": "cosine threshold; None = best accuracy on the pairs (optimistic)"})
+    mllm_judge: bool = field(default=True, metadata={"help": "also score pairs by the MLLM's yes/no"})
+    seed: int = field(default=0, metadata={"help": "pair sampling seed"})
+
+    def __post_init__(self) -> None:
+        if self.pairs < 2:
+            raise ValueError(f"pairs must be >= 2, got {self.pairs}")
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive cut-offs, got {self.ks}")
+
+
+def _attrs(record: dict[str, Any]) -> dict[str, Any] | None:
+    attrs = record.get("attributes")
+    if isinstance(attrs, str):
+        return json.loads(attrs) if attrs else None
+    return attrs or None
+
+
+def encode_gallery(embedder: Any, records: Sequence[dict], batch_size: int = 16, progress: Progress = None):
+    return embedder.encode_images([r["image"] for r in records], batch_size=batch_size, progress=progress)
+
+
+# --- retrieval tasks --------------------------------------------------------------------------------
+def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10), progress=None) -> dict:
+    image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
+    texts = [(c, r["person_id"]) for r in records for c in r["captions"]]
+    if not texts:
+        raise LineupError("text→image evaluation needs captions: this split has none")
+    text_vecs = embedder.encode_text([t for t, _ in texts], batch_size=batch_size, progress=progress)
+    sim = text_vecs @ image_vecs.T
+    return rank_metrics(sim, [p for _, p in texts], [r["person_id"] for r in records], ks=ks)
+
+
+def evaluate_i2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10)) -> dict:
+    image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
+    pids = [r["person_id"] for r in records]
+    cams = [r["camera_id"] for r in records]
+    return rank_metrics(image_vecs @ image_vecs.T, pids, pids, cams, cams, ks=ks)
+
+
+def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=16, ks=(1, 5, 10),
+                      progress=None) -> dict:
+    image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
+    pids = np.array([r["person_id"] for r in records])
+    people = np.unique(pids)
+    column = {str(r["image"]): j for j, r in enumerate(records)}
+    usable = [t for t in triplets if t["target_id"] in set(people.tolist())]
+    if not usable:
+        raise LineupError("composed evaluation: no triplet's target person is in this split's gallery")
+    vecs = embedder.encode_composed([(t["reference"], t["modification"]) for t in usable],
+                                    batch_size=batch_size, progress=progress)
+    sim = vecs @ image_vecs.T
+    for i, t in enumerate(usable):  # the reference image itself is not a candidate (CIRR convention)
+        if str(t["reference"]) in column:
+            sim[i, column[str(t["reference"])]] = -np.inf
+    by_person = np.stack([sim[:, pids == p].max(axis=1) for p in people], axis=1)
+    target = np.searchsorted(people, [t["target_id"] for t in usable])
+    out = recall_at_k(by_person, target, ks=ks)
+    out.update(queries=len(usable), skipped=len(triplets) - len(usable))
+    return out
+
+
+# --- verification -----------------------------------------------------------------------------------
+def sample_pairs(records, n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    """n (i, j, same) index pairs: half same-identity (two different images), half different identities."""
+    rng = random.Random(seed)
+    by_pid: dict[Any, list[int]] = {}
+    for i, r in enumerate(records):
+        by_pid.setdefault(r["person_id"], []).append(i)
+    multi = [p for p, idx in by_pid.items() if len(idx) >= 2]
+    if not multi or len(by_pid) < 2:
+        raise LineupError("verification needs >= 2 people and someone with >= 2 images in the split")
+    pairs = []
+    for _ in range(n // 2):
+        i, j = rng.sample(by_pid[rng.choice(multi)], 2)
+        pairs.append((i, j, 1))
+    people = list(by_pid)
+    for _ in range(n - n // 2):
+        a, b = rng.sample(people, 2)
+        pairs.append((rng.choice(by_pid[a]), rng.choice(by_pid[b]), 0))
+    return pairs
+
+
+def side_by_side(a: Any, b: Any, height: int = 256):
+    """Two crops next to each other in one image (for asking the MLLM about a pair)."""
+    from PIL import Image
+
+    ims = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else x.convert("RGB") for x in (a, b)]
+    ims = [im.resize((max(1, round(im.width * height / im.height)), height)) for im in ims]
+    out = Image.new("RGB", (ims[0].width + ims[1].width + 8, height), (255, 255, 255))
+    out.paste(ims[0], (0, 0))
+    out.paste(ims[1], (ims[0].width + 8, 0))
+    out.info["pair"] = (str(a), str(b))
+    return out
+
+
+def best_threshold(scores, labels) -> float:
+    """The cut between sorted scores that maximises accuracy."""
+    s = np.sort(np.unique(scores))
+    cuts = np.concatenate([[s[0] - 1e-6], (s[:-1] + s[1:]) / 2, [s[-1] + 1e-6]])
+    acc = [verification_metrics(scores, labels, c)["accuracy"] for c in cuts]
+    return float(cuts[int(np.argmax(acc))])
+
+
+def evaluate_verification(embedder, records, image_vecs=None, config: EvalConfig | None = None,
+                          plots: str | Path | None = None, progress: Progress = None) -> dict:
+    config = config or EvalConfig()
+    image_vecs = encode_gallery(embedder, records, config.batch_size) if image_vecs is None else image_vecs
+    pairs = sample_pairs(records, config.pairs, config.seed)
+    labels = np.array([same for _, _, same in pairs])
+    cosine = np.array([float(image_vecs[i] @ image_vecs[j]) for i, j, _ in pairs])
+    threshold = best_threshold(cosine, labels) if config.threshold is None else config.threshold
+    out = {"pairs": len(pairs), "embedding": {**verification_metrics(cosine, labels, threshold),
+                                              "auc": roc_auc(cosine, labels), "threshold": threshold,
+                                              "threshold_source": "given" if config.threshold is not None
+                                              else "best accuracy on these pairs"}}
+    scores = {"embedding cosine": cosine}
+    if config.mllm_judge:
+        said = []
+        for i, j, _ in pairs:
+            answer = embedder.answer(side_by_side(records[i]["image"], records[j]["image"]), VERIFY_QUESTION)
+            said.append(1.0 if str(answer).strip().lower().startswith("yes") else 0.0)
+            if progress:
+                progress(1)
+        said = np.array(said)
+        out["mllm"] = {**verification_metrics(said, labels, 0.5), "auc": roc_auc(said, labels),
+                       "yes_rate": float(said.mean())}
+        scores["MLLM yes/no"] = said
+    if plots is not None:
+        out["plots"] = [str(p) for p in save_verification_plots(scores, labels, cosine, threshold, Path(plots))]
+    return out
+
+
+def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    y = np.asarray(labels, dtype=bool)[order]
+    s = np.asarray(scores)[order]
+    last = np.r_[np.diff(s) != 0, True]  # one point per distinct threshold
+    tpr = np.r_[0.0, np.cumsum(y)[last] / max(1, y.sum())]
+    fpr = np.r_[0.0, np.cumsum(~y)[last] / max(1, (~y).sum())]
+    return fpr, tpr
+
+
+def save_verification_plots(scores: dict[str, np.ndarray], labels, cosine, threshold, out_dir: Path) -> list[Path]:
+    """ROC curves of every scorer and a histogram of same/different cosine scores, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size, pad = 360, 40
+    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44)]
+    img = Image.new("RGB", (size + 2 * pad, size + 2 * pad), "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([pad, pad, pad + size, pad + size], outline="black")
+    d.line([pad, pad + size, pad + size, pad], fill=(180, 180, 180))
+    for n, ((name, s), color) in enumerate(zip(scores.items(), colors)):
+        fpr, tpr = roc_curve(s, labels)
+        d.line([(pad + f * size, pad + size - t * size) for f, t in zip(fpr, tpr)], fill=color, width=2)
+        d.text((pad + 8, pad + 8 + 14 * n), f"{name}: AUC {roc_auc(s, labels):.3f}", fill=color)
+    d.text((pad + size // 2 - 40, pad + size + 12), "false positive rate", fill="black")
+    d.text((4, pad - 16), "true positive rate", fill="black")
+    roc_path = out_dir / "verification_roc.png"
+    img.save(roc_path)
+
+    bins = 30
+    edges = np.linspace(min(cosine.min(), threshold) - 1e-6, max(cosine.max(), threshold) + 1e-6, bins + 1)
+    lab = np.asarray(labels, dtype=bool)
+    same, diff = np.histogram(cosine[lab], edges)[0], np.histogram(cosine[~lab], edges)[0]
+    top = max(1, same.max(), diff.max())
+    img = Image.new("RGB", (size + 2 * pad, size // 2 + 2 * pad), "white")
+    d = ImageDraw.Draw(img)
+    h, w = size // 2, size / bins
+    for b in range(bins):
+        for count, color, off in ((diff[b], colors[1], 0), (same[b], colors[0], w / 2)):
+            x = pad + b * w + off
+            d.rectangle([x, pad + h - h * count / top, x + w / 2 - 1, pad + h], fill=color)
+    tx = pad + (threshold - edges[0]) / (edges[-1] - edges[0]) * size
+    d.line([tx, pad, tx, pad + h], fill="black", width=1)
+    d.text((pad, 8), f"cosine: same (blue) vs different (red); threshold {threshold:.3f}", fill="black")
+    d.text((pad, pad + h + 8), f"{edges[0]:.2f}", fill="black")
+    d.text((pad + size - 30, pad + h + 8), f"{edges[-1]:.2f}", fill="black")
+    hist_path = out_dir / "verification_hist.png"
+    img.save(hist_path)
+    return [roc_path, hist_path]
+
+
+# --- datasets on disk --------------------------------------------------------------------------------
+def load_split(path: str | Path, split: str = "test") -> list[dict]:
+    from finetune.data.loaders import load_person_dataset
+
+    records = [r for r in load_person_dataset(path) if r["split"] == split]
+    if not records:
+        raise LineupError(f"{path}: split {split!r} is empty — pick another split")
+    return records
+
+
+def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, config: EvalConfig | None = None,
+                     plots: str | Path | None = None, progress: Progress = None) -> dict[str, dict]:
+    """Run the chosen tasks on ``path`` (a world folder or a real dataset); one metrics dict per task."""
+    config = config or EvalConfig()
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise LineupError(f"unknown eval task(s) {sorted(unknown)}; choose from {list(TASKS)}")
+    records = load_split(path, config.split)
+    vecs = encode_gallery(embedder, records, config.batch_size, progress)
+    kw = dict(image_vecs=vecs, batch_size=config.batch_size, ks=config.ks)
+    out: dict[str, dict] = {}
+    if "t2i" in tasks:
+        out["t2i"] = evaluate_t2i(embedder, records, progress=progress, **kw)
+    if "i2i" in tasks:
+        out["i2i"] = evaluate_i2i(embedder, records, **kw)
+    if "composed" in tasks:
+        from finetune.data.loaders import load_triplets
+
+        try:
+            triplets = [t for t in load_triplets(path) if t["split"] == config.split]
+        except (LineupError, FileNotFoundError) as exc:
+            log.warning("composed evaluation skipped: %s", exc)
+            triplets = []
+        if triplets:
+            out["composed"] = evaluate_composed(embedder, records, triplets, progress=progress, **kw)
+    if "verify" in tasks:
+        out["verify"] = evaluate_verification(embedder, records, vecs, config, plots, progress)
+    return out
+
+
+def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dict[str, str]], thi_config=None,
+                         split: str = "test", user: str = "simulated", cache: str = "mllm",
+                         max_queries: int | None = 100, batch_size: int = 16, progress: Progress = None):
+    """Per-round THI metrics on a dataset split, in a temporary embedded store.
+
+    user: "simulated" answers from ground-truth attributes (via finetune.data.world.answer_from_attributes;
+    falls back to "mllm" when the dataset has none) or "mllm" = the MLLM looking at the target's image.
+    cache: "mllm" caches the MLLM's own answers per gallery image (the realistic setting) or "truth".
+    Queries: the first caption of the first ``max_queries`` images.
+    """
+    from finetune.data.world import answer_from_attributes
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
+    from retrieval.thi import THIConfig, evaluate_thi
+
+    thi_config = thi_config or THIConfig()
+    records = load_split(path, split)
+    by_image = {str(r["image"]): r for r in records}
+
+    def truth(image: str, question: str) -> str:
+        key = next(q["key"] for q in question_bank if q["question"] == question)
+        attrs = _attrs(by_image[image])
+        if attrs is None:
+            raise LineupError(f"{path}: no ground-truth attributes; use cache='mllm'")
+        return answer_from_attributes(attrs, key)
+
+    def answerer_for(query: dict):
+        attrs = _attrs(query["record"])
+        if user == "simulated" and attrs is not None:
+            return lambda q: answer_from_attributes(attrs, q["key"])
+        return lambda q: embedder.answer(query["record"]["image"], q["question"])
+
+    queries = [{"text": r["captions"][0], "person_id": r["person_id"], "record": r}
+               for r in records[: max_queries or len(records)] if r["captions"]]
+    with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
+        engine = SearchEngine(embedder, store, "thi")
+        engine.index_images(records, batch_size=batch_size)
+        if thi_config.mode == "interactive":
+            engine.cache_answers(question_bank, answer_fn=truth if cache == "truth" else None)
+        return evaluate_thi(engine, queries, question_bank, thi_config,
+                            answerer_for=answerer_for if thi_config.mode == "interactive" else None,
+                            progress=progress)
