@@ -190,11 +190,61 @@ def cmd_rewrite(args, project: Project) -> int:
 
 
 def cmd_eval(args, project: Project) -> int:
-    raise LineupError("eval: not wired yet")
+    from retrieval.evaluate import TASKS, EvalConfig, evaluate_dataset
+
+    path = args.dataset or _world(args, project)
+    embedder = _embedder(args, project)
+    tasks = TASKS if args.task == "all" else (args.task,)
+    with progress_bar("evaluating", total=None) as advance:
+        results = evaluate_dataset(embedder, path, tasks, EvalConfig(), plots=args.plots, progress=advance)
+    if args.thi != "off":
+        results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds)
+    show_results(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=float))
+    return 0
+
+
+def run_thi_eval(embedder, path: Path, mode: str, rounds: int) -> list[dict]:
+    from finetune.data.world import QUESTION_BANK
+    from retrieval.evaluate import evaluate_thi_dataset
+    from retrieval.thi import THIConfig
+
+    cfg = THIConfig(mode="auto" if mode == "auto" else "interactive", rounds=rounds)
+    with progress_bar(f"THI {mode}", total=None) as advance:
+        return evaluate_thi_dataset(embedder, path, QUESTION_BANK, cfg, progress=advance)
+
+
+def show_results(results: dict) -> None:
+    titles = {"t2i": "text → image", "i2i": "image → image (cross-camera)", "composed": "image + modification",
+              "verify": "verification (same person?)"}
+    for task, metrics in results.items():
+        if task == "thi":
+            console.print(metrics_table("THI rounds", {f"round {m['round']}": {k: v for k, v in m.items()
+                                                                              if k != "round"} for m in metrics}))
+        elif task == "verify":
+            rows = {judge: m for judge, m in metrics.items() if isinstance(m, dict)}
+            console.print(metrics_table(titles[task], rows or {"": metrics}))
+        else:
+            console.print(metrics_table(titles.get(task, task), {"": metrics}))
 
 
 def cmd_chat(args, project: Project) -> int:
-    raise LineupError("chat: not wired yet")
+    from rich.prompt import Prompt
+
+    from cli.chat import ChatSession, run_chat
+    from finetune.data.world import QUESTION_BANK
+
+    engine = _engine(args, project)
+    session = ChatSession(engine, QUESTION_BANK, k=args.top_k)
+
+    def show(step) -> None:
+        show_hits(step.ranking[: args.top_k], step.label, preview=not args.no_preview)
+
+    run_chat(session, read=lambda prompt: Prompt.ask(prompt.strip(), console=console), show=show,
+             say=console.print, transcript=args.transcript)
+    return 0
 
 
 def cmd_demo(args, project: Project) -> int:
