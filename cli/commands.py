@@ -102,14 +102,21 @@ def cmd_bootstrap(args, project: Project) -> int:
     out = args.out or project.model
     with console.status("training tokenizer and building the tiny base"):
         build_tiny_base(world, out, size=args.size)
-    cfg = Stage0Config.for_size(args.size)
+    cfg = Stage0Config.for_tests() if args.size == "test" else Stage0Config()
     if args.epochs is not None:
         cfg.epochs = args.epochs
     with progress_bar("stage 0 pre-training", total=None) as advance:
-        report = pretrain(out, world, cfg, progress=advance)
-    done = json.loads((Path(out) / "stage0_done.json").read_text()) if report is None else report
-    console.print(metrics_table("stage 0", {"base": {k: v for k, v in done.items() if isinstance(v, (int, float))}}))
+        pretrain(out, world, cfg, progress=advance)
+    show_stage0(Path(out))
     return 0
+
+
+def show_stage0(model_dir: Path) -> None:
+    done = json.loads((model_dir / "stage0_done.json").read_text())
+    row = {"final loss": done["loss_curve"][-1], "steps": done["steps"], "seconds": done["seconds"]}
+    if "val_vqa" in done:
+        row["val VQA acc %"] = 100 * done["val_vqa"]["accuracy"]
+    console.print(metrics_table(f"stage 0 — {model_dir}", {"base": row}))
 
 
 def cmd_index(args, project: Project) -> int:
