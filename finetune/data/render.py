@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "black": (28, 28, 32),
@@ -73,12 +73,11 @@ def _shade(rgb, f: float) -> tuple[int, int, int]:
     return tuple(int(min(255, max(0, v * f))) for v in rgb)
 
 
-def _muted(rng: np.random.Generator, base: np.ndarray, spread: int = 40) -> tuple[int, int, int]:
+def _muted(rng: np.random.Generator, base, spread: int = 40) -> tuple[int, int, int]:
     """A desaturated colour near `base` for background clutter (keeps garment colours the salient ones)."""
-    c = base + rng.integers(-spread, spread + 1, 3)
-    g = c.mean()
-    c = 0.45 * c + 0.55 * g
-    return tuple(int(v) for v in np.clip(c, 0, 255))
+    c = [float(b) + int(d) for b, d in zip(base, rng.integers(-spread, spread + 1, 3))]
+    g = sum(c) / 3
+    return tuple(int(min(255, max(0, 0.45 * v + 0.55 * g))) for v in c)
 
 
 def _background(w: int, h: int, cam: int, rng: np.random.Generator) -> Image.Image:
@@ -89,25 +88,21 @@ def _background(w: int, h: int, cam: int, rng: np.random.Generator) -> Image.Ima
     ground = 0.3 * ground + 0.7 * ground.mean() + rng.integers(-15, 16, 3)
     horizon = int(h * rng.uniform(0.55, 0.75))
     t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
-    top = wall * 1.15
-    col = np.where(
-        np.arange(h)[:, None] < horizon,
-        top * (1 - t) + wall * t,
-        ground * (0.85 + 0.3 * (t - horizon / h)),
-    )
-    arr = np.broadcast_to(np.clip(col, 0, 255)[:, None, :], (h, w, 3)).astype(np.uint8)
-    img = Image.fromarray(arr, "RGB")
+    col = np.where(np.arange(h)[:, None] < horizon, wall * (1.15 - 0.15 * t), ground * (0.85 + 0.3 * (t - horizon / h)))
+    column = Image.fromarray(np.clip(col, 0, 255).astype(np.uint8)[:, None, :], "RGB")
+    img = column.resize((w, h), Image.Resampling.NEAREST)
+    wall_l, ground_l = wall.tolist(), ground.tolist()
     d = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(2, 6))):  # facades, windows, doors
         x0, y0 = int(rng.integers(-20, w)), int(rng.integers(0, horizon))
         bw, bh = int(rng.integers(10, 60)), int(rng.integers(10, 90))
-        d.rectangle([x0, y0, x0 + bw, min(horizon, y0 + bh)], fill=_muted(rng, wall))
+        d.rectangle([x0, y0, x0 + bw, min(horizon, y0 + bh)], fill=_muted(rng, wall_l))
     for _ in range(int(rng.integers(0, 3))):  # street clutter: round things, kerb lines
         x0, y0, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(4, 16))
-        d.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=_muted(rng, ground, 60))
+        d.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=_muted(rng, ground_l, 60))
     if rng.random() < 0.6:
         y = int(rng.integers(horizon, h))
-        d.line([(0, y), (w, y + int(rng.integers(-10, 11)))], fill=_muted(rng, ground + 50), width=2)
+        d.line([(0, y), (w, y + int(rng.integers(-10, 11)))], fill=_muted(rng, [g + 50 for g in ground_l]), width=2)
     return img
 
 
@@ -365,14 +360,16 @@ def render(attrs: dict, style: Style, camera: int, rng: np.random.Generator, wid
     if rng.random() < 0.15:  # partial occlusion: a pole or a low object in front
         if rng.random() < 0.5:
             x = int(rng.integers(0, width))
-            draw.rectangle([x, 0, x + int(rng.integers(5, 12)), height], fill=_muted(rng, np.full(3, 90.0), 30))
+            draw.rectangle([x, 0, x + int(rng.integers(5, 12)), height], fill=_muted(rng, (90, 90, 90), 30))
         else:
             y = int(height * rng.uniform(0.8, 0.9))
-            draw.rectangle([int(rng.integers(-40, 40)), y, width + 10, height], fill=_muted(rng, np.full(3, 110.0), 50))
+            draw.rectangle([int(rng.integers(-40, 40)), y, width + 10, height], fill=_muted(rng, (110, 110, 110), 50))
     cam_rng = np.random.default_rng([992, camera])
     gain = (1.0 + cam_rng.uniform(-0.06, 0.06, 3)) * rng.uniform(0.82, 1.12) * (1 + rng.uniform(-0.03, 0.03, 3))
-    arr = np.asarray(img, dtype=np.float32) * gain.astype(np.float32)
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    if rng.random() < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.4, 1.1))))
+    g0, g1, g2 = gain.tolist()
+    img = img.convert("RGB", matrix=(g0, 0, 0, 0, 0, g1, 0, 0, 0, 0, g2, 0))  # lighting / colour cast
+    if rng.random() < 0.3:  # defocus / low resolution
+        f = float(rng.uniform(0.45, 0.8))
+        img = img.resize((max(8, int(width * f)), max(8, int(height * f))), Image.Resampling.BILINEAR).resize(
+            (width, height), Image.Resampling.BILINEAR)
     return img, view
