@@ -185,7 +185,41 @@ def cmd_batch(args, project: Project) -> int:
 
 
 def cmd_train(args, project: Project) -> int:
-    raise LineupError("train: not wired yet")
+    from cli.main import dataclass_overrides
+    from finetune.train import TrainConfig
+
+    base = args.model or str(project.model)
+    if args.model is None and not (project.model / "config.json").exists():
+        raise LineupError(f"{project.model}: no base model — run `lineup bootstrap` or pass --model")
+    init = args.adapter
+    if init is None and args.stage == "stage2" and (project.adapter("stage1") / "lineup_embedder.json").exists():
+        init = str(project.adapter("stage1"))
+    try:
+        cfg = TrainConfig(base_model=base, data=str(args.dataset or _world(args, project)),
+                          output_dir=str(args.out or project.run(args.stage)), init_adapter=init,
+                          quantization=args.quantization, **dataclass_overrides(TrainConfig, args))
+    except ValueError as err:
+        raise LineupError(f"{err} — see `lineup train --help`") from None
+    adapter = run_training(args.stage, cfg)
+    console.print(f"adapter saved: {adapter}")
+    return 0
+
+
+def run_training(stage: str, cfg) -> Path:
+    """train() with a rich progress bar (loss, samples/s) and an evaluation table after each epoch."""
+    from finetune.train import train
+
+    with progress_bar(f"training {stage}", total=None) as advance:
+        def callback(event: dict) -> None:
+            if event["event"] == "step":
+                advance(1, total=event["total_steps"], info=f"epoch {event['epoch']} loss {event['loss']:.3f} "
+                                f"{event['samples_per_s']:.1f} samples/s")
+            elif event["event"] == "eval":
+                metrics = {k: v for k, v in event.items() if k not in ("event", "step", "epoch")
+                           and isinstance(v, (int, float))}
+                console.print(metrics_table(f"{stage} epoch {event['epoch']} ({cfg.eval_split})", {"": metrics}))
+
+        return train(stage, cfg, callback=callback)
 
 
 def cmd_caption(args, project: Project) -> int:

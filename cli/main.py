@@ -6,6 +6,7 @@ Errors a user can cause (LineupError) print as one red line and exit 2 — never
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -38,6 +39,29 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qdrant-url", default=None, help="a Qdrant server URL instead of the embedded store")
 
 
+def add_dataclass_args(group, cls, skip: set[str]) -> None:
+    """One flag per dataclass field, help from its metadata; absent flags keep the dataclass default."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {default})")
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif isinstance(default, tuple):
+            group.add_argument(flag, nargs="+", **kw)
+        elif isinstance(default, (int, float)):
+            group.add_argument(flag, type=type(default), **kw)
+        else:
+            group.add_argument(flag, **kw)
+
+
+def dataclass_overrides(cls, args: argparse.Namespace) -> dict:
+    """The fields of `cls` the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lineup",
@@ -64,18 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--dataset", type=Path, default=None, help="a real dataset annotation file or folder instead")
-    p.add_argument("--out", type=Path, default=None, help="adapter output folder (default: project adapters/STAGE)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--lora-rank", type=int, default=None)
-    p.add_argument("--nam", choices=["none", "uniform", "nam"], default=None, help="caption-token masking")
-    p.add_argument("--id-loss-weight", type=float, default=None, help="identity loss on image embeddings (0 = off)")
-    p.add_argument("--common-prompt", action="store_true", help="MLLMReID common instruction for image and text")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=None)
-    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: project adapters/STAGE)")
+    from finetune.train import TrainConfig
+
+    add_dataclass_args(p.add_argument_group("training options (finetune.train.TrainConfig)"), TrainConfig,
+                       skip={"base_model", "data", "output_dir", "init_adapter", "quantization"})
     _add_project(p)
 
     p = sub.add_parser("caption", help="TDE: caption images with diverse templates by the MLLM")

@@ -19,8 +19,12 @@ class Project:
     def model(self) -> Path:
         return self.root / "model"
 
+    def run(self, stage: str) -> Path:
+        """A training run's folder (checkpoints, metrics.jsonl); its adapter is `run / "adapter"`."""
+        return self.root / "runs" / stage
+
     def adapter(self, stage: str) -> Path:
-        return self.root / "adapters" / stage
+        return self.run(stage) / "adapter"
 
     @property
     def qdrant(self) -> Path:

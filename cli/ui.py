@@ -30,10 +30,10 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
     ) as progress:
         task = progress.add_task(description, total=total, info="")
 
-        def advance(n: int = 1, info: str | None = None) -> None:
+        def advance(n: int = 1, info: str | None = None, total: int | None = None) -> None:
             progress.advance(task, n)
-            if info is not None:
-                progress.update(task, info=info)
+            if info is not None or total is not None:
+                progress.update(task, **{k: v for k, v in (("info", info), ("total", total)) if v is not None})
 
         yield advance
 
