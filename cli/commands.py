@@ -289,5 +289,11 @@ def cmd_chat(args, project: Project) -> int:
 
 
 def cmd_demo(args, project: Project) -> int:
-    raise LineupError("demo: not wired yet")
+    from cli.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.fast() if args.fast else DemoConfig()
+    if args.identities:
+        cfg.identities = args.identities
+    run_demo(project, cfg)
+    return 0
 

@@ -1,0 +1,146 @@
+"""`lineup demo`: the whole offline pipeline on a fresh machine, resumable step by step.
+
+world → bootstrap (tokenizer, tiny base, stage 0) → stage 1 → stage 2 → evaluate base/stage1/stage2 →
+THI rounds → index the gallery into Qdrant (with the THI answer cache) → one text and one composed search.
+Every step leaves a marker in the project folder; an interrupted demo re-run skips finished steps and
+resumes training from its last checkpoint and indexing from the last stored batch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cli.project import Project
+from cli.ui import console, metrics_table, progress_bar
+
+
+@dataclass
+class DemoConfig:
+    identities: int = field(default=160, metadata={"help": "world identities"})
+    images_per_id: int = field(default=6, metadata={"help": "images per identity"})
+    size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
+    stage0_epochs: int = field(default=6, metadata={"help": "stage-0 epochs"})
+    stage1_epochs: int = field(default=4, metadata={"help": "stage-1 epochs"})
+    stage2_epochs: int = field(default=3, metadata={"help": "stage-2 epochs"})
+    thi_rounds: int = field(default=3, metadata={"help": "THI rounds evaluated"})
+    thi_queries: int = field(default=60, metadata={"help": "THI evaluation queries"})
+
+    @classmethod
+    def fast(cls) -> DemoConfig:
+        """A few minutes end to end: for smoke tests, not for numbers."""
+        return cls(identities=40, images_per_id=4, size="test", stage0_epochs=3, stage1_epochs=1, stage2_epochs=1,
+                   thi_rounds=2, thi_queries=10)
+
+
+def _step(title: str) -> None:
+    console.rule(f"[bold cyan]{title}")
+
+
+def run_demo(project: Project, cfg: DemoConfig) -> dict:
+    from finetune.data.world import WorldConfig, generate_world
+    from finetune.stage0 import DONE_FILE, Stage0Config, pretrain
+    from finetune.train import TrainConfig
+    from mllm_embed import load_embedder
+    from mllm_embed.tiny import build_tiny_base
+
+    from cli.commands import run_training, show_stage0
+
+    started = time.time()
+    project.root.mkdir(parents=True, exist_ok=True)
+    report: dict = {"config": asdict(cfg)}
+
+    _step("1/6 world")
+    if not (project.world / "world.json").exists():
+        with progress_bar("rendering world", total=None) as advance:
+            generate_world(project.world, WorldConfig(identities=cfg.identities, images_per_id=cfg.images_per_id),
+                           progress=advance)
+    console.print(f"world: {project.world}")
+
+    _step("2/6 bootstrap the offline base (local tokenizer, tiny LLaVA, stage-0 pre-training)")
+    if not (project.model / DONE_FILE).exists():
+        build_tiny_base(project.world, project.model, size=cfg.size)
+        s0 = Stage0Config.for_tests() if cfg.size == "test" else Stage0Config()
+        s0.epochs = cfg.stage0_epochs
+        with progress_bar("stage 0", total=None) as advance:
+            pretrain(project.model, project.world, s0, progress=advance)
+    show_stage0(project.model)
+
+    for stage, epochs in (("stage1", cfg.stage1_epochs), ("stage2", cfg.stage2_epochs)):
+        _step(f"{'3' if stage == 'stage1' else '4'}/6 {stage} LoRA fine-tune")
+        if not (project.adapter(stage) / "lineup_embedder.json").exists():
+            init = str(project.adapter("stage1")) if stage == "stage2" else None
+            run_training(stage, TrainConfig(base_model=str(project.model), data=str(project.world),
+                                            output_dir=str(project.run(stage)), init_adapter=init,
+                                            epochs=epochs, save_every=20, resume=True))
+        console.print(f"adapter: {project.adapter(stage)}")
+
+    _step("5/6 evaluate: base vs stage 1 vs stage 2, then THI rounds")
+    report["eval"] = _evaluate(project, cfg, load_embedder)
+
+    _step("6/6 index the gallery into Qdrant and search")
+    report["search"] = _index_and_search(project, load_embedder(project.model, adapter=project.adapter("stage2")))
+    report["seconds"] = round(time.time() - started, 1)
+    project.reports.mkdir(parents=True, exist_ok=True)
+    (project.reports / "demo.json").write_text(json.dumps(report, indent=2, default=float))
+    console.print(f"[bold green]demo done[/] in {report['seconds']:.0f} s — report: {project.reports / 'demo.json'}")
+    return report
+
+
+def _evaluate(project: Project, cfg: DemoConfig, load_embedder) -> dict:
+    from cli.commands import run_thi_eval
+    from retrieval.evaluate import EvalConfig, evaluate_dataset
+
+    out_file = project.reports / "eval.json"
+    if out_file.exists():
+        results = json.loads(out_file.read_text())
+    else:
+        results = {}
+        for name, adapter in (("base", None), ("stage1", project.adapter("stage1")),
+                              ("stage2", project.adapter("stage2"))):
+            embedder = load_embedder(project.model, adapter=adapter)
+            with progress_bar(f"evaluating {name}", total=None) as advance:
+                results[name] = evaluate_dataset(embedder, project.world, ("t2i", "i2i", "composed"),
+                                                 EvalConfig(), progress=advance)
+        results["thi"] = run_thi_eval(embedder, project.world, "simulated", cfg.thi_rounds)  # the stage-2 embedder
+        project.reports.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(results, indent=2, default=float))
+    for task, title in (("t2i", "text → image"), ("i2i", "image → image (cross-camera)"),
+                        ("composed", "image + modification → image")):
+        console.print(metrics_table(title, {name: results[name][task] for name in ("base", "stage1", "stage2")
+                                            if task in results[name]}))
+    console.print(metrics_table("THI (stage 2, simulated user answering from ground truth)",
+                                {f"round {m['round']}": {k: v for k, v in m.items() if k != "round"}
+                                 for m in results["thi"]}))
+    return results
+
+
+def _index_and_search(project: Project, embedder) -> dict:
+    from finetune.data.loaders import load_person_dataset, load_triplets
+    from finetune.data.world import QUESTION_BANK
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
+
+    from cli.commands import show_hits
+
+    records = [r for r in load_person_dataset(project.world) if r["split"] == "test"]
+    with open_store(path=project.qdrant) as store:
+        engine = SearchEngine(embedder, store, "gallery")
+        with progress_bar("indexing test gallery", total=len(records)) as advance:
+            engine.index_images(records, progress=advance)
+        with progress_bar("caching THI answers", total=len(records)) as advance:
+            engine.cache_answers(QUESTION_BANK, progress=advance)
+        query = records[0]
+        text = query["captions"][0]
+        hits = engine.search_text(text, k=5)
+        show_hits(hits, f"“{text}”  (wanted: person {query['person_id']})")
+        triplet = next(t for t in load_triplets(project.world) if t["split"] == "test")
+        composed = engine.search_composed(triplet["reference"], triplet["modification"], k=5)
+        show_hits(composed, f"person {triplet['reference_id']} + “{triplet['modification']}”  "
+                            f"(wanted: person {triplet['target_id']})")
+    return {"text": {"query": text, "target": query["person_id"],
+                     "top5": [h.payload["person_id"] for h in hits]},
+            "composed": {"reference": triplet["reference_id"], "modification": triplet["modification"],
+                         "target": triplet["target_id"], "top5": [h.payload["person_id"] for h in composed]}}
