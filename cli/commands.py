@@ -223,11 +223,67 @@ def run_training(stage: str, cfg) -> Path:
 
 
 def cmd_caption(args, project: Project) -> int:
-    raise LineupError("caption: not wired yet")
+    from finetune.augment import caption_images
+
+    records = _folder_records(args.images)
+    if not records:
+        raise LineupError(f"--images {args.images}: no .png/.jpg/.webp/.bmp images found")
+    embedder = _embedder(args, project)
+    images = [r["image"] for r in records]
+    with progress_bar("TDE captioning", total=len(images)) as advance:
+        captions = caption_images(embedder, images, per_image=args.per_image, progress=advance)
+    _write_jsonl(args.out, [{"image": i, "captions": c} for i, c in zip(images, captions)])
+    console.print(f"{len(images)} images captioned → {args.out}")
+    return 0
 
 
 def cmd_rewrite(args, project: Project) -> int:
-    raise LineupError("rewrite: not wired yet")
+    from finetune.augment import faithfulness_filter, rewrite_captions
+
+    captions = _read_captions(args.captions)
+    with progress_bar("LLM-DA rewriting", total=len(captions)) as advance:
+        rewrites = rewrite_captions(args.rewriter, captions, progress=advance)
+    embedder = _embedder(args, project)
+    kept, cosine, report = faithfulness_filter(embedder, captions, rewrites,
+                                               **({"threshold": args.threshold} if args.threshold else {}))
+    mapping: dict[str, list[str]] = {}
+    for i in kept:
+        mapping.setdefault(captions[i], []).append(rewrites[i])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(mapping, indent=1))
+    audit = args.out.with_suffix(".tff.jsonl")
+    _write_jsonl(audit, [{"original": c, "rewrite": r, "faithfulness": float(f), "kept": i in set(kept)}
+                         for i, (c, r, f) in enumerate(zip(captions, rewrites, cosine))])
+    console.print(metrics_table("text-faithfulness filter", {"rewrites": {
+        "kept": report.kept, "dropped": report.dropped, "threshold": report.threshold}}))
+    console.print(f"kept rewrites → {args.out} (use with `lineup train stage1 --rewrites {args.out}`); "
+                  f"every rewrite with its score → {audit}")
+    return 0
+
+
+def _read_captions(path: Path) -> list[str]:
+    if not path.is_file():
+        raise LineupError(f"--captions {path}: no such file")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise LineupError(f"{path}:{n}: not valid JSON — one object per line") from None
+        value = row.get("captions", row.get("caption")) if isinstance(row, dict) else None
+        if value is None:
+            raise LineupError(f"{path}:{n}: no 'caption' or 'captions' field")
+        out += [value] if isinstance(value, str) else list(value)
+    if not out:
+        raise LineupError(f"{path}: no captions")
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def cmd_eval(args, project: Project) -> int:
