@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -325,7 +326,8 @@ _SLOTS = ("person", "a_person", "pron", "poss", "hair", "upper", "lower", "shoes
 
 
 def _draw_u(rng) -> dict[str, list[float]]:
-    return {name: _uniforms(rng, 3) for name in _SLOTS}
+    u = _uniforms(rng, 3 * len(_SLOTS))
+    return {name: u[3 * i: 3 * i + 3] for i, name in enumerate(_SLOTS)}
 
 
 def _template(rng, template) -> str:
@@ -501,7 +503,7 @@ def generate_world(out_dir, config: WorldConfig | None = None, progress: Callabl
             cam = ident.cameras[k % len(ident.cameras)] if k < len(ident.cameras) else int(rng.choice(ident.cameras))
             img, view = render(ident.attrs, style, cam, rng, cfg.width, cfg.height)
             name = _image_name(ident.pid, cam, k)
-            img.save(out / name, format="PNG", compress_level=1)
+            img.save(out / name, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
             images.setdefault(ident.pid, []).append((name, cam))
             tpl_idx = rng.choice(len(CAPTION_TEMPLATES), cfg.captions_per_image, replace=False)
             captions = [describe(ident.attrs, rng, int(t)) for t in tpl_idx]
