@@ -259,6 +259,11 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
         pt.limb([(-hw, upper_bottom - 0.01), (hw, upper_bottom - 0.01)] if not side else
                 [(-hw, upper_bottom - 0.01), (hw, upper_bottom - 0.01)], 0.012, dark)
 
+    long_hair = a["hair_length"] == "long"
+    if back and long_hair:  # hair down the back, under a backpack
+        pt.poly([(-0.058, 0.07), (0.058, 0.07), (0.068, 0.29), (-0.068, 0.29)], hair)
+        pt.ellipse(0.0, 0.29, 0.068, 0.02, fill=hair)
+
     # bags that sit on the body
     if bag_kind == "backpack":
         if back:
@@ -291,7 +296,6 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
 
     # neck, long hair, head
     hx = 0.008 * f if side else 0.0
-    long_hair = a["hair_length"] == "long"
     if long_hair and not back:
         if side:
             pt.poly([(hx - 0.03 * f, 0.03), (hx - 0.07 * f, 0.04), (hx - 0.075 * f, 0.27), (hx - 0.01 * f, 0.25)], hair)
@@ -302,10 +306,7 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
     pt.poly([(-0.022, 0.11), (0.022, 0.11), (0.024, 0.17), (-0.024, 0.17)], _shade(skin, 0.92))
     if back:
         pt.ellipse(0.0, 0.07, 0.055, 0.068, fill=hair)
-        if long_hair:
-            pt.poly([(-0.058, 0.07), (0.058, 0.07), (0.068, 0.29), (-0.068, 0.29)], hair)
-            pt.ellipse(0.0, 0.29, 0.068, 0.02, fill=hair)
-        else:
+        if not long_hair:
             pt.ellipse(0.0, 0.115, 0.042, 0.03, fill=hair)
     else:
         pt.ellipse(hx, 0.072, 0.05, 0.064, fill=skin)
