@@ -34,7 +34,7 @@ class Stage0Config:
 
     epochs: int = field(default=8, metadata={"help": "passes over the train pairs"})
     batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (cosine decay, warmup)"})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (cosine decay, warmup)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
     captions_per_image: int = field(default=1, metadata={"help": "caption pairs per train image"})
@@ -55,7 +55,7 @@ class Stage0Config:
     @classmethod
     def for_tests(cls) -> Stage0Config:
         """About a minute on one core for the `test`-size base and the 48-identity test world."""
-        return cls(epochs=6, batch_size=16, lr=2e-3, warmup_steps=10, caption_weight=0.5, eval_questions=120)
+        return cls(epochs=3, batch_size=16, warmup_steps=10, caption_weight=0.5, eval_questions=120)
 
 
 def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple], list[tuple]]:
