@@ -247,8 +247,8 @@ def _load_world_triplets(ann: Path) -> datasets.Dataset:
         if not (ref.is_file() and tgt.is_file()):
             missing.append(str(ref if not ref.is_file() else tgt))
             continue
-        rows.append({"reference": str(ref.resolve()), "modification": _get(t, "modification", i, ann.name, "world",
-                                                                           str),
+        rows.append({"reference": str(ref.resolve()),
+                     "modification": _get(t, "modification", i, ann.name, "world", str),
                      "target": str(tgt.resolve()), "reference_id": _get(t, "reference_id", i, ann.name, "world", int),
                      "target_id": _get(t, "target_id", i, ann.name, "world", int),
                      "split": _get(t, "split", i, ann.name, "world", str)})
@@ -332,6 +332,6 @@ def load_vqa(path) -> datasets.Dataset:
         if not image.is_file():
             missing.append(str(image))
             continue
-        rows.append({"image": str(image.resolve()),
-                     **{k: _get(q, k, i, ann.name, "world", str) for k in ("question", "answer", "attribute", "split")}})
+        fields = {k: _get(q, k, i, ann.name, "world", str) for k in ("question", "answer", "attribute", "split")}
+        rows.append({"image": str(image.resolve()), **fields})
     return _finish(rows, len(items), missing, ann, "world", "world")

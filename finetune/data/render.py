@@ -186,7 +186,8 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
     else:
         hips = [(-0.05, 0.5), (0.05, 0.5)]
         leg_angles = [-0.05 - pose.leg * 0.25, 0.05 + pose.leg * 0.25]
-    legs = [_limb_points(h, ang, 0.22, 0.23, -0.15 * abs(ang) * (1 if side else 0)) for h, ang in zip(hips, leg_angles)]
+    knee_bend = -0.15 if side else 0.0
+    legs = [_limb_points(h, ang, 0.22, 0.23, knee_bend * abs(ang)) for h, ang in zip(hips, leg_angles)]
     lower_color = s.lower
     lt = a["lower_type"]
     for i, leg in enumerate(legs):
@@ -254,10 +255,9 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
             pt.limb([(-0.015, 0.18), (-0.02, 0.26)], 0.006, light)
             pt.limb([(0.015, 0.18), (0.02, 0.26)], 0.006, light)
     if ut == "hoodie":  # hood behind the neck (front/side) or hanging on the back
-        pt.ellipse(0.0 if not side else -0.03 * f, 0.175 if not back else 0.2, 0.055, 0.03, fill=dark if not back else s.upper)
-    if ut != "t-shirt" and ut != "hoodie":
-        pt.limb([(-hw, upper_bottom - 0.01), (hw, upper_bottom - 0.01)] if not side else
-                [(-hw, upper_bottom - 0.01), (hw, upper_bottom - 0.01)], 0.012, dark)
+        pt.ellipse(-0.03 * f if side else 0.0, 0.2 if back else 0.175, 0.055, 0.03, fill=s.upper if back else dark)
+    if ut not in ("t-shirt", "hoodie"):  # hem
+        pt.limb([(-hw, upper_bottom - 0.01), (hw, upper_bottom - 0.01)], 0.012, dark)
 
     long_hair = a["hair_length"] == "long"
     if back and long_hair:  # hair down the back, under a backpack
@@ -292,13 +292,15 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
         hx, hy = arm_pts[1][-1]
         pt.d.arc([*pt.p(hx - 0.03, hy - 0.005), *pt.p(hx + 0.03, hy + 0.05)], 180, 360, fill=_shade(s.bag, 0.7),
                  width=pt.w(0.01))
-        pt.poly([(hx - 0.045, hy + 0.03), (hx + 0.045, hy + 0.03), (hx + 0.055, hy + 0.1), (hx - 0.055, hy + 0.1)], s.bag)
+        pt.poly([(hx - 0.045, hy + 0.03), (hx + 0.045, hy + 0.03), (hx + 0.055, hy + 0.1), (hx - 0.055, hy + 0.1)],
+                s.bag)
 
     # neck, long hair, head
     hx = 0.008 * f if side else 0.0
     if long_hair and not back:
         if side:
-            pt.poly([(hx - 0.03 * f, 0.03), (hx - 0.07 * f, 0.04), (hx - 0.075 * f, 0.27), (hx - 0.01 * f, 0.25)], hair)
+            pt.poly([(hx - 0.03 * f, 0.03), (hx - 0.07 * f, 0.04), (hx - 0.075 * f, 0.27), (hx - 0.01 * f, 0.25)],
+                    hair)
         else:
             pt.poly([(-0.062, 0.04), (0.062, 0.04), (0.06, 0.17), (-0.06, 0.17)], hair)
             for sx in (-1, 1):  # strands falling over the shoulders beside the neck
@@ -317,8 +319,9 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
             pt.poly([(hx + 0.048 * f, 0.07), (hx + 0.062 * f, 0.085), (hx + 0.046 * f, 0.09)], skin)
         else:
             pt.chord(0.0, 0.06, 0.056, 0.062, 180, 360, fill=hair)
-            pt.poly([(-0.056, 0.06), (-0.042, 0.06), (-0.046, 0.1 if long_hair else 0.08), (-0.056, 0.1 if long_hair else 0.08)], hair)
-            pt.poly([(0.056, 0.06), (0.042, 0.06), (0.046, 0.1 if long_hair else 0.08), (0.056, 0.1 if long_hair else 0.08)], hair)
+            sideburn = 0.1 if long_hair else 0.08
+            for sx in (-1, 1):
+                pt.poly([(sx * 0.056, 0.06), (sx * 0.042, 0.06), (sx * 0.046, sideburn), (sx * 0.056, sideburn)], hair)
             for ex in (-0.02, 0.02):
                 pt.ellipse(ex, 0.072, 0.006, 0.006, fill=(30, 25, 25))
             pt.limb([(-0.012, 0.105), (0.012, 0.105)], 0.006, (150, 60, 60) if female else _shade(skin, 0.7))
