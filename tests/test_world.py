@@ -113,6 +113,7 @@ def test_triplets_are_exact_one_edit_neighbours(world):
         assert t["modification"].strip()
         edited.add(t["edit"]["attribute"])
     assert len(edited) >= 5  # many kinds of edits, not one
+    assert {t["split"] for t in trips} >= {"train", "test"}  # composed evaluation has test triplets
 
 
 def test_modification_text_names_the_new_value(world):
