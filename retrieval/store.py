@@ -53,6 +53,7 @@ class StoreConfig:
     )
     upsert_batch: int = field(default=512, metadata={"help": "points per upsert request"})
     search_threads: int | None = field(default=None, metadata={"help": "edge search threads (None = auto)"})
+    indexing_threads: int = field(default=0, metadata={"help": "edge HNSW build threads (0 = auto)"})
 
     def __post_init__(self) -> None:
         if self.quantization not in (None, "int8"):
@@ -240,7 +241,8 @@ class EdgeStore(Store):
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) if dim else None,
             hnsw_config=qe.HnswIndexConfig(
-                m=cfg.hnsw_m, ef_construct=cfg.hnsw_ef_construct, full_scan_threshold=cfg.full_scan_threshold_kb
+                m=cfg.hnsw_m, ef_construct=cfg.hnsw_ef_construct, full_scan_threshold=cfg.full_scan_threshold_kb,
+                max_indexing_threads=cfg.indexing_threads,
             ),
             quantization_config=quant,
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=cfg.indexing_threshold_kb),

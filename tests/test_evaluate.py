@@ -78,3 +78,36 @@ def test_verification_scores_and_plots(data, tmp_path):
     strict = evaluate_verification(emb, records, config=EvalConfig(pairs=40, seed=1, threshold=2.0,
                                                                    mllm_judge=False))
     assert strict["embedding"]["recall"] == 0.0 and "mllm" not in strict
+
+
+@pytest.mark.slow
+def test_real_model_end_to_end(tiny_base, tiny_world, tmp_path):
+    """The tiny pre-trained MLLM through every path: ingest, search, eval tasks, verification, THI."""
+    from finetune.data.world import QUESTION_BANK
+    from mllm_embed import load_embedder
+    from retrieval.engine import SearchEngine
+    from retrieval.evaluate import evaluate_dataset, evaluate_thi_dataset, load_split
+    from retrieval.store import open_store
+    from retrieval.thi import THIConfig
+
+    emb = load_embedder(tiny_base, device="cpu")
+    records = load_split(tiny_world, "test")
+    got = evaluate_dataset(emb, tiny_world, config=EvalConfig(pairs=16), plots=tmp_path / "plots")
+    assert set(got) == {"t2i", "i2i", "composed", "verify"}
+    vecs = emb.encode_images([r["image"] for r in records])
+    texts = [(c, r["person_id"]) for r in records for c in r["captions"]]
+    sim = emb.encode_text([t for t, _ in texts]) @ vecs.T
+    expected = rank_metrics(sim, [p for _, p in texts], [r["person_id"] for r in records])
+    assert got["t2i"]["R1"] == pytest.approx(expected["R1"]) and got["t2i"]["mAP"] == pytest.approx(expected["mAP"])
+    assert 0.0 <= got["verify"]["embedding"]["auc"] <= 1.0 and "mllm" in got["verify"]
+
+    with open_store(path=tmp_path / "idx") as store:  # an image finds itself through the real store
+        engine = SearchEngine(emb, store, "g")
+        assert engine.index_images(records[:12], batch_size=4) == 12
+        hit = engine.search_image(records[5]["image"], k=1)[0]
+        assert hit.payload["image"] == records[5]["image"] and hit.score == pytest.approx(1.0, abs=1e-3)
+
+    rounds = evaluate_thi_dataset(emb, tiny_world, QUESTION_BANK, THIConfig(rounds=2), cache="truth",
+                                  max_queries=12)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[2]["R1"] > rounds[0]["R1"]  # true answers from the simulated user re-rank the target up
