@@ -124,18 +124,24 @@ class THISession:
     # --- pool ----------------------------------------------------------------------------------------
     @property
     def vectors(self) -> np.ndarray:
-        return np.stack(self._vecs)
+        return self._mat
 
     def _grow(self, vector: np.ndarray) -> None:
-        known = set(self.ids)
-        hits = self.engine.search_vector(vector, self.config.pool, self.filter, with_vectors=True)
-        if not hits and not self.ids:
+        """Add the top ``pool`` hits of ``vector`` to the pool (vectors fetched only for new members)."""
+        first = not self.ids
+        hits = self.engine.search_vector(vector, self.config.pool, self.filter, with_vectors=first)
+        if not hits and first:
             raise LineupError("the collection has no images matching the filter: index images or relax the filter")
-        for h in hits:
-            if h.id not in known:
-                self.ids.append(h.id)
-                self.payloads.append(h.payload)
-                self._vecs.append(h.vector)
+        known = set(self.ids)
+        new = [h for h in hits if h.id not in known]
+        if new and not first:
+            new = self.engine.store.retrieve(self.engine.collection, [h.id for h in new], with_vectors=True)
+        for h in new:
+            self.ids.append(h.id)
+            self.payloads.append(h.payload)
+            self._vecs.append(h.vector)
+        if new or first:
+            self._mat = np.stack(self._vecs)
 
     def _rank(self, scores: np.ndarray) -> list[Hit]:
         order = np.argsort(-scores, kind="stable")
@@ -254,7 +260,7 @@ class THISession:
 def agreement(payload: dict[str, Any], given: Sequence[tuple[dict[str, str], str]]) -> float:
     """Share of the given answers that match the point's cached answers (0.5 for an uncached question)."""
     cached = payload.get("answers") or {}
-    return float(np.mean([0.5 if q["key"] not in cached else float(cached[q["key"]] == a) for q, a in given]))
+    return sum(0.5 if q["key"] not in cached else float(cached[q["key"]] == a) for q, a in given) / len(given)
 
 
 def run_session(session: THISession, answerer: Answerer | None = None) -> list[Round]:
