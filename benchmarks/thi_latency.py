@@ -104,7 +104,8 @@ def main() -> None:
                 start, choose, answer = [], [], []
                 for target in targets:
                     t = time.perf_counter()
-                    s = THISession(engine, f"person {target['person_id']}", BANK, THIConfig(rounds=args.rounds, pool=pool))
+                    cfg = THIConfig(rounds=args.rounds, pool=pool)
+                    s = THISession(engine, f"person {target['person_id']}", BANK, cfg)
                     start.append(time.perf_counter() - t)
                     for _ in range(args.rounds):
                         t = time.perf_counter()

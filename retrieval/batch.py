@@ -74,7 +74,9 @@ def _read_rows(path: Path) -> list[tuple[str, Any]]:
 
 
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
+    if isinstance(value, float):
+        return bool(np.isnan(value))
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def parse_query(row: Any, where: str, path: Path, default_k: int) -> Query:

@@ -83,7 +83,8 @@ def test_meta_mismatch_and_wrong_dim_raise(store):
 
 def test_edge_persists_and_reopens_with_hnsw_and_quantization(tmp_path):
     ids, vecs, payloads = _points(300, d=16, seed=1)
-    cfg = StoreConfig(hnsw_m=8, hnsw_ef_construct=32, quantization="int8", full_scan_threshold_kb=1, indexing_threshold_kb=1)
+    cfg = StoreConfig(hnsw_m=8, hnsw_ef_construct=32, quantization="int8", full_scan_threshold_kb=1,
+                      indexing_threshold_kb=1)
     with EdgeStore(tmp_path / "idx", cfg) as s:
         s.ensure_collection("c", 16, {"model": "m"})
         s.upsert("c", ids, vecs, payloads)
