@@ -125,7 +125,8 @@ def run_chat(session: ChatSession, read: Callable[[str], str], show: Callable[[S
             continue
         if step is None:
             break
-        lines.append(f"[{step.kind}] {step.label}: " + ", ".join(
+        tag = f"undo → {step.kind}" if line.strip().lower() == "undo" else step.kind
+        lines.append(f"[{tag}] {step.label}: " + ", ".join(
             f"#{i} id{h.payload.get('person_id')}" for i, h in enumerate(step.ranking[: session.k], 1)))
         show(step)
         if session.pending is None and session.steps:

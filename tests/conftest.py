@@ -46,3 +46,16 @@ def tiny_base(tiny_world, tmp_path_factory) -> Path:
         build_tiny_base(tiny_world, out, size="test")
         pretrain(out, tiny_world, Stage0Config.for_tests())
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_base, tiny_world, tmp_path_factory) -> Path:
+    """A stage-1 LoRA adapter on the tiny base (about a minute): the embedder the end-to-end tests search with."""
+    from finetune.train import TrainConfig, train
+
+    out = _cache_dir(tmp_path_factory, "stage1")
+    adapter = out / "adapter"
+    if not (adapter / "lineup_embedder.json").exists():
+        train("stage1", TrainConfig(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(out),
+                                    epochs=8, eval_split=""))
+    return adapter

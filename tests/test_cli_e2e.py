@@ -1,0 +1,129 @@
+"""The terminal front end end to end on the tiny base: index → search → chat (THI questions, composed step,
+undo, quit) → batch → eval, through `cli.main.main` exactly as a user runs `lineup ...`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.main import main
+
+
+@pytest.fixture(scope="module")
+def gallery(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
+    """The world's test split indexed through the CLI, then THI answers cached from ground truth
+    (the simulated user's world: answers it gives and answers in the cache agree)."""
+    from finetune.data.loaders import load_person_dataset
+    from finetune.data.world import QUESTION_BANK, answer_from_attributes
+    from mllm_embed import load_embedder
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
+
+    qdrant = tmp_path_factory.mktemp("qdrant")
+    common = ["--model", str(tiny_base), "--adapter", str(tiny_adapter), "--qdrant-path", str(qdrant)]
+    assert main(["index", *common, "--dataset", str(tiny_world)]) == 0
+    records = [r for r in load_person_dataset(tiny_world) if r["split"] == "test"]
+    attrs = {r["image"]: json.loads(r["attributes"]) for r in records}
+    key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
+    embedder = load_embedder(tiny_base, adapter=tiny_adapter)
+    with open_store(path=qdrant) as store:
+        engine = SearchEngine(embedder, store, "gallery")
+        engine.cache_answers(QUESTION_BANK, answer_fn=lambda img, q: answer_from_attributes(attrs[img], key_of[q]))
+    return {"common": common, "records": records, "attrs": attrs, "embedder": embedder, "qdrant": qdrant}
+
+
+def test_index_is_idempotent_and_image_search_finds_itself(gallery, capsys, tmp_path):
+    common, records = gallery["common"], gallery["records"]
+    capsys.readouterr()
+    assert main(["index", *common, "--dataset", str(records[0]["image"]).rsplit("/images/", 1)[0]]) == 0
+    assert f"indexed 0 new images; collection 'gallery' holds {len(records)}" in capsys.readouterr().out
+    query = records[5]["image"]
+    sheet = tmp_path / "sheet.png"
+    assert main(["search", *common, "--image", query, "-k", "3", "--sheet", str(sheet)]) == 0
+    out = capsys.readouterr().out
+    first_row = next(line for line in out.splitlines() if line.lstrip("│ ").startswith("1 "))
+    assert query.rsplit("/", 1)[1] in first_row and "1.000" in first_row  # the photo itself ranks first
+    assert sheet.stat().st_size > 1000
+    assert main(["search", *common, "--text", "a woman in a red coat", "--filter", "camera_id=1",
+                 "--no-preview"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.lstrip("│ ")[:1].isdigit()]
+    assert rows and all(line.split("│")[4].strip() == "1" for line in rows)  # camera column honours the filter
+
+
+def _target_rank(ranking, person_id) -> int:
+    return next(i for i, h in enumerate(ranking, 1) if h.payload["person_id"] == person_id)
+
+
+def test_chat_session_improves_target_rank_and_undoes(gallery):
+    from cli.chat import ChatSession
+    from finetune.data.world import QUESTION_BANK, answer_from_attributes
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
+
+    records = gallery["records"]
+    with open_store(path=gallery["qdrant"]) as store:
+        session = ChatSession(SearchEngine(gallery["embedder"], store, "gallery"), QUESTION_BANK, k=5)
+        # a query whose person is not already first: there is something to improve
+        for record in records:
+            start = session.handle(record["captions"][0])
+            if _target_rank(start.ranking, record["person_id"]) > 1:
+                break
+        pid, attrs = record["person_id"], gallery["attrs"][record["image"]]
+        ranks = [_target_rank(start.ranking, pid)]
+        for _ in range(3):
+            step = session.handle(answer_from_attributes(attrs, session.pending["key"]))
+            ranks.append(_target_rank(step.ranking, pid))
+        assert ranks[-1] < ranks[0], ranks
+        assert ranks[-1] == 1, ranks  # three truthful answers single the person out in this small gallery
+        before = session.ranking
+        composed = session.handle("like #2 but wearing a hat")
+        assert composed.kind == "composed" and composed.label == "like #2 but wearing a hat"
+        assert [h.id for h in session.undo().ranking] == [h.id for h in before]
+        assert session.handle("quit") is None
+
+
+def test_chat_command_runs_a_dialogue_from_the_terminal(gallery, monkeypatch, tmp_path, capsys):
+    from finetune.data.world import QUESTION_BANK, answer_from_attributes
+
+    record = gallery["records"][0]
+    attrs = gallery["attrs"][record["image"]]
+    key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
+    script = iter([record["captions"][0], None, None, "like #1 but with a red top", "undo", "quit"])
+
+    def ask(prompt, console=None):  # the user at the terminal: answers each question truthfully
+        line = next(script)
+        return answer_from_attributes(attrs, key_of[prompt]) if line is None else line
+
+    monkeypatch.setattr("rich.prompt.Prompt.ask", ask)
+    transcript = tmp_path / "chat.txt"
+    assert main(["chat", *gallery["common"], "--transcript", str(transcript), "--no-preview"]) == 0
+    text = transcript.read_text()
+    assert text.count("[answer]") == 2 and "[composed] like #1 but with a red top" in text
+    assert "[undo → answer]" in text and "[describe]" in text and text.rstrip().endswith("bye")
+    assert f"id{record['person_id']}" in text.split("[answer]")[2].splitlines()[0]  # found after two answers
+
+
+def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
+    records = gallery["records"]
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "a", "image": records[3]["image"], "k": 2}) + "\n"
+                       + json.dumps({"id": "b", "text": records[4]["captions"][0]}) + "\n")
+    out = tmp_path / "r.jsonl"
+    assert main(["batch", *gallery["common"], "--queries", str(queries), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    first = next(r for r in rows if r["query_id"] == "a" and r["rank"] == 1)
+    assert first["image"] == records[3]["image"]
+    assert sum(r["query_id"] == "a" for r in rows) == 2 and sum(r["query_id"] == "b" for r in rows) == 10
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"id": "a", "text": "a man"}) + "\n{not json\n")
+    capsys.readouterr()
+    assert main(["batch", *gallery["common"], "--queries", str(broken), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert "broken.jsonl:2: not valid JSON" in capsys.readouterr().out  # names the file and line
+
+    report = tmp_path / "eval.json"
+    assert main(["eval", *gallery["common"][:4], "--world", str(tiny_world),
+                 "--task", "t2i", "--json", str(report)]) == 0
+    metrics = json.loads(report.read_text())["t2i"]
+    assert {"R1", "R5", "R10", "mAP", "mINP"} <= set(metrics) and 0 <= metrics["R1"] <= metrics["R10"] <= 100
