@@ -39,6 +39,7 @@ class Stage0Config:
     warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
     captions_per_image: int = field(default=1, metadata={"help": "caption pairs per train image"})
     caption_weight: float = field(default=1.0, metadata={"help": "fraction of caption pairs kept per epoch"})
+    attributes: tuple[str, ...] = field(default=(), metadata={"help": "VQA attributes to train on (empty: all)"})
     eval_questions: int = field(default=300, metadata={"help": "val VQA pairs scored after training (0: none)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
@@ -55,7 +56,8 @@ class Stage0Config:
     @classmethod
     def for_tests(cls) -> Stage0Config:
         """About a minute on one core for the `test`-size base and the 48-identity test world."""
-        return cls(epochs=3, batch_size=16, warmup_steps=10, caption_weight=0.5, eval_questions=120)
+        return cls(epochs=6, batch_size=16, lr=1e-3, warmup_steps=10, caption_weight=0.5, eval_questions=120,
+                   attributes=("gender", "hair_length", "hair_color", "upper_color", "lower_color"))
 
 
 def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple], list[tuple]]:
@@ -64,7 +66,8 @@ def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple],
 
     vqa = load_vqa(world_dir)
     vqa = vqa.filter(lambda row: row["split"] == split)
-    qa = [(r["image"], r["question"], r["answer"], r["attribute"]) for r in vqa]
+    qa = [(r["image"], r["question"], r["answer"], r["attribute"]) for r in vqa
+          if not cfg.attributes or r["attribute"] in cfg.attributes]
     people = load_person_dataset(world_dir).filter(lambda row: row["split"] == split)
     captions = [(r["image"], c) for r in people for c in r["captions"][: cfg.captions_per_image]]
     return qa, captions

@@ -191,8 +191,14 @@ class MLLMEmbedder:
         return torch.nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
 
     def lm_loss(self, batch: dict) -> torch.Tensor:
-        """Language-model loss of a `lm_batch` (answer tokens only), with grad when grad is enabled."""
-        return self.model(**self._to_device(batch), labels=batch["labels"].to(self.device)).loss
+        """Language-model loss of a `lm_batch`, averaged per example (a long caption and a one-word answer
+        weigh the same), with grad when grad is enabled."""
+        logits = self.model(**self._to_device(batch)).logits[:, :-1].float()
+        labels = batch["labels"][:, 1:].to(logits.device)
+        token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100,
+                                                       reduction="none")
+        per_example = token_loss.sum(1) / (labels != -100).sum(1).clamp(min=1)
+        return per_example.mean()
 
     def hidden_states(self, batch: dict, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token hidden states of one layer (n, L, h) and token kinds (n, L): PAD, PROMPT, IMAGE, TEXT.

@@ -1,0 +1,103 @@
+"""Build a tiny base (`lineup bootstrap` without the CLI) and measure what stage 0 taught it.
+
+    OMP_NUM_THREADS=2 python benchmarks/tiny_base_quality.py [--size tiny] [--identities 200] [--epochs 3]
+
+Generates a world, builds the base, runs stage 0 on the train split, then reports VQA accuracy per
+attribute on held-out identities (test split) against the majority-answer baseline, and zero-shot
+text->image Rank-1 / mAP (test captions vs test images, no fine-tuning). Prints tables and writes
+benchmarks/results/tiny_base_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from finetune.data.world import WorldConfig, generate_world  # noqa: E402
+from finetune.stage0 import Stage0Config, pretrain  # noqa: E402
+from mllm_embed import load_embedder  # noqa: E402
+from mllm_embed.tiny import build_tiny_base  # noqa: E402
+
+
+def zero_shot_rank(embedder, world: Path) -> dict:
+    """Text->image Rank-1 and mAP over the test split (one caption per image as a query)."""
+    rows = [json.loads(line) for line in (world / "annotations.jsonl").read_text().splitlines()]
+    test = [r for r in rows if r["split"] == "test"]
+    gallery = embedder.encode_images([str(world / r["image"]) for r in test])
+    queries = embedder.encode_text([r["captions"][0] for r in test])
+    pids = np.array([r["person_id"] for r in test])
+    sim = queries @ gallery.T
+    order = np.argsort(-sim, axis=1)
+    match = pids[order] == pids[:, None]
+    r1 = float(match[:, 0].mean() * 100)
+    ap = [np.mean(np.cumsum(m)[m] / (np.flatnonzero(m) + 1)) for m in match]
+    return {"R1": r1, "mAP": float(np.mean(ap) * 100), "queries": len(test),
+            "chance_R1": float(np.mean([(pids == p).sum() / len(pids) for p in pids]) * 100)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--identities", type=int, default=200)
+    ap.add_argument("--images-per-id", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, help="keep the world and base here (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tiny_base_quality.json")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lineup-base-bench-"))
+    started = time.time()
+    world = work / "world"
+    if not (world / "world.json").exists():
+        generate_world(world, WorldConfig(identities=args.identities, images_per_id=args.images_per_id, seed=0))
+    base = build_tiny_base(world, work / "base", size=args.size)
+    build_s = time.time() - started
+    pretrain(base, world, Stage0Config(epochs=args.epochs))
+    stage0 = json.loads((base / "stage0_done.json").read_text())
+    emb = load_embedder(base)
+
+    vqa = [json.loads(line) for line in (world / "vqa.jsonl").read_text().splitlines()]
+    per_attr = {}
+    for attribute in sorted({r["attribute"] for r in vqa}):
+        train = Counter(r["answer"] for r in vqa if r["split"] == "train" and r["attribute"] == attribute)
+        test = [r for r in vqa if r["split"] == "test" and r["attribute"] == attribute]
+        if not test or not train:
+            continue
+        majority = train.most_common(1)[0][0]
+        hits = [emb.answer(world / r["image"], r["question"]) == r["answer"] for r in test]
+        per_attr[attribute] = {"accuracy": sum(hits) / len(hits), "n": len(hits), "options": len(train),
+                               "majority_baseline": sum(r["answer"] == majority for r in test) / len(test)}
+    rank = zero_shot_rank(emb, world)
+    result = {"size": args.size, "world": {"identities": args.identities, "images_per_id": args.images_per_id},
+              "build_s": round(build_s, 1), "stage0_s": stage0["seconds"], "stage0_loss": stage0["loss_curve"],
+              "val_vqa": stage0.get("val_vqa", {}).get("accuracy"), "test_vqa": per_attr,
+              "test_vqa_mean": float(np.mean([v["accuracy"] for v in per_attr.values()])),
+              "zero_shot_text_to_image": rank}
+
+    console = Console()
+    table = Table(title=f"Tiny base '{args.size}' after stage 0 - VQA on held-out identities")
+    for col in ("attribute", "accuracy", "majority baseline", "options", "n"):
+        table.add_column(col, justify="right")
+    for attribute, v in per_attr.items():
+        table.add_row(attribute, f"{v['accuracy']:.2f}", f"{v['majority_baseline']:.2f}", str(v["options"]),
+                      str(v["n"]))
+    console.print(table)
+    console.print(f"stage 0: {stage0['seconds']} s, loss {stage0['loss_curve'][0]:.2f} -> "
+                  f"{stage0['loss_curve'][-1]:.2f}; zero-shot text->image R1 {rank['R1']:.1f}% "
+                  f"(chance {rank['chance_R1']:.1f}%), mAP {rank['mAP']:.1f}%")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
