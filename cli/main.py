@@ -169,11 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress() -> None:
+    """Lineup draws its own rich progress; the libraries' tqdm bars would interleave with it."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    _quiet_library_progress()
     project = Project(args.project) if getattr(args, "project", None) else Project()
     from cli import commands
 
