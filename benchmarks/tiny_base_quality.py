@@ -49,9 +49,9 @@ def zero_shot_rank(embedder, world: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="tiny")
-    ap.add_argument("--identities", type=int, default=200)
+    ap.add_argument("--identities", type=int, default=160)
     ap.add_argument("--images-per-id", type=int, default=6)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=Stage0Config.epochs)
     ap.add_argument("--workdir", type=Path, help="keep the world and base here (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tiny_base_quality.json")
     args = ap.parse_args()

@@ -32,13 +32,14 @@ DONE_FILE = "stage0_done.json"
 class Stage0Config:
     """Stage-0 pre-training settings."""
 
-    epochs: int = field(default=8, metadata={"help": "passes over the train pairs"})
+    epochs: int = field(default=5, metadata={"help": "passes over the train pairs"})
     batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step"})
-    lr: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (cosine decay, warmup)"})
+    lr: float = field(default=7e-4, metadata={"help": "AdamW peak learning rate (cosine decay, warmup)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
     captions_per_image: int = field(default=1, metadata={"help": "caption pairs per train image"})
-    caption_weight: float = field(default=1.0, metadata={"help": "fraction of caption pairs kept per epoch"})
+    caption_weight: float = field(default=0.5, metadata={"help": "fraction of caption pairs kept per epoch"})
+    questions_per_image: int = field(default=6, metadata={"help": "VQA pairs drawn per image per epoch (0: all)"})
     attributes: tuple[str, ...] = field(default=(), metadata={"help": "VQA attributes to train on (empty: all)"})
     eval_questions: int = field(default=300, metadata={"help": "val VQA pairs scored after training (0: none)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
@@ -57,6 +58,7 @@ class Stage0Config:
     def for_tests(cls) -> Stage0Config:
         """About a minute on one core for the `test`-size base and the 48-identity test world."""
         return cls(epochs=6, batch_size=16, lr=1e-3, warmup_steps=10, caption_weight=0.5, eval_questions=120,
+                   questions_per_image=0,
                    attributes=("gender", "hair_length", "hair_color", "upper_color", "lower_color"))
 
 
@@ -71,6 +73,16 @@ def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple],
     people = load_person_dataset(world_dir).filter(lambda row: row["split"] == split)
     captions = [(r["image"], c) for r in people for c in r["captions"][: cfg.captions_per_image]]
     return qa, captions
+
+
+def _draw(qa: list[tuple], per_image: int, rng: random.Random) -> list[tuple]:
+    """At most `per_image` random VQA pairs of each image (all when per_image is 0)."""
+    if not per_image:
+        return list(qa)
+    by_image: dict[str, list[tuple]] = defaultdict(list)
+    for pair in qa:
+        by_image[pair[0]].append(pair)
+    return [p for pairs in by_image.values() for p in rng.sample(pairs, min(per_image, len(pairs)))]
 
 
 def vqa_accuracy(embedder, pairs: list[tuple], images: dict | None = None) -> dict:
@@ -101,7 +113,8 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     question = embedder.config.caption_question
     images = {path: load_image(path) for path in {p[0] for p in qa} | {c[0] for c in captions}}
 
-    steps_per_epoch = math.ceil((len(qa) + int(len(captions) * cfg.caption_weight)) / cfg.batch_size)
+    per_epoch = len(_draw(qa, cfg.questions_per_image, random.Random(0))) + int(len(captions) * cfg.caption_weight)
+    steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     model = embedder.model
     model.train()
@@ -116,7 +129,8 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     curve = []
     for epoch in range(cfg.epochs):
         kept = rng.sample(captions, int(len(captions) * cfg.caption_weight))
-        items = [(images[i], q, a) for i, q, a, _ in qa] + [(images[i], question, c) for i, c in kept]
+        items = [(images[i], q, a) for i, q, a, _ in _draw(qa, cfg.questions_per_image, rng)]
+        items += [(images[i], question, c) for i, c in kept]
         rng.shuffle(items)
         losses = []
         for start in range(0, len(items), cfg.batch_size):

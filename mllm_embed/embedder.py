@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mllm_embed.config import CONFIG_NAME, IMAGE_MARKER, EmbedderConfig, resolve_dtype
+from mllm_embed.config import IMAGE_MARKER, EmbedderConfig, resolve_dtype
 from mllm_embed.errors import LineupError
 from mllm_embed.families import Family, family_for
 
@@ -332,5 +332,5 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
 
         model = PeftModel.from_pretrained(model, str(adapter))
         model.eval()
-    logger.info("loaded %s embedder from %s (dim %d)", family_cls.name, name, model.config.get_text_config().hidden_size)
+    logger.info("loaded %s embedder from %s", family_cls.name, name)
     return MLLMEmbedder(model, family, config)

@@ -142,8 +142,9 @@ def build_tiny_base(texts_or_world: str | Path | Iterable[str], out_dir: str | P
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    (out_dir / "lineup_base.json").write_text(json.dumps({"build_id": uuid.uuid4().hex, "size": size, "shape": asdict(shape), "seed": seed,
-                                                          "corpus_texts": len(texts)}, indent=2))
+    info = {"build_id": uuid.uuid4().hex, "size": size, "shape": asdict(shape), "seed": seed,
+            "corpus_texts": len(texts)}
+    (out_dir / "lineup_base.json").write_text(json.dumps(info, indent=2))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("tiny base %s: %.2fM parameters, vocab %d -> %s", size, n_params / 1e6, len(tokenizer), out_dir)
     return out_dir
