@@ -75,6 +75,7 @@ class MLLMEmbedder:
         self.tokenizer = family.tokenizer
         self.config = config
         self.dim = model.config.get_text_config().hidden_size
+        self._pieces: dict[str, list[int]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +93,10 @@ class MLLMEmbedder:
         return content
 
     def _encode_piece(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        """Token ids of a literal prompt piece (cached: the same few pieces recur in every input)."""
+        if text not in self._pieces:
+            self._pieces[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return self._pieces[text]
 
     def _tokens(self, prompt: str, slot_text: str | None, placeholder: list[int] | None):
         """input ids, token kinds and word ids (index into slot_text.split(), -1 elsewhere)."""
@@ -168,7 +172,7 @@ class MLLMEmbedder:
         rows, labels = [], []
         for (_, question, answer), placeholder in zip(items, vision.placeholders):
             ids, kinds, words = self._tokens(prompt, question, placeholder)
-            target = [] if answer is None else self._encode_piece(answer) + eos
+            target = [] if answer is None else self.tokenizer(answer, add_special_tokens=False)["input_ids"] + eos
             rows.append((ids + target, kinds + [PROMPT] * len(target), words + [-1] * len(target)))
             labels.append([-100] * len(ids) + target)
         return self._collate(rows, vision.tensors, labels)
