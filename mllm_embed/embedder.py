@@ -7,9 +7,11 @@ float32 output. The same code builds the inputs for inference (`encode_*`), cont
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -98,6 +100,17 @@ class MLLMEmbedder:
             self._pieces[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         return self._pieces[text]
 
+    def _slot_tokens(self, text: str) -> tuple[list[int], list[int]]:
+        """Token ids of user text and, per token, the index of its word in text.split() (-1: none)."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        ends = [end for _, end in spans]
+        words = []
+        for _, end in enc["offset_mapping"]:
+            k = bisect.bisect_left(ends, end)
+            words.append(k if k < len(spans) and spans[k][0] < end else -1)
+        return enc["input_ids"], words
+
     def _tokens(self, prompt: str, slot_text: str | None, placeholder: list[int] | None):
         """input ids, token kinds and word ids (index into slot_text.split(), -1 elsewhere)."""
         ids: list[int] = []
@@ -110,14 +123,10 @@ class MLLMEmbedder:
                 words += [-1] * len(placeholder)
             for j, literal in enumerate(part.split(_SLOT)):
                 if j:
-                    enc = self.tokenizer(slot_text, add_special_tokens=False, return_offsets_mapping=True)
-                    starts = np.cumsum([0] + [len(w) + 1 for w in slot_text.split(" ")])[:-1]
-                    spans = [k for k, w in enumerate(slot_text.split(" ")) if w]
-                    ids += enc["input_ids"]
-                    kinds += [TEXT] * len(enc["input_ids"])
-                    for start, end in enc["offset_mapping"]:
-                        k = int(np.searchsorted(starts, max(start, end - 1), side="right")) - 1
-                        words.append(spans.index(k) if k in spans else -1)
+                    slot_ids, slot_words = self._slot_tokens(slot_text)
+                    ids += slot_ids
+                    kinds += [TEXT] * len(slot_ids)
+                    words += slot_words
                 piece = self._encode_piece(literal)
                 ids += piece
                 kinds += [PROMPT] * len(piece)
