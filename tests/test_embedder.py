@@ -207,3 +207,12 @@ def test_qwen2_vl_full_processor_agrees_on_image_tokens(tmp_path):
                                  video_processor=Qwen2VLVideoProcessor())
     ids = processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=image)["input_ids"][0]
     assert (emb.batch("image", image)["token_kinds"] == IMAGE).sum() == len(ids)
+
+
+def test_bf16_precision_string_gives_close_float32_vectors(embedder, tiny_base, tiny_world):
+    paths = [p for p, _ in _records(tiny_world, 4)]
+    half = load_embedder(tiny_base, device="cpu", dtype="bf16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    out = half.encode_images(paths)
+    assert out.dtype == np.float32
+    assert np.min(np.sum(out * embedder.encode_images(paths), axis=1)) > 0.99
