@@ -8,7 +8,7 @@ from pathlib import Path
 from mllm_embed.errors import LineupError
 
 from cli.project import Project
-from cli.ui import console, contact_sheet, halfblock, metrics_table, progress_bar
+from cli.ui import console, contact_sheet, metrics_table, preview_strip, progress_bar
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -64,18 +64,17 @@ def show_hits(hits, title: str, preview: bool = True) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("#", "score", "person", "camera", "image"):
-        table.add_column(col, justify="right" if col in ("#", "score", "person", "camera") else "left")
-    if preview:
-        table.add_column("preview")
+    for col in ("#", "score", "person", "camera"):
+        table.add_column(col, justify="right")
+    table.add_column("image")
     for rank, hit in enumerate(hits, 1):
         p = hit.payload
-        row = [str(rank), f"{hit.score:.3f}", str(p.get("person_id", "?")), str(p.get("camera_id", "?")),
-               Path(p.get("image", "")).name]
-        if preview and p.get("image") and Path(p["image"]).exists():
-            row.append(halfblock(p["image"], width=8))
-        table.add_row(*row)
+        table.add_row(str(rank), f"{hit.score:.3f}", str(p.get("person_id", "?")), str(p.get("camera_id", "?")),
+                      Path(p.get("image", "")).name)
     console.print(table)
+    shown = [(i, h.payload["image"]) for i, h in enumerate(hits, 1) if Path(h.payload.get("image", "")).is_file()]
+    if preview and shown:
+        console.print(preview_strip([p for _, p in shown], [f"#{i}" for i, _ in shown]))
 
 
 # ---------------------------------------------------------------- commands

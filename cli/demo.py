@@ -1,7 +1,7 @@
 """`lineup demo`: the whole offline pipeline on a fresh machine, resumable step by step.
 
-world → bootstrap (tokenizer, tiny base, stage 0) → stage 1 → stage 2 → evaluate base/stage1/stage2 →
-THI rounds → index the gallery into Qdrant (with the THI answer cache) → one text and one composed search.
+world → bootstrap (tokenizer, tiny base, stage 0) → stage 1 → stage 2 → index the test gallery into Qdrant
+(with the MLLM's answers to the THI questions) → evaluate base/stage1/stage2 → THI rounds → two searches.
 Every step leaves a marker in the project folder; an interrupted demo re-run skips finished steps and
 resumes training from its last checkpoint and indexing from the last stored batch.
 """
@@ -40,11 +40,14 @@ def _step(title: str) -> None:
 
 
 def run_demo(project: Project, cfg: DemoConfig) -> dict:
-    from finetune.data.world import WorldConfig, generate_world
+    from finetune.data.loaders import load_person_dataset
+    from finetune.data.world import QUESTION_BANK, WorldConfig, generate_world
     from finetune.stage0 import DONE_FILE, Stage0Config, pretrain
     from finetune.train import TrainConfig
     from mllm_embed import load_embedder
     from mllm_embed.tiny import build_tiny_base
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
 
     from cli.commands import run_training, show_stage0
 
@@ -77,11 +80,20 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
                                             epochs=epochs, save_every=20, resume=True))
         console.print(f"adapter: {project.adapter(stage)}")
 
-    _step("5/6 evaluate: base vs stage 1 vs stage 2, then THI rounds")
-    report["eval"] = _evaluate(project, cfg, load_embedder)
+    _step("5/6 index the test gallery into Qdrant, with the MLLM's answers to the THI questions")
+    stage2 = load_embedder(project.model, adapter=project.adapter("stage2"))
+    records = [r for r in load_person_dataset(project.world) if r["split"] == "test"]
+    with open_store(path=project.qdrant) as store:
+        engine = SearchEngine(stage2, store, "gallery")
+        with progress_bar("indexing", total=len(records)) as advance:
+            engine.index_images(records, progress=advance)
+        with progress_bar("caching THI answers", total=len(records)) as advance:
+            engine.cache_answers(QUESTION_BANK, progress=advance)
 
-    _step("6/6 index the gallery into Qdrant and search")
-    report["search"] = _index_and_search(project, load_embedder(project.model, adapter=project.adapter("stage2")))
+        _step("6/6 evaluate base vs stage 1 vs stage 2, THI rounds, and two searches")
+        report["eval"] = _evaluate(project, load_embedder)
+        report["thi"] = _thi(project, engine, records, cfg)
+        report["search"] = _searches(project, engine, records)
     report["seconds"] = round(time.time() - started, 1)
     project.reports.mkdir(parents=True, exist_ok=True)
     (project.reports / "demo.json").write_text(json.dumps(report, indent=2, default=float))
@@ -89,8 +101,7 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     return report
 
 
-def _evaluate(project: Project, cfg: DemoConfig, load_embedder) -> dict:
-    from cli.commands import run_thi_eval
+def _evaluate(project: Project, load_embedder) -> dict:
     from retrieval.evaluate import EvalConfig, evaluate_dataset
 
     out_file = project.reports / "eval.json"
@@ -104,43 +115,52 @@ def _evaluate(project: Project, cfg: DemoConfig, load_embedder) -> dict:
             with progress_bar(f"evaluating {name}", total=None) as advance:
                 results[name] = evaluate_dataset(embedder, project.world, ("t2i", "i2i", "composed"),
                                                  EvalConfig(), progress=advance)
-        results["thi"] = run_thi_eval(embedder, project.world, "simulated", cfg.thi_rounds)  # the stage-2 embedder
         project.reports.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(results, indent=2, default=float))
     for task, title in (("t2i", "text → image"), ("i2i", "image → image (cross-camera)"),
                         ("composed", "image + modification → image")):
         console.print(metrics_table(title, {name: results[name][task] for name in ("base", "stage1", "stage2")
                                             if task in results[name]}))
-    console.print(metrics_table("THI (stage 2, simulated user answering from ground truth)",
-                                {f"round {m['round']}": {k: v for k, v in m.items() if k != "round"}
-                                 for m in results["thi"]}))
     return results
 
 
-def _index_and_search(project: Project, embedder) -> dict:
-    from finetune.data.loaders import load_person_dataset, load_triplets
-    from finetune.data.world import QUESTION_BANK
-    from retrieval.engine import SearchEngine
-    from retrieval.store import open_store
+def _thi(project: Project, engine, records: list[dict], cfg: DemoConfig) -> list[dict]:
+    """Interactive THI on the indexed gallery: a simulated user answers from the ground-truth attributes,
+    candidates are scored against the MLLM's own cached answers."""
+    from finetune.data.world import QUESTION_BANK, answer_from_attributes
+    from retrieval.thi import THIConfig, evaluate_thi
+
+    out_file = project.reports / "thi.json"
+    if out_file.exists():
+        rounds = json.loads(out_file.read_text())
+    else:
+        queries = [{"text": r["captions"][0], "person_id": r["person_id"], "attributes": json.loads(r["attributes"])}
+                   for r in records[: cfg.thi_queries]]
+        with progress_bar("THI dialogues", total=len(queries)) as advance:
+            rounds = evaluate_thi(engine, queries, QUESTION_BANK, THIConfig(mode="interactive", rounds=cfg.thi_rounds),
+                                  answerer_for=lambda q: lambda question: answer_from_attributes(q["attributes"],
+                                                                                                question["key"]),
+                                  progress=advance)
+        out_file.write_text(json.dumps(rounds, indent=2))
+    console.print(metrics_table("THI rounds (stage 2; simulated user, MLLM-cached answers)",
+                                {f"round {m['round']}": {k: v for k, v in m.items() if k != "round"}
+                                 for m in rounds}))
+    return rounds
+
+
+def _searches(project: Project, engine, records: list[dict]) -> dict:
+    from finetune.data.loaders import load_triplets
 
     from cli.commands import show_hits
 
-    records = [r for r in load_person_dataset(project.world) if r["split"] == "test"]
-    with open_store(path=project.qdrant) as store:
-        engine = SearchEngine(embedder, store, "gallery")
-        with progress_bar("indexing test gallery", total=len(records)) as advance:
-            engine.index_images(records, progress=advance)
-        with progress_bar("caching THI answers", total=len(records)) as advance:
-            engine.cache_answers(QUESTION_BANK, progress=advance)
-        query = records[0]
-        text = query["captions"][0]
-        hits = engine.search_text(text, k=5)
-        show_hits(hits, f"“{text}”  (wanted: person {query['person_id']})")
-        triplet = next(t for t in load_triplets(project.world) if t["split"] == "test")
-        composed = engine.search_composed(triplet["reference"], triplet["modification"], k=5)
-        show_hits(composed, f"person {triplet['reference_id']} + “{triplet['modification']}”  "
-                            f"(wanted: person {triplet['target_id']})")
-    return {"text": {"query": text, "target": query["person_id"],
-                     "top5": [h.payload["person_id"] for h in hits]},
+    query = records[0]
+    text = query["captions"][0]
+    hits = engine.search_text(text, k=5)
+    show_hits(hits, f"“{text}”  (wanted: person {query['person_id']})")
+    triplet = next(t for t in load_triplets(project.world) if t["split"] == "test")
+    composed = engine.search_composed(triplet["reference"], triplet["modification"], k=5)
+    show_hits(composed, f"person {triplet['reference_id']} + “{triplet['modification']}”  "
+                        f"(wanted: person {triplet['target_id']})")
+    return {"text": {"query": text, "target": query["person_id"], "top5": [h.payload["person_id"] for h in hits]},
             "composed": {"reference": triplet["reference_id"], "modification": triplet["modification"],
                          "target": triplet["target_id"], "top5": [h.payload["person_id"] for h in composed]}}

@@ -76,6 +76,20 @@ def halfblock(image: Image.Image | str | Path, width: int = 12) -> Text:
     return text
 
 
+def preview_strip(paths: Sequence[str | Path], labels: Sequence[str], width: int = 8) -> Text:
+    """The images side by side as half-block art, each labelled underneath: one compact block per result list."""
+    blocks = [halfblock(p, width).split() for p in paths]
+    height = max((len(b) for b in blocks), default=0)
+    text = Text()
+    for row in range(height):
+        for i, block in enumerate(blocks):
+            text.append_text(block[row] if row < len(block) else Text(" " * width))
+            text.append(" ")
+        text.append("\n")
+    text.append(" ".join(f"{label:<{width}}"[:width] for label in labels))
+    return text
+
+
 def contact_sheet(paths: Sequence[str | Path], labels: Sequence[str], out: str | Path, cell=(64, 128)) -> Path:
     """A PNG grid of result images with a label under each."""
     w, h = cell
