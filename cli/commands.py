@@ -261,19 +261,13 @@ def cmd_rewrite(args, project: Project) -> int:
 
 
 def _read_captions(path: Path) -> list[str]:
-    if not path.is_file():
-        raise LineupError(f"--captions {path}: no such file")
+    from finetune.data.loaders import read_jsonl
+
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise LineupError(f"{path}:{n}: not valid JSON — one object per line") from None
+    for n, row in enumerate(read_jsonl(path, missing="pass a JSONL file of captions"), 1):
         value = row.get("captions", row.get("caption")) if isinstance(row, dict) else None
         if value is None:
-            raise LineupError(f"{path}:{n}: no 'caption' or 'captions' field")
+            raise LineupError(f"{path}: row {n} has no 'caption' or 'captions' field")
         out += [value] if isinstance(value, str) else list(value)
     if not out:
         raise LineupError(f"{path}: no captions")

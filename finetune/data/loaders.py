@@ -59,9 +59,10 @@ def _read_json(path: Path, label: str):
         raise LineupError(f"{path}: cannot read ({e.strerror})") from e
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, missing: str = "run `lineup world` (or generate_world) to create it") -> list[dict]:
+    """Rows of a JSON-lines file; a missing file or a broken line is a LineupError naming it."""
     if not path.is_file():
-        raise LineupError(f"{path}: not found — run `lineup world` (or generate_world) to create it")
+        raise LineupError(f"{path}: not found — {missing}")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -194,7 +195,7 @@ def load_person_dataset(path, fmt: str = "auto") -> datasets.Dataset:
 
 def _load_world_people(ann: Path) -> datasets.Dataset:
     rows, missing = [], []
-    items = _read_jsonl(ann)
+    items = read_jsonl(ann)
     for i, item in enumerate(items):
         rel = _get(item, "image", i, ann.name, "world", str)
         image = ann.parent / rel
@@ -240,7 +241,7 @@ def load_triplets(path, fmt: str = "auto") -> datasets.Dataset:
 
 
 def _load_world_triplets(ann: Path) -> datasets.Dataset:
-    items = _read_jsonl(ann)
+    items = read_jsonl(ann)
     rows, missing = [], []
     for i, t in enumerate(items):
         ref, tgt = (ann.parent / _get(t, k, i, ann.name, "world", str) for k in ("reference", "target"))
@@ -325,7 +326,7 @@ def _load_fashioniq(root: Path) -> datasets.Dataset:
 def load_vqa(path) -> datasets.Dataset:
     """World VQA pairs: columns image (absolute path), question, answer, attribute, split."""
     ann = _world_dir(Path(path).expanduser(), "vqa.jsonl")
-    items = _read_jsonl(ann)
+    items = read_jsonl(ann)
     rows, missing = [], []
     for i, q in enumerate(items):
         image = ann.parent / _get(q, "image", i, ann.name, "world", str)
