@@ -244,7 +244,7 @@ def cmd_rewrite(args, project: Project) -> int:
         rewrites = rewrite_captions(args.rewriter, captions, progress=advance)
     embedder = _embedder(args, project)
     kept, cosine, report = faithfulness_filter(embedder, captions, rewrites,
-                                               **({"threshold": args.threshold} if args.threshold else {}))
+                                               **({"threshold": args.threshold} if args.threshold is not None else {}))
     mapping: dict[str, list[str]] = {}
     for i in kept:
         mapping.setdefault(captions[i], []).append(rewrites[i])
