@@ -127,12 +127,14 @@ class NoiseAwareMasker:
 
 
 def estimate_word_noise(embedder, pairs: Sequence[tuple], layer: int = -1, joint: bool = True,
-                        batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+                        center: bool = True, batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
     """Word noise scores for (image, caption) pairs from the embedder's hidden states at `layer`.
 
     joint=True: one forward of image + caption (the composed prompt with the caption in its slot), caption
     tokens against the image patches of the same sequence; joint=False: caption tokens of the text prompt
-    against patches of the image prompt (two forwards, the paper's two-tower setting)."""
+    against patches of the image prompt (two forwards, the paper's two-tower setting). center=True subtracts
+    the batch mean of caption-token and of patch states first (hidden states share a large common direction
+    that otherwise dominates every cosine)."""
     from mllm_embed.embedder import IMAGE, TEXT
 
     out: list[np.ndarray] = []
@@ -149,9 +151,11 @@ def estimate_word_noise(embedder, pairs: Sequence[tuple], layer: int = -1, joint
                     image_h, image_kinds = text_h, text_kinds
                 else:
                     image_h, image_kinds = embedder.hidden_states(embedder.batch("image", [i for i, _ in chunk]), layer)
+                text_mean = text_h[text_kinds == TEXT].mean(0) if center else 0.0
+                image_mean = image_h[image_kinds == IMAGE].mean(0) if center else 0.0
                 for row, (_, caption) in enumerate(chunk):
                     is_text = text_kinds[row] == TEXT
-                    r = token_noise(text_h[row][is_text], image_h[row][image_kinds[row] == IMAGE])
+                    r = token_noise(text_h[row][is_text] - text_mean, image_h[row][image_kinds[row] == IMAGE] - image_mean)
                     words = text_batch["word_ids"][row][is_text.cpu()].tolist()
                     out.append(word_scores(r.cpu().tolist(), [w if w >= 0 else None for w in words],
                                            len(caption.split())))

@@ -269,7 +269,8 @@ class _Data:
 
 def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, batch_size: int = 32) -> dict:
     """Text→image R1/mAP (first caption of each image as query), image→image R1/mAP (cross-camera, when
-    cameras are known), composed R@1/5/10 (target image among the split's images, reference excluded)."""
+    cameras are known), composed R@1/5/10 (the exact target image among the split's images, reference
+    excluded) and composed identity R1/mAP (any image of the target identity counts)."""
     from retrieval.metrics import rank_metrics, recall_at_k
 
     paths = [r["image"] for r in records]
@@ -292,6 +293,8 @@ def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, 
                 sim[row, ref] = -np.inf
         target = np.array([index[str(Path(t["target"]).resolve())] for t in triplets])
         out |= {f"comp_{k}": v for k, v in recall_at_k(sim, target).items()}
+        target_ids = np.array([t["target_id"] for t in triplets])
+        out |= {f"comp_id_{k}": v for k, v in rank_metrics(sim, target_ids, pids).items() if k in ("R1", "mAP")}
     return {k: float(v) for k, v in out.items()}
 
 
@@ -478,7 +481,7 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
             break
         if cfg.mask_mode == "nam" and stage == "stage1" and not (epoch == start_epoch and skip):
             keys, pairs = data.noise_pairs()
-            scores = nam.estimate_word_noise(embedder, pairs, cfg.nam_layer, cfg.nam_joint, cfg.eval_batch_size)
+            scores = nam.estimate_word_noise(embedder, pairs, cfg.nam_layer, cfg.nam_joint, batch_size=cfg.eval_batch_size)
             masker.update(keys, nam.calibrate([c for _, c in pairs], scores))
         plan = data.plan(epoch)
         for s in range(skip if epoch == start_epoch else 0, steps_per_epoch):

@@ -68,3 +68,64 @@ def test_masker_masks_noisy_words_more_often_at_the_same_rate():
     assert NoiseAwareMasker(mode="none")(caption, rng) == caption
     with pytest.raises(ValueError, match="mask rate"):
         NoiseAwareMasker(rate=1.5)
+
+
+class _ColourEmbedder:
+    """A hand-built stand-in for MLLMEmbedder's training hooks: image patches carry the person's colour
+    directions, caption tokens carry their word's direction ("red" token ≈ red patch), so the pipeline
+    (token kinds → word ids → r = 1 − max cos → calibration → AUC) can be checked with a known answer."""
+
+    COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.vocab: dict[str, torch.Tensor] = {}
+        self.g = g
+        self.model = torch.nn.Linear(1, 1)
+
+    def _vec(self, word):
+        if word not in self.vocab:
+            self.vocab[word] = torch.randn(16, generator=self.g)
+        return self.vocab[word]
+
+    def batch(self, kind, items):
+        from mllm_embed.embedder import IMAGE, PROMPT, TEXT
+
+        rows = []
+        for image_colours, caption in items:
+            words = caption.split()
+            kinds = [PROMPT] + [IMAGE] * len(image_colours) + [PROMPT] + [TEXT] * len(words)
+            word_ids = [-1] * (2 + len(image_colours)) + list(range(len(words)))
+            states = ([self._vec("<p>")] + [self._vec(c) + 0.3 * self._vec("<img>") for c in image_colours]
+                      + [self._vec("<p>")] + [self._vec(w) for w in words])
+            rows.append((kinds, word_ids, states))
+        width = max(len(r[0]) for r in rows)
+        pad = lambda v, fill: v + [fill] * (width - len(v))  # noqa: E731
+        return {"token_kinds": torch.tensor([pad(r[0], 0) for r in rows]),
+                "word_ids": torch.tensor([pad(r[1], -1) for r in rows]),
+                "states": torch.stack([torch.stack(pad(r[2], torch.zeros(16))) for r in rows])}
+
+    def hidden_states(self, batch, layer=-1):
+        return batch["states"], batch["token_kinds"]
+
+
+def test_estimated_word_noise_finds_wrong_colour_words():
+    from finetune.nam import estimate_word_noise, noise_auc
+
+    rng = np.random.default_rng(0)
+    emb, colours = _ColourEmbedder(), _ColourEmbedder.COLOURS
+    pairs, wrong = [], []
+    for _ in range(40):
+        top, bottom = rng.choice(colours, 2, replace=False)
+        said_top = top if rng.random() < 0.5 else rng.choice([c for c in colours if c not in (top, bottom)])
+        caption = f"a person in a {said_top} shirt and {bottom} trousers"
+        pairs.append(((top, bottom), caption))
+        wrong.append([4] if said_top != top else [])
+    scores = estimate_word_noise(emb, pairs, joint=True, center=False, batch_size=8)
+    assert [len(s) for s in scores] == [len(c.split()) for _, c in pairs]
+    assert noise_auc(calibrate([c for _, c in pairs], scores), wrong) > 0.95
+    # uncalibrated, filler words ("a", "in") also look unlike any patch: the wrong colour is still the
+    # noisiest colour word of its caption
+    for s, w in zip(scores, wrong):
+        if w:
+            assert s[4] > s[7]
