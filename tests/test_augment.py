@@ -79,3 +79,55 @@ def test_answers_map_onto_the_attribute_vocabulary_and_fill_templates():
     assert unknown == len(ATTRIBUTES) - 8  # 8 answers named a value ("???" and the missing keys did not)
     caption = describe(attrs, np.random.default_rng(0), CAPTION_TEMPLATES[0])
     assert "jacket" in caption or "red" in caption
+
+
+@pytest.fixture(scope="module")
+def tiny_rewriter(tiny_base, tmp_path_factory):
+    """A tiny random Qwen2 causal LM with the tiny base's tokenizer (any causal LM folder works)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("rewriter")
+    tok = AutoTokenizer.from_pretrained(str(tiny_base))
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_rewrite_with_any_causal_lm_then_tff_with_the_embedder(tiny_base, tiny_rewriter):
+    from finetune.augment import rewrite_captions
+    from mllm_embed import load_embedder
+
+    captions = ["a man in a red shirt and blue jeans", "a woman with long black hair", "a person with a backpack"]
+    a = rewrite_captions(tiny_rewriter, captions, max_new_tokens=8, seed=1)
+    assert len(a) == 3 and all(isinstance(x, str) for x in a)
+    assert rewrite_captions(tiny_rewriter, captions, max_new_tokens=8, seed=1) == a  # seeded sampling
+    emb = load_embedder(tiny_base)
+    rewrites = [captions[0], "", a[2] or "zzz"]
+    kept, cos, report = faithfulness_filter(emb, captions, rewrites, threshold=0.999)
+    assert 0 in kept and 1 not in kept and report.kept + report.dropped == 3
+    assert cos[0] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(LineupError, match="caption"):
+        rewrite_captions(tiny_rewriter, captions, prompt="Rewrite this.")
+
+
+def test_tde_captions_from_the_tiny_base_follow_templates(tiny_base, tiny_world):
+    from finetune.augment import caption_images
+    from finetune.data.world import ATTRIBUTES
+    from mllm_embed import load_embedder
+
+    emb = load_embedder(tiny_base)
+    images = sorted((tiny_world / "images").glob("*.png"))[:2]
+    first = caption_images(emb, images, per_image=2, seed=3)
+    assert first == caption_images(emb, images, per_image=2, seed=3)
+    values = {v for vs in ATTRIBUTES.values() for v in vs if v != "none"}
+    for captions in first:
+        templated = captions[-2:]
+        assert len(templated) == 2 and templated[0] != templated[1]  # two different templates
+        assert all(any(v in c.lower() for v in values) for c in templated)
+    with pytest.raises(LineupError, match="per_image"):
+        caption_images(emb, images, templates=["{person}"], per_image=2)
