@@ -62,7 +62,8 @@ def main() -> None:
         generate_world(world, WorldConfig(identities=args.identities, images_per_id=args.images_per_id, seed=0))
     base = build_tiny_base(world, work / "base", size=args.size)
     build_s = time.time() - started
-    pretrain(base, world, Stage0Config(epochs=args.epochs))
+    cfg = Stage0Config(epochs=args.epochs)
+    pretrain(base, world, cfg)
     stage0 = json.loads((base / "stage0_done.json").read_text())
     emb = load_embedder(base)
 
@@ -76,20 +77,22 @@ def main() -> None:
         majority = train.most_common(1)[0][0]
         hits = [emb.answer(world / r["image"], r["question"]) == r["answer"] for r in test]
         per_attr[attribute] = {"accuracy": sum(hits) / len(hits), "n": len(hits), "options": len(train),
+                               "trained": not cfg.attributes or attribute in cfg.attributes,
                                "majority_baseline": sum(r["answer"] == majority for r in test) / len(test)}
     rank = zero_shot_rank(emb, world)
     result = {"size": args.size, "world": {"identities": args.identities, "images_per_id": args.images_per_id},
               "build_s": round(build_s, 1), "stage0_s": stage0["seconds"], "stage0_loss": stage0["loss_curve"],
               "val_vqa": stage0.get("val_vqa", {}).get("accuracy"), "test_vqa": per_attr,
-              "test_vqa_mean": float(np.mean([v["accuracy"] for v in per_attr.values()])),
+              "test_vqa_mean_trained": float(np.mean([v["accuracy"] for v in per_attr.values() if v["trained"]])),
               "zero_shot_text_to_image": rank}
 
     console = Console()
     table = Table(title=f"Tiny base '{args.size}' after stage 0 - VQA on held-out identities")
-    for col in ("attribute", "accuracy", "majority baseline", "options", "n"):
+    for col in ("attribute", "trained", "accuracy", "majority baseline", "options", "n"):
         table.add_column(col, justify="right")
     for attribute, v in per_attr.items():
-        table.add_row(attribute, f"{v['accuracy']:.2f}", f"{v['majority_baseline']:.2f}", str(v["options"]),
+        table.add_row(attribute, "yes" if v["trained"] else "no", f"{v['accuracy']:.2f}",
+                      f"{v['majority_baseline']:.2f}", str(v["options"]),
                       str(v["n"]))
     console.print(table)
     console.print(f"stage 0: {stage0['seconds']} s, loss {stage0['loss_curve'][0]:.2f} -> "

@@ -53,7 +53,7 @@ SIZES: dict[str, TinySize] = {
     # the test fixture: stage 0 in about a minute on one core
     "test": TinySize(64, 16, 64, 2, 2, 128, 2, 4, 2, 1024),
     # the demo default (`lineup bootstrap`)
-    "tiny": TinySize(96, 16, 128, 3, 4, 192, 3, 6, 2, 2048),
+    "tiny": TinySize(64, 16, 96, 2, 4, 192, 2, 6, 2, 2048),
     "small": TinySize(128, 16, 192, 4, 6, 256, 4, 8, 4, 3072),
 }
 
