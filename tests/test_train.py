@@ -94,3 +94,20 @@ def test_config_errors_name_the_field(tiny_base, tiny_world, tmp_path):
         train("stage3", _cfg(tiny_base, tiny_world, tmp_path))
     with pytest.raises(LineupError, match="ids_per_batch"):
         train("stage1", _cfg(tiny_base, tiny_world, tmp_path, ids_per_batch=500))
+
+
+def test_nam_training_estimates_noise_for_every_caption_each_epoch(tiny_base, tiny_world, tmp_path):
+    import torch
+
+    cfg = _cfg(tiny_base, tiny_world, tmp_path, epochs=2, ids_per_batch=16, max_steps=3, save_every=3,
+               mask_mode="nam", noisy_caption_prob=1.0, prompt_style="common")
+    train("stage1", cfg)
+    state = torch.load(tmp_path / "checkpoint-3" / "trainer_state.pt", weights_only=False)
+    noise = dict(state["masker"]["noise"])
+    annotations = [json.loads(x) for x in (tiny_world / "annotations.jsonl").read_text().splitlines()]
+    train_rows = [a for a in annotations if a["split"] == "train"]
+    assert len(noise) == sum(len(a["captions"]) + bool(a["noisy_caption"]) for a in train_rows)
+    assert any(k[1] == -1 for k in noise)  # the noisy captions were scored too
+    assert all(np.isfinite(v).all() for v in noise.values())
+    saved = json.loads((tmp_path / "adapter" / "lineup_embedder.json").read_text())
+    assert saved["text_prompt"].endswith("Summarize the person in one word:")  # common instruction kept
