@@ -33,7 +33,7 @@ from finetune.train import TrainConfig, _records, evaluate_split, train  # noqa:
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
-KEYS = ("t2i_R1", "t2i_mAP", "i2i_R1", "i2i_mAP", "comp_R@1", "comp_R@5", "comp_R@10")
+KEYS = ("t2i_R1", "t2i_mAP", "i2i_R1", "i2i_mAP", "comp_R@1", "comp_R@5", "comp_R@10", "comp_id_R1", "comp_id_mAP")
 
 
 def noise_auc(embedder, world: Path, split: str = "train") -> float:
@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=72)
     parser.add_argument("--epochs", type=int, default=25, help="stage-1 epochs (stage 2 gets as many steps)")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--work", default="/tmp/lineup-finetune-bench")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "finetune_results.json"))
     args = parser.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
         pretrain(base, world, Stage0Config.for_tests())
 
     common = {"base_model": str(base), "data": str(world), "eval_split": "", "epochs": args.epochs,
-              "lora_vision": "all", "identity_loss": "supcon"}
+              "lora_vision": "all", "identity_loss": "supcon", "lr": args.lr}
     rows: dict[str, dict] = {}
     timings: dict[str, float] = {}
 

@@ -59,7 +59,7 @@ class TrainConfig:
     ids_per_batch: int = field(default=8, metadata={"help": "P: identities per stage-1 batch"})
     images_per_id: int = field(default=2, metadata={"help": "K: images per identity in a stage-1 batch"})
     batch_size: int = field(default=16, metadata={"help": "triplets per stage-2 batch"})
-    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=5, metadata={"help": "linear warmup steps"})
     scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup)"})
@@ -70,11 +70,11 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         metadata={"help": "module names inside the language model that get LoRA (vision tower untouched)"})
-    lora_vision: str = field(default="projector", metadata={
+    lora_vision: str = field(default="all", metadata={
         "help": "LoRA on the vision side too: none, projector (vision→language projector) or all (+ vision tower)"})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature (initial value if learnable)"})
     learn_temperature: bool = field(default=True, metadata={"help": "learn the InfoNCE temperature"})
-    identity_loss: str | None = field(default=None, metadata={"help": "identity loss on image embeddings: supcon, triplet or None"})
+    identity_loss: str | None = field(default="supcon", metadata={"help": "identity loss on image embeddings: supcon, triplet or None"})
     identity_weight: float = field(default=0.5, metadata={"help": "weight of the identity loss"})
     identity_temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
     triplet_margin: float = field(default=0.3, metadata={"help": "batch-hard triplet margin"})

@@ -24,9 +24,8 @@ def _losses(out):
 def stages(tiny_base, tiny_world, tmp_path_factory):
     """Base, stage-1 and stage-2 metrics on the test split (unseen identities), adapters reloaded from disk."""
     out = tmp_path_factory.mktemp("stages")
-    kw = {"lora_vision": "all", "identity_loss": "supcon", "lr": 1e-3}
-    s1 = train("stage1", _cfg(tiny_base, tiny_world, out / "s1", epochs=20, **kw))
-    s2 = train("stage2", _cfg(tiny_base, tiny_world, out / "s2", epochs=3, init_adapter=str(s1), **kw))
+    s1 = train("stage1", _cfg(tiny_base, tiny_world, out / "s1", epochs=20))  # defaults: vision LoRA + SupCon
+    s2 = train("stage2", _cfg(tiny_base, tiny_world, out / "s2", epochs=3, init_adapter=str(s1)))
     metrics = {name: evaluate_split(load_embedder(tiny_base, adapter=a), tiny_world, "test")
                for name, a in (("base", None), ("stage1", s1), ("stage2", s2))}
     return metrics, _losses(out / "s1"), _losses(out / "s2")
