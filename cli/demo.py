@@ -22,7 +22,7 @@ class DemoConfig:
     identities: int = field(default=160, metadata={"help": "world identities"})
     images_per_id: int = field(default=6, metadata={"help": "images per identity"})
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
-    stage0_epochs: int = field(default=6, metadata={"help": "stage-0 epochs"})
+    stage0_epochs: int | None = field(default=None, metadata={"help": "stage-0 epochs (None: the recipe's)"})
     stage1_epochs: int = field(default=4, metadata={"help": "stage-1 epochs"})
     stage2_epochs: int = field(default=3, metadata={"help": "stage-2 epochs"})
     thi_rounds: int = field(default=3, metadata={"help": "THI rounds evaluated"})
@@ -66,7 +66,8 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     if not (project.model / DONE_FILE).exists():
         build_tiny_base(project.world, project.model, size=cfg.size)
         s0 = Stage0Config.for_tests() if cfg.size == "test" else Stage0Config()
-        s0.epochs = cfg.stage0_epochs
+        if cfg.stage0_epochs:
+            s0.epochs = cfg.stage0_epochs
         with progress_bar("stage 0", total=None) as advance:
             pretrain(project.model, project.world, s0, progress=advance)
     show_stage0(project.model)
