@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 DONE_FILE = "stage0_done.json"
 # the attributes a from-scratch base learns to read off a crop within the CPU budget (measured:
-# benchmarks/tiny_base_quality.py); all 16 at once dilute the signal and nothing is learnt in 13 min
+# benchmarks/tiny_base_quality.py); with all 16 at once little is learnt in the same time
 CORE_ATTRIBUTES = ("gender", "hair_length", "hair_color", "upper_color", "lower_color")
 
 
@@ -35,7 +35,7 @@ CORE_ATTRIBUTES = ("gender", "hair_length", "hair_color", "upper_color", "lower_
 class Stage0Config:
     """Stage-0 pre-training settings."""
 
-    epochs: int = field(default=4, metadata={"help": "passes over the train pairs"})
+    epochs: int = field(default=12, metadata={"help": "passes over the train pairs"})
     batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (cosine decay, warmup)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
