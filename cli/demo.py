@@ -23,8 +23,8 @@ class DemoConfig:
     images_per_id: int = field(default=6, metadata={"help": "images per identity"})
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
     stage0_epochs: int | None = field(default=None, metadata={"help": "stage-0 epochs (None: the recipe's)"})
-    stage1_epochs: int = field(default=4, metadata={"help": "stage-1 epochs"})
-    stage2_epochs: int = field(default=3, metadata={"help": "stage-2 epochs"})
+    stage1_epochs: int = field(default=40, metadata={"help": "stage-1 epochs (about 14 steps each at 160 identities)"})
+    stage2_epochs: int = field(default=10, metadata={"help": "stage-2 epochs"})
     thi_rounds: int = field(default=3, metadata={"help": "THI rounds evaluated"})
     thi_queries: int = field(default=60, metadata={"help": "THI evaluation queries"})
 

@@ -70,8 +70,9 @@ def base_fingerprint(model_config, path: str | Path) -> str:
 class MLLMEmbedder:
     """Embeds images, texts and (image, modification) pairs; answers questions about images."""
 
-    def __init__(self, model, family: Family, config: EmbedderConfig):
+    def __init__(self, model, family: Family, config: EmbedderConfig, adapter: str | None = None):
         self.model = model
+        self.adapter = adapter  # the adapter folder loaded on the base, recorded with every Qdrant collection
         self.family = family
         self.processor = family.processor
         self.tokenizer = family.tokenizer
@@ -346,4 +347,4 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
         model = PeftModel.from_pretrained(model, str(adapter))
         model.eval()
     logger.info("loaded %s embedder from %s", family_cls.name, name)
-    return MLLMEmbedder(model, family, config)
+    return MLLMEmbedder(model, family, config, adapter=str(Path(adapter).resolve()) if adapter else None)

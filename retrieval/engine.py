@@ -23,7 +23,7 @@ def embedder_meta(embedder: Any) -> dict[str, Any]:
     """What made a collection's vectors: base model, adapter, dim, prompts hash (checked on reopen)."""
     cfg = getattr(embedder, "config", None)
     prompts = [getattr(cfg, f, "") for f in ("common_prompt", "image_prompt", "text_prompt", "composed_prompt")]
-    adapter = getattr(embedder, "adapter", None) or getattr(embedder, "adapter_path", None)
+    adapter = getattr(embedder, "adapter", None)
     return {
         "model": getattr(cfg, "base_fingerprint", "") or getattr(cfg, "base_model", "") or type(embedder).__name__,
         "adapter": str(adapter) if adapter else "",

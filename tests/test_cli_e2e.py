@@ -51,6 +51,14 @@ def test_index_is_idempotent_and_image_search_finds_itself(gallery, capsys, tmp_
     assert rows and all(line.split("│")[4].strip() == "1" for line in rows)  # camera column honours the filter
 
 
+def test_a_collection_refuses_queries_from_another_adapter(gallery, tiny_base, capsys):
+    capsys.readouterr()
+    assert main(["search", "--model", str(tiny_base), "--adapter", "none", "--qdrant-path", str(gallery["qdrant"]),
+                 "--text", "a man in a red top"]) == 2
+    out = capsys.readouterr().out
+    assert "was built with adapter=" in out and "use the same model/adapter" in out
+
+
 def _target_rank(ranking, person_id) -> int:
     return next(i for i, h in enumerate(ranking, 1) if h.payload["person_id"] == person_id)
 
