@@ -214,9 +214,9 @@ def run_training(stage: str, cfg) -> Path:
                 advance(1, total=event["total_steps"], info=f"epoch {event['epoch']} loss {event['loss']:.3f} "
                                 f"{event['samples_per_s']:.1f} samples/s")
             elif event["event"] == "eval":
-                metrics = {k: v for k, v in event.items() if k not in ("event", "step", "epoch")
-                           and isinstance(v, (int, float))}
-                console.print(metrics_table(f"{stage} epoch {event['epoch']} ({cfg.eval_split})", {"": metrics}))
+                metrics = " · ".join(f"{k} {v:.1f}" for k, v in event.items()
+                                     if k not in ("event", "step", "epoch") and isinstance(v, float))
+                console.print(f"[dim]{stage} epoch {event['epoch']} ({cfg.eval_split}):[/] {metrics}")
 
         return train(stage, cfg, callback=callback)
 
