@@ -72,8 +72,10 @@ class TrainConfig:
         metadata={"help": "module names inside the language model that get LoRA (vision tower untouched)"})
     lora_vision: str = field(default="all", metadata={
         "help": "LoRA on the vision side too: none, projector (vision→language projector) or all (+ vision tower)"})
-    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature (initial value if learnable)"})
-    learn_temperature: bool = field(default=True, metadata={"help": "learn the InfoNCE temperature"})
+    # Measured on the demo world (40 epochs, val): learnable from 0.05 → t2i mAP 20.3; fixed 0.1 → t2i mAP 22.4 and
+    # i2i mAP 41.2; fixed 0.2 → 25.1 / 22.1. With 16-sample batches a fixed, warmer temperature trains better.
+    temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature (initial value if learnable)"})
+    learn_temperature: bool = field(default=False, metadata={"help": "learn the InfoNCE temperature"})
     identity_loss: str | None = field(default="supcon", metadata={"help": "identity loss on image embeddings: supcon, triplet or None"})
     identity_weight: float = field(default=0.5, metadata={"help": "weight of the identity loss"})
     identity_temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
