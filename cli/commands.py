@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from mllm_embed.errors import LineupError
@@ -20,10 +22,14 @@ def _world(args, project: Project) -> Path:
     return Path(world)
 
 
-def _embedder(args, project: Project):
-    model = args.model or str(project.model)
+def _base_model(args, project: Project) -> str:
     if args.model is None and not (project.model / "config.json").exists():
         raise LineupError(f"{project.model}: no base model — run `lineup bootstrap` or pass --model")
+    return args.model or str(project.model)
+
+
+def _embedder(args, project: Project):
+    model = _base_model(args, project)
     from mllm_embed import load_embedder
 
     adapter = args.adapter
@@ -43,11 +49,14 @@ def _store(args, project: Project):
     return open_store(path=args.qdrant_path or project.qdrant)
 
 
-def _engine(args, project: Project):
+@contextlib.contextmanager
+def _engine(args, project: Project) -> Iterator:
+    """A SearchEngine whose store is closed (flushed, lock released) when the command ends."""
     embedder = _embedder(args, project)
     from retrieval.engine import SearchEngine
 
-    return SearchEngine(embedder, _store(args, project), args.collection)
+    with _store(args, project) as store:
+        yield SearchEngine(embedder, store, args.collection)
 
 
 def _parse_filters(items: list[str]) -> dict | None:
@@ -121,23 +130,23 @@ def show_stage0(model_dir: Path) -> None:
 def cmd_index(args, project: Project) -> int:
     from finetune.data.loaders import load_person_dataset
 
-    engine = _engine(args, project)
-    if args.images:
-        records = _folder_records(args.images)
-    else:
-        ds = load_person_dataset(args.dataset or _world(args, project))
-        records = [r for r in ds if args.split == "all" or r["split"] == args.split]
-    if not records:
-        raise LineupError(f"nothing to index: split {args.split!r} is empty — pick another with --split")
-    with progress_bar(f"indexing into {args.collection!r}", total=len(records)) as advance:
-        added = engine.index_images(records, batch_size=args.batch_size, progress=advance)
-    if args.vqa_cache:
-        from finetune.data.world import QUESTION_BANK
+    with _engine(args, project) as engine:
+        if args.images:
+            records = _folder_records(args.images)
+        else:
+            ds = load_person_dataset(args.dataset or _world(args, project))
+            records = [r for r in ds if args.split == "all" or r["split"] == args.split]
+        if not records:
+            raise LineupError(f"nothing to index: split {args.split!r} is empty — pick another with --split")
+        with progress_bar(f"indexing into {args.collection!r}", total=len(records)) as advance:
+            added = engine.index_images(records, batch_size=args.batch_size, progress=advance)
+        if args.vqa_cache:
+            from finetune.data.world import QUESTION_BANK
 
-        with progress_bar("caching THI answers", total=len(records)) as advance:
-            engine.cache_answers(QUESTION_BANK, progress=advance)
-    console.print(f"indexed {added} new images; collection {args.collection!r} holds "
-                  f"{engine.store.count(args.collection)}")
+            with progress_bar("caching THI answers", total=len(records)) as advance:
+                engine.cache_answers(QUESTION_BANK, progress=advance)
+        console.print(f"indexed {added} new images; collection {args.collection!r} holds "
+                      f"{engine.store.count(args.collection)}")
     return 0
 
 
@@ -154,32 +163,32 @@ def cmd_search(args, project: Project) -> int:
         raise LineupError("search needs --text, or --image (optionally with --modify)")
     if args.modify and not args.image:
         raise LineupError("--modify needs --image: the person to change")
-    engine = _engine(args, project)
-    filters = _parse_filters(args.filter)
-    if args.image and args.modify:
-        hits = engine.search_composed(args.image, args.modify, k=args.top_k, filter=filters)
-        title = f"{args.image.name} + “{args.modify}”"
-    elif args.image:
-        hits = engine.search_image(args.image, k=args.top_k, filter=filters)
-        title = f"like {args.image.name}"
-    else:
-        hits = engine.search_text(args.text, k=args.top_k, filter=filters)
-        title = f"“{args.text}”"
-    show_hits(hits, title, preview=not args.no_preview)
-    if args.sheet:
-        contact_sheet([h.payload["image"] for h in hits],
-                      [f"#{i} id{h.payload.get('person_id')}" for i, h in enumerate(hits, 1)], args.sheet)
-        console.print(f"contact sheet: {args.sheet}")
+    with _engine(args, project) as engine:
+        filters = _parse_filters(args.filter)
+        if args.image and args.modify:
+            hits = engine.search_composed(args.image, args.modify, k=args.top_k, filter=filters)
+            title = f"{args.image.name} + “{args.modify}”"
+        elif args.image:
+            hits = engine.search_image(args.image, k=args.top_k, filter=filters)
+            title = f"like {args.image.name}"
+        else:
+            hits = engine.search_text(args.text, k=args.top_k, filter=filters)
+            title = f"“{args.text}”"
+        show_hits(hits, title, preview=not args.no_preview)
+        if args.sheet:
+            contact_sheet([h.payload["image"] for h in hits],
+                          [f"#{i} id{h.payload.get('person_id')}" for i, h in enumerate(hits, 1)], args.sheet)
+            console.print(f"contact sheet: {args.sheet}")
     return 0
 
 
 def cmd_batch(args, project: Project) -> int:
     from retrieval.batch import run_batch
 
-    engine = _engine(args, project)
-    with progress_bar("batch queries", total=None) as advance:
-        n = run_batch(engine, args.queries, args.out, k=args.top_k, progress=advance)
-    console.print(f"{n} queries → {args.out}")
+    with _engine(args, project) as engine:
+        with progress_bar("batch queries", total=None) as advance:
+            n = run_batch(engine, args.queries, args.out, k=args.top_k, progress=advance)
+        console.print(f"{n} queries → {args.out}")
     return 0
 
 
@@ -187,9 +196,7 @@ def cmd_train(args, project: Project) -> int:
     from cli.main import dataclass_overrides
     from finetune.train import TrainConfig
 
-    base = args.model or str(project.model)
-    if args.model is None and not (project.model / "config.json").exists():
-        raise LineupError(f"{project.model}: no base model — run `lineup bootstrap` or pass --model")
+    base = _base_model(args, project)
     init = args.adapter
     if init is None and args.stage == "stage2" and (project.adapter("stage1") / "lineup_embedder.json").exists():
         init = str(project.adapter("stage1"))
@@ -326,14 +333,14 @@ def cmd_chat(args, project: Project) -> int:
     from cli.chat import ChatSession, run_chat
     from finetune.data.world import QUESTION_BANK
 
-    engine = _engine(args, project)
-    session = ChatSession(engine, QUESTION_BANK, k=args.top_k)
+    with _engine(args, project) as engine:
+        session = ChatSession(engine, QUESTION_BANK, k=args.top_k)
 
-    def show(step) -> None:
-        show_hits(step.ranking[: args.top_k], step.label, preview=not args.no_preview)
+        def show(step) -> None:
+            show_hits(step.ranking[: args.top_k], step.label, preview=not args.no_preview)
 
-    run_chat(session, read=lambda prompt: Prompt.ask(prompt.strip(), console=console), show=show,
-             say=console.print, transcript=args.transcript)
+        run_chat(session, read=lambda prompt: Prompt.ask(prompt.strip(), console=console), show=show,
+                 say=console.print, transcript=args.transcript)
     return 0
 
 
