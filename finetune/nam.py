@@ -138,29 +138,24 @@ def estimate_word_noise(embedder, pairs: Sequence[tuple], layer: int = -1, joint
     from mllm_embed.embedder import IMAGE, TEXT
 
     out: list[np.ndarray] = []
-    was_training = embedder.model.training
-    embedder.model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(pairs), batch_size):
-                chunk = pairs[start:start + batch_size]
-                text_batch = embedder.batch("composed" if joint else "text",
-                                            list(chunk) if joint else [c for _, c in chunk])
-                text_h, text_kinds = embedder.hidden_states(text_batch, layer)
-                if joint:
-                    image_h, image_kinds = text_h, text_kinds
-                else:
-                    image_h, image_kinds = embedder.hidden_states(embedder.batch("image", [i for i, _ in chunk]), layer)
-                text_mean = text_h[text_kinds == TEXT].mean(0) if center else 0.0
-                image_mean = image_h[image_kinds == IMAGE].mean(0) if center else 0.0
-                for row, (_, caption) in enumerate(chunk):
-                    is_text = text_kinds[row] == TEXT
-                    r = token_noise(text_h[row][is_text] - text_mean, image_h[row][image_kinds[row] == IMAGE] - image_mean)
-                    words = text_batch["word_ids"][row][is_text.cpu()].tolist()
-                    out.append(word_scores(r.cpu().tolist(), [w if w >= 0 else None for w in words],
-                                           len(caption.split())))
-                if progress:
-                    progress(len(chunk))
-    finally:
-        embedder.model.train(was_training)
+    with embedder.inference():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            text_batch = embedder.batch("composed" if joint else "text",
+                                        list(chunk) if joint else [c for _, c in chunk])
+            text_h, text_kinds = embedder.hidden_states(text_batch, layer)
+            if joint:
+                image_h, image_kinds = text_h, text_kinds
+            else:
+                image_h, image_kinds = embedder.hidden_states(embedder.batch("image", [i for i, _ in chunk]), layer)
+            text_mean = text_h[text_kinds == TEXT].mean(0) if center else 0.0
+            image_mean = image_h[image_kinds == IMAGE].mean(0) if center else 0.0
+            for row, (_, caption) in enumerate(chunk):
+                is_text = text_kinds[row] == TEXT
+                r = token_noise(text_h[row][is_text] - text_mean, image_h[row][image_kinds[row] == IMAGE] - image_mean)
+                words = text_batch["word_ids"][row][is_text.cpu()].tolist()
+                out.append(word_scores(r.cpu().tolist(), [w if w >= 0 else None for w in words],
+                                       len(caption.split())))
+            if progress:
+                progress(len(chunk))
     return out

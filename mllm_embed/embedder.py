@@ -8,6 +8,7 @@ float32 output. The same code builds the inputs for inference (`encode_*`), cont
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import logging
@@ -228,19 +229,25 @@ class MLLMEmbedder:
         items = list(items)
         order = sorted(range(len(items)), key=lambda i: -length(items[i]))
         out = np.zeros((len(items), self.dim), dtype=np.float32)
+        with self.inference():
+            for start in range(0, len(items), batch_size):
+                idx = order[start:start + batch_size]
+                vectors = self.embed(self.batch(kind, [items[i] for i in idx]))
+                out[idx] = vectors.cpu().numpy()
+                if progress:
+                    progress(len(idx))
+        return out
+
+    @contextlib.contextmanager
+    def inference(self):
+        """Eval mode and no grad for the block; the model's train/eval mode is restored afterwards."""
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                for start in range(0, len(items), batch_size):
-                    idx = order[start:start + batch_size]
-                    vectors = self.embed(self.batch(kind, [items[i] for i in idx]))
-                    out[idx] = vectors.cpu().numpy()
-                    if progress:
-                        progress(len(idx))
+                yield
         finally:
             self.model.train(was_training)
-        return out
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 16, progress: Progress = None) -> np.ndarray:
         """(n, dim) float32 embeddings of text queries."""
@@ -258,14 +265,9 @@ class MLLMEmbedder:
         """Greedy answer to a question about an image (lower-case, stripped)."""
         inputs = self._to_device(self.lm_batch([(image, question, None)]))
         prompt_len = inputs["input_ids"].shape[1]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-        finally:
-            self.model.train(was_training)
+        with self.inference():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
         text = self.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
         return text.strip().strip(".").strip().lower()
 

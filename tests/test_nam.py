@@ -108,6 +108,9 @@ class _ColourEmbedder:
     def hidden_states(self, batch, layer=-1):
         return batch["states"], batch["token_kinds"]
 
+    def inference(self):
+        return torch.no_grad()
+
 
 def test_estimated_word_noise_finds_wrong_colour_words():
     from finetune.nam import estimate_word_noise, noise_auc
