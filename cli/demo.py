@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from cli.project import Project
 from cli.ui import console, metrics_table, progress_bar
