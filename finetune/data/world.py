@@ -347,7 +347,7 @@ def _fix_case(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _value_words(attr: str, value: str) -> set[str]:
+def value_words(attr: str, value: str) -> set[str]:
     return {w for phrase in VALUE_PHRASES[attr].get(value, []) for w in phrase.split()}
 
 
@@ -372,7 +372,7 @@ def noisy_caption(attrs: dict, rng: np.random.Generator, template: str) -> tuple
     for i, m in enumerate(re.finditer(r"\S+", text)):
         word = m.group().strip(".,;:").lower()
         attrs_here = {tags[j] for j in range(m.start(), m.end())} & set(corrupted)
-        if any(word not in _value_words(a, attrs[a]) and word for a in attrs_here):
+        if any(word not in value_words(a, attrs[a]) and word for a in attrs_here):
             indices.append(i)
     return text, indices, corrupted
 
