@@ -33,6 +33,12 @@ class EmbedderConfig:
                             metadata={"help": "prompt for answer(image, question); <image> and {question}"})
     caption_question: str = field(default="Describe the person.",
                                   metadata={"help": "question whose answer is a caption (stage 0)"})
+    match_question: str = field(
+        default="Can this text accurately describe the image? Text: {text} Answer Yes or No.",
+        metadata={"help": "yes/no question: does {text} describe the image (THI auto judge, stage 0)"})
+    verify_question: str = field(
+        default="Are these two the same person? Answer yes or no.",
+        metadata={"help": "yes/no question about two crops side by side (verification judge, stage 0)"})
     use_chat_template: bool = field(default=True,
                                     metadata={"help": "wrap prompts in the tokenizer's chat template"})
     pooling: str = field(default="last", metadata={"help": "pooling of the final hidden state: last"})
@@ -42,7 +48,8 @@ class EmbedderConfig:
 
     def __post_init__(self):
         required = {"image_prompt": (IMAGE_MARKER,), "text_prompt": ("{text}",),
-                    "composed_prompt": (IMAGE_MARKER, "{modification}"), "vqa_prompt": (IMAGE_MARKER, "{question}")}
+                    "composed_prompt": (IMAGE_MARKER, "{modification}"), "vqa_prompt": (IMAGE_MARKER, "{question}"),
+                    "match_question": ("{text}",)}
         for name, parts in required.items():
             missing = [p for p in parts if p not in getattr(self, name)]
             if missing:
@@ -53,7 +60,7 @@ class EmbedderConfig:
     def prompt_texts(self) -> list[str]:
         """The literal prompt text (for tokenizer training)."""
         return [self.common_prompt, self.image_prompt, self.text_prompt, self.composed_prompt,
-                self.vqa_prompt, self.caption_question]
+                self.vqa_prompt, self.caption_question, self.match_question, self.verify_question]
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_NAME

@@ -25,13 +25,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mllm_embed.embedder import side_by_side
 from mllm_embed.errors import LineupError
 from retrieval.metrics import rank_metrics, recall_at_k, roc_auc, verification_metrics
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None] | None
-VERIFY_QUESTION = "Are these two the same person? Answer yes or no."
 TASKS = ("t2i", "i2i", "composed", "verify")
 
 
@@ -125,19 +125,6 @@ def sample_pairs(records, n: int, seed: int = 0) -> list[tuple[int, int, int]]:
     return pairs
 
 
-def side_by_side(a: Any, b: Any, height: int = 256):
-    """Two crops next to each other in one image (for asking the MLLM about a pair)."""
-    from PIL import Image
-
-    ims = [Image.open(x).convert("RGB") if isinstance(x, (str, Path)) else x.convert("RGB") for x in (a, b)]
-    ims = [im.resize((max(1, round(im.width * height / im.height)), height)) for im in ims]
-    out = Image.new("RGB", (ims[0].width + ims[1].width + 8, height), (255, 255, 255))
-    out.paste(ims[0], (0, 0))
-    out.paste(ims[1], (ims[0].width + 8, 0))
-    out.info["pair"] = (str(a), str(b))
-    return out
-
-
 def best_threshold(scores, labels) -> float:
     """The cut between sorted scores that maximises accuracy."""
     s = np.sort(np.unique(scores))
@@ -162,7 +149,8 @@ def evaluate_verification(embedder, records, image_vecs=None, config: EvalConfig
     if config.mllm_judge:
         said = []
         for i, j, _ in pairs:
-            answer = embedder.answer(side_by_side(records[i]["image"], records[j]["image"]), VERIFY_QUESTION)
+            answer = embedder.answer(side_by_side(records[i]["image"], records[j]["image"]),
+                                     embedder.config.verify_question)
             said.append(1.0 if str(answer).strip().lower().startswith("yes") else 0.0)
             if progress:
                 progress(1)

@@ -3,7 +3,8 @@
 One round loop, two modes (DESIGN.md "THI"; the ICL paper, research/anchors-t2i-reid.md):
 
 ``auto`` (the ICL paper's Algorithm 1, no user): round k shows the MLLM the k-th candidate of the base
-ranking with "Can this text accurately describe the image? Text: {q} Answer Yes or No.". Round 1 accepts
+ranking with ``embedder.config.match_question`` ("Can this text accurately describe the image? Text: {q}
+Answer Yes or No.", a question stage 0 trains). Round 1 accepts
 it as the anchor if Yes and S(q, v̂1) > ξ; round k > 1 accepts if every earlier round said No, this one
 says Yes and the top-1 S(q, v̂1) ≤ ξ. The MLLM then answers the question bank about the anchor (the cached
 answers in its payload when present), the answers are merged into the query by a template (q̂), and the
@@ -36,7 +37,6 @@ from retrieval.store import Hit
 
 log = logging.getLogger(__name__)
 
-JUDGE_PROMPT = "Can this text accurately describe the image? Text: {query} Answer Yes or No."
 NO_ANSWER = {"", "skip", "unknown", "don't know", "dont know", "not sure", "?"}
 
 Answerer = Callable[[dict[str, str]], "str | None"]  # question {"key","question"} -> answer (None = skip)
@@ -111,7 +111,8 @@ class THISession:
         emb = engine.embedder
         self.vqa = vqa or (lambda image, question: emb.answer(image, question))
         self.judge = judge or (
-            lambda image, q: normalize_answer(emb.answer(image, JUDGE_PROMPT.format(query=q))).startswith("yes")
+            lambda image, q: normalize_answer(emb.answer(image, emb.config.match_question.replace("{text}", q)))
+            .startswith("yes")
         )
         self.q_vec = emb.encode_text([self.query])[0]
         self.ids: list[str] = []

@@ -49,6 +49,8 @@ class _Cfg:
     text_prompt: str = "{text}"
     composed_prompt: str = "<image>{modification}"
     common_prompt: str = ""
+    match_question: str = JUDGE + " Text: {text} Answer Yes or No."
+    verify_question: str = "Are these two the same person? Answer yes or no."
 
 
 class FakeEmbedder:
