@@ -51,6 +51,20 @@ def load_image(image):
         raise LineupError(f"{path}: cannot read image ({exc}); replace or remove the file") from exc
 
 
+def side_by_side(a, b, height: int = 256):
+    """Two crops (PIL images or paths) next to each other in one image, for asking the MLLM about a pair
+    (`config.verify_question`); `info["pair"]` keeps what the two halves were."""
+    from PIL import Image
+
+    ims = [load_image(x) for x in (a, b)]
+    ims = [im.resize((max(1, round(im.width * height / im.height)), height)) for im in ims]
+    out = Image.new("RGB", (ims[0].width + ims[1].width + 8, height), (255, 255, 255))
+    out.paste(ims[0], (0, 0))
+    out.paste(ims[1], (ims[0].width + 8, 0))
+    out.info["pair"] = (str(a), str(b))
+    return out
+
+
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Hidden state of each row's last real token; works for left and right padding."""
     length = attention_mask.shape[1]
@@ -271,10 +285,12 @@ class MLLMEmbedder:
         return self._encode("composed", pairs, batch_size, progress, length=lambda p: len(str(p[1])))
 
     def answer(self, image, question: str, max_new_tokens: int = 8) -> str:
-        """Greedy answer to a question about an image (lower-case, stripped)."""
+        """Greedy answer to a question about an image (lower-case, stripped). A loaded LoRA adapter is
+        disabled while generating: it is trained for embeddings, the base's stage-0 skills answer questions."""
         inputs = self._to_device(self.lm_batch([(image, question, None)]))
         prompt_len = inputs["input_ids"].shape[1]
-        with self.inference():
+        base_only = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
+        with self.inference(), base_only:
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)
         text = self.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
