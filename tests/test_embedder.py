@@ -119,6 +119,27 @@ def test_adapter_save_reload_and_wrong_base(tiny_base, tiny_world, tmp_path):
         load_embedder(other, adapter=tmp_path / "adapter", device="cpu")
 
 
+def test_answer_ignores_the_embedding_adapter(tiny_base, tiny_world):
+    """answer() generates with a loaded LoRA adapter disabled: an adapter whose weights are perturbed hard
+    changes the logits but not the answers."""
+    rows = [json.loads(line) for line in (tiny_world / "vqa.jsonl").read_text().splitlines()][:6]
+    asked = [(str(tiny_world / r["image"]), r["question"]) for r in rows]
+    emb = load_embedder(tiny_base, device="cpu")
+    before = [emb.answer(image, question) for image, question in asked]
+    batch = emb._to_device(emb.lm_batch([(asked[0][0], asked[0][1], None)]))
+    with emb.inference():
+        base_logits = emb.model(**batch).logits
+    emb.add_adapter(_lora())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, weight in emb.model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 1.0)
+    with emb.inference():
+        assert (emb.model(**batch).logits - base_logits).abs().max() > 1.0  # the adapter does change the model
+    assert [emb.answer(image, question) for image, question in asked] == before
+
+
 def test_4bit_base_runs_lora_forward_and_backward(tiny_base, tiny_world):
     recs = _records(tiny_world, 3)
     full = load_embedder(tiny_base, device="cpu").encode_images([p for p, _ in recs])
