@@ -4,13 +4,19 @@ Protocols (numbers come from ``retrieval.metrics`` applied to the similarity mat
 - text→image: queries = every caption of the split's images, gallery = the split's images.
 - image→image: every image queries the others; same-person same-camera gallery items are excluded
   (the standard ReID protocol), so a person needs a second camera to count.
-- composed: queries = (reference image, modification) of the split's triplets; the gallery is collapsed
-  to identities (a person's score = its best image, the reference image itself excluded), and a query hits
-  when the target identity is among the top K — any image of the edited person is a right answer.
+- composed: queries = (reference image, modification) of the split's triplets, the reference image itself
+  excluded from the gallery. Identity level (``R@K``, ``mAP``): the gallery is collapsed to identities (a
+  person's score = its best image) and a query hits when the target identity is among the top K — any image
+  of the edited person is a right answer. Exact target (``exact_R@K``): the triplet's own target image must be
+  among the top K images, for the triplets whose target image is in the gallery.
 - verification: same/different-identity image pairs scored by embedding cosine and by the MLLM's own
   yes/no on the two crops side by side; accuracy/precision/recall/F1 at a threshold, ROC AUC, optional PNGs.
 - THI: ``evaluate_thi_dataset`` indexes the split into a temporary embedded store, caches the question-bank
   answers, and reports per-round Rank-1 / mAP / cumulative Hits@10 (``retrieval.thi.evaluate_thi``).
+
+These protocol functions (``evaluate_t2i``, ``evaluate_i2i``, ``evaluate_composed``) also serve the per-epoch
+evaluation of ``finetune.train.evaluate``; keep this module's top-level imports to numpy, mllm_embed and
+``retrieval.metrics`` (plus the standard library) so finetune may import it.
 """
 
 from __future__ import annotations
@@ -82,12 +88,25 @@ def evaluate_i2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10
     return rank_metrics(image_vecs @ image_vecs.T, pids, pids, cams, cams, ks=ks)
 
 
+def _path_key(path) -> str:
+    return str(Path(path).resolve())
+
+
 def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=16, ks=(1, 5, 10),
                       progress=None) -> dict:
+    """Composed retrieval, both conventions over one similarity matrix (the reference image excluded):
+
+    - identity level (``R@K``, ``mAP``): a query hits at K when the target person's best image is among the
+      top K people; ``mAP`` ranks the images, every image of the target person counting as a true match.
+      Triplets whose target person has no image in the gallery are skipped (``queries`` / ``skipped``).
+    - exact target (``exact_R@K``, ``exact_queries``): the triplet's own target image must be among the top K
+      images (CIRR / FashionIQ convention); only triplets whose ``target`` image is in the gallery count, and
+      the keys are absent when there is none.
+    """
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
     pids = np.array([r["person_id"] for r in records])
     people = np.unique(pids)
-    column = {str(r["image"]): j for j, r in enumerate(records)}
+    column = {_path_key(r["image"]): j for j, r in enumerate(records)}
     usable = [t for t in triplets if t["target_id"] in set(people.tolist())]
     if not usable:
         raise LineupError("composed evaluation: no triplet's target person is in this split's gallery")
@@ -95,12 +114,20 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
                                     batch_size=batch_size, progress=progress)
     sim = vecs @ image_vecs.T
     for i, t in enumerate(usable):  # the reference image itself is not a candidate (CIRR convention)
-        if str(t["reference"]) in column:
-            sim[i, column[str(t["reference"])]] = -np.inf
+        if _path_key(t["reference"]) in column:
+            sim[i, column[_path_key(t["reference"])]] = -np.inf
     by_person = np.stack([sim[:, pids == p].max(axis=1) for p in people], axis=1)
-    target = np.searchsorted(people, [t["target_id"] for t in usable])
-    out = recall_at_k(by_person, target, ks=ks)
+    target_ids = [t["target_id"] for t in usable]
+    out = recall_at_k(by_person, np.searchsorted(people, target_ids), ks=ks)
+    out["mAP"] = rank_metrics(sim, target_ids, pids, ks=ks)["mAP"]
+    exact = [(i, column[_path_key(t["target"])]) for i, t in enumerate(usable)
+             if t.get("target") and _path_key(t["target"]) in column]
+    if exact:
+        rows, cols = map(list, zip(*exact))
+        out.update({f"exact_{k}": v for k, v in recall_at_k(sim[rows], np.array(cols), ks=ks).items()})
     out.update(queries=len(usable), skipped=len(triplets) - len(usable))
+    if exact:
+        out["exact_queries"] = len(exact)
     return out
 
 

@@ -119,3 +119,52 @@ def make_gallery(root: Path, identities: int = 24, per_id: int = 3, seed: int = 
                             "captions": [caption(attrs)], "attributes": attrs})
             attrs_by_image[str(path)] = attrs
     return records, attrs_by_image
+
+
+class TableEmbedder:
+    """Hand-set embeddings: image vectors by path, text vectors by string, composed vectors by modification."""
+
+    def __init__(self, images: dict[str, list[float]], texts: dict[str, list[float]],
+                 composed: dict[str, list[float]]):
+        self.images, self.texts, self.composed = images, texts, composed
+
+    def encode_images(self, images, batch_size=16, progress=None):
+        return np.array([self.images[str(i)] for i in images], dtype=np.float32)
+
+    def encode_text(self, texts, batch_size=16, progress=None):
+        return np.array([self.texts[t] for t in texts], dtype=np.float32)
+
+    def encode_composed(self, pairs, batch_size=16, progress=None):
+        return np.array([self.composed[m] for _, m in pairs], dtype=np.float32)
+
+
+def hand_composed_case(root: Path):
+    """Four gallery images (one-hot vectors) — a0 of person 1, b0 and b1 of person 2, c0 of person 3 — and four
+    triplets whose similarity rows are set by hand (the column of the reference image is excluded):
+
+      q1: ref a0 → target b1 (person 2)   sims a0 .9  b0 .8  b1 .5  c0 .6   exact rank 3, person rank 1
+      q2: ref c0 → target b0 (person 2)   sims a0 .7  b0 .6  b1 .2  c0 .95  exact rank 2, person rank 2
+      q3: ref b0 → target image not in the gallery, person 3: sims .1 .99 .3 .5 → person rank 1, no exact rank
+      q4: target person 9 is not in the gallery → skipped
+
+    Each image has two captions: its own one-hot (finds it first) and c0's one-hot (finds c0 first).
+    """
+    names = ["a0", "b0", "b1", "c0"]
+    paths = {n: str(root / f"{n}.png") for n in names}
+    eye = np.eye(4).tolist()
+    records = [{"image": paths[n], "person_id": pid, "camera_id": cam, "split": "test",
+                "captions": [f"looks like {n}", "looks like c0 too"] if n != "c0" else ["looks like c0", "c0 again"]}
+               for n, pid, cam in (("a0", 1, 0), ("b0", 2, 0), ("b1", 2, 1), ("c0", 3, 0))]
+    texts = {f"looks like {n}": eye[i] for i, n in enumerate(names)} | {"looks like c0 too": eye[3],
+                                                                        "c0 again": eye[3]}
+    triplets = [
+        {"reference": paths["a0"], "modification": "q1", "target": str(root / "sub" / ".." / "b1.png"),
+         "reference_id": 1, "target_id": 2},  # the target path written differently: matched after resolving
+        {"reference": paths["c0"], "modification": "q2", "target": paths["b0"], "reference_id": 3, "target_id": 2},
+        {"reference": paths["b0"], "modification": "q3", "target": str(root / "elsewhere.png"),
+         "reference_id": 2, "target_id": 3},
+        {"reference": paths["a0"], "modification": "q4", "target": str(root / "nobody.png"),
+         "reference_id": 1, "target_id": 9},
+    ]
+    composed = {"q1": [.9, .8, .5, .6], "q2": [.7, .6, .2, .95], "q3": [.1, .99, .3, .5], "q4": [1, 0, 0, 0]}
+    return records, triplets, TableEmbedder({paths[n]: eye[i] for i, n in enumerate(names)}, texts, composed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _retrieval_fakes import FakeEmbedder, VOCAB, make_gallery
+from _retrieval_fakes import FakeEmbedder, VOCAB, hand_composed_case, make_gallery
 from PIL import Image
 
 from retrieval.evaluate import (EvalConfig, evaluate_composed, evaluate_i2i, evaluate_t2i, evaluate_verification,
@@ -61,6 +61,21 @@ def test_composed_recall_is_identity_level(data):
     per_person = np.stack([sim[:, pids == p].max(1) for p in people], 1)
     expected = recall_at_k(per_person, np.array([people.index(t["target_id"]) for t in triplets[:-1]]))
     assert {k: got[k] for k in expected} == expected and expected["R@1"] == 100.0
+    # mAP ranks the images, every image of the target person a true match
+    assert got["mAP"] == rank_metrics(sim, [t["target_id"] for t in triplets[:-1]], pids)["mAP"]
+    assert not any(k.startswith("exact_") for k in got)  # no triplet names a target image
+
+
+def test_composed_exact_target_recall_by_hand(tmp_path):
+    records, triplets, emb = hand_composed_case(tmp_path)  # the ranks are spelled out in its docstring
+    got = evaluate_composed(emb, records, triplets, ks=(1, 2, 3))
+    assert (got["queries"], got["skipped"], got["exact_queries"]) == (3, 1, 2)
+    # identity level: person ranks 1, 2, 1
+    assert (got["R@1"], got["R@2"], got["R@3"]) == (pytest.approx(200 / 3), 100.0, 100.0)
+    # exact target: image ranks 3 and 2 (q3's target image is not in the gallery)
+    assert (got["exact_R@1"], got["exact_R@2"], got["exact_R@3"]) == (0.0, 50.0, 100.0)
+    # identity mAP over images: q1's person-2 images at ranks 1 and 3, q2's at 2 and 3, q3's one image at 1
+    assert got["mAP"] == pytest.approx(100 * ((1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 2 + 1) / 3)
 
 
 def test_verification_scores_and_plots(data, tmp_path):
@@ -94,6 +109,7 @@ def test_real_model_end_to_end(tiny_base, tiny_world, tmp_path):
     records = load_split(tiny_world, "test")
     got = evaluate_dataset(emb, tiny_world, config=EvalConfig(pairs=16), plots=tmp_path / "plots")
     assert set(got) == {"t2i", "i2i", "composed", "verify"}
+    assert got["composed"]["exact_queries"] == got["composed"]["queries"]  # world targets lie in the split
     vecs = emb.encode_images([r["image"] for r in records])
     texts = [(c, r["person_id"]) for r in records for c in r["captions"]]
     sim = emb.encode_text([t for t, _ in texts]) @ vecs.T
