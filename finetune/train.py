@@ -269,33 +269,31 @@ class _Data:
 
 
 def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, batch_size: int = 32) -> dict:
-    """Text→image R1/mAP (first caption of each image as query), image→image R1/mAP (cross-camera, when
-    cameras are known), composed R@1/5/10 (the exact target image among the split's images, reference
-    excluded) and composed identity R1/mAP (any image of the target identity counts)."""
-    from retrieval.metrics import rank_metrics, recall_at_k
+    """The per-epoch evaluation: the protocols of ``retrieval.evaluate`` on one gallery (the records' images,
+    encoded once), flattened into the keys training logs (metrics.jsonl), the benchmarks and the tests read:
 
-    paths = [r["image"] for r in records]
-    pids = np.array([r["person_id"] for r in records])
-    cams = np.array([r.get("camera_id", -1) for r in records])
-    img = embedder.encode_images(paths, batch_size=batch_size)
-    txt = embedder.encode_text([r["captions"][0] for r in records], batch_size=batch_size)
-    out = {f"t2i_{k}": v for k, v in rank_metrics(txt @ img.T, pids, pids).items() if k in ("R1", "mAP")}
-    if (cams >= 0).all():
-        out |= {f"i2i_{k}": v for k, v in rank_metrics(img @ img.T, pids, pids, cams, cams).items()
-                if k in ("R1", "mAP")}
-    index = {str(Path(p).resolve()): i for i, p in enumerate(paths)}
-    triplets = [t for t in triplets or [] if str(Path(t["target"]).resolve()) in index]
-    if triplets:
-        q = embedder.encode_composed([(t["reference"], t["modification"]) for t in triplets], batch_size=batch_size)
-        sim = q @ img.T
-        for row, t in enumerate(triplets):
-            ref = index.get(str(Path(t["reference"]).resolve()))
-            if ref is not None:
-                sim[row, ref] = -np.inf
-        target = np.array([index[str(Path(t["target"]).resolve())] for t in triplets])
-        out |= {f"comp_{k}": v for k, v in recall_at_k(sim, target).items()}
-        target_ids = np.array([t["target_id"] for t in triplets])
-        out |= {f"comp_id_{k}": v for k, v in rank_metrics(sim, target_ids, pids).items() if k in ("R1", "mAP")}
+    - ``t2i_R1``, ``t2i_mAP``: text→image with every caption of every image as a query (``evaluate_t2i``).
+    - ``i2i_R1``, ``i2i_mAP``: image→image, same-person same-camera items excluded (``evaluate_i2i``); only
+      when every record's camera is known.
+    - ``comp_R@1``, ``comp_R@5``, ``comp_R@10``: composed retrieval, exact target — the triplet's own target
+      image among the top K images, reference excluded (``evaluate_composed``'s ``exact_R@K``).
+    - ``comp_id_R1``, ``comp_id_mAP``: composed retrieval, identity level — any image of the target person
+      counts (``evaluate_composed``'s ``R@1`` and ``mAP``).
+    Composed keys appear only for triplets whose target person (``comp_id_*``) / image (``comp_R@K``) is among
+    the records.
+    """
+    from retrieval.evaluate import encode_gallery, evaluate_composed, evaluate_i2i, evaluate_t2i
+
+    img = encode_gallery(embedder, records, batch_size)
+    kw = {"image_vecs": img, "batch_size": batch_size}
+    out = {f"t2i_{k}": v for k, v in evaluate_t2i(embedder, records, **kw).items() if k in ("R1", "mAP")}
+    if all(r.get("camera_id", -1) >= 0 for r in records):
+        out |= {f"i2i_{k}": v for k, v in evaluate_i2i(embedder, records, **kw).items() if k in ("R1", "mAP")}
+    people = {r["person_id"] for r in records}
+    if any(t["target_id"] in people for t in triplets or []):
+        comp = evaluate_composed(embedder, records, triplets, **kw)
+        out |= {f"comp_{k[len('exact_'):]}": v for k, v in comp.items() if k.startswith("exact_R@")}
+        out |= {"comp_id_R1": comp["R@1"], "comp_id_mAP": comp["mAP"]}
     return {k: float(v) for k, v in out.items()}
 
 
