@@ -4,7 +4,8 @@
 
 Generates a world, builds the base, runs stage 0 on the train split, then reports VQA accuracy per
 attribute on held-out identities (test split) against the majority-answer baseline, and zero-shot
-text->image Rank-1 / mAP (test captions vs test images, no fine-tuning). Prints tables and writes
+text->image Rank-1 / mAP (test captions vs test images, no fine-tuning), and the balanced accuracy of the two
+yes/no judges (text-image match, same person side by side) on balanced test pairs. Prints tables and writes
 benchmarks/results/tiny_base_quality.json.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
@@ -25,7 +27,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.data.world import WorldConfig, generate_world  # noqa: E402
-from finetune.stage0 import Stage0Config, pretrain  # noqa: E402
+from finetune.stage0 import Judgements, Stage0Config, judge_accuracy, pretrain, split_people  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
@@ -52,6 +54,7 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=160)
     ap.add_argument("--images-per-id", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=Stage0Config.epochs)
+    ap.add_argument("--judge-pairs", type=int, default=200, help="test pairs per yes/no judge")
     ap.add_argument("--workdir", type=Path, help="keep the world and base here (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tiny_base_quality.json")
     args = ap.parse_args()
@@ -80,11 +83,15 @@ def main() -> None:
                                "trained": not cfg.attributes or attribute in cfg.attributes,
                                "majority_baseline": sum(r["answer"] == majority for r in test) / len(test)}
     rank = zero_shot_rank(emb, world)
+    judge = Judgements(split_people(world, "test"), emb.config)
+    judges = {"match": judge_accuracy(emb, judge.match(args.judge_pairs, random.Random(0))),
+              "same_person": judge_accuracy(emb, judge.same(args.judge_pairs, random.Random(1)))}
     result = {"size": args.size, "world": {"identities": args.identities, "images_per_id": args.images_per_id},
               "build_s": round(build_s, 1), "stage0_s": stage0["seconds"], "stage0_loss": stage0["loss_curve"],
               "val_vqa": stage0.get("val_vqa", {}).get("accuracy"), "test_vqa": per_attr,
               "test_vqa_mean_trained": float(np.mean([v["accuracy"] for v in per_attr.values() if v["trained"]])),
-              "zero_shot_text_to_image": rank}
+              "zero_shot_text_to_image": rank, "test_judges": judges,
+              "val_judges": {k: stage0.get(f"val_{k}", {}).get("balanced_accuracy") for k in ("match", "same_person")}}
 
     console = Console()
     table = Table(title=f"Tiny base '{args.size}' after stage 0 - VQA on held-out identities")
@@ -98,6 +105,8 @@ def main() -> None:
     console.print(f"stage 0: {stage0['seconds']} s, loss {stage0['loss_curve'][0]:.2f} -> "
                   f"{stage0['loss_curve'][-1]:.2f}; zero-shot text->image R1 {rank['R1']:.1f}% "
                   f"(chance {rank['chance_R1']:.1f}%), mAP {rank['mAP']:.1f}%")
+    console.print("yes/no judges on balanced test pairs (balanced accuracy, chance 0.50): " + ", ".join(
+        f"{k} {v['balanced_accuracy']:.2f} (yes rate {v['yes_rate']:.2f}, n {v['n']})" for k, v in judges.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
 

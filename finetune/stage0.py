@@ -1,8 +1,10 @@
 """Stage 0: generative pre-training of the offline base so it sees and speaks before the LoRA stages.
 
 Full parameters, language-model loss on the answer tokens only, over captioning ("Describe the person."
--> caption) and VQA pairs of the world's train split. Writes `stage0_done.json` (loss curve, VQA accuracy
-on the val split) and saves the weights back into the model folder with `save_pretrained`.
+-> caption), VQA pairs and yes/no judgements (does a caption describe the image: `match_question`; are two
+crops side by side the same person: `verify_question`) of the world's train split. Writes `stage0_done.json`
+(loss curve, VQA and judge accuracy on the val split) and saves the weights back into the model folder with
+`save_pretrained`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mllm_embed import load_embedder
-from mllm_embed.embedder import load_image
+from mllm_embed.embedder import load_image, side_by_side
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,15 @@ class Stage0Config:
     text_questions: int = field(default=0, metadata={
         "help": "per caption, questions answered from the caption alone (no image) per epoch: teaches the LM to "
                 "read a description, which the text embedding needs (0: none)"})
+    match_pairs: float = field(default=0.5, metadata={
+        "help": "text-image yes/no judgements (config.match_question) per train image per epoch: half its own "
+                "caption (yes), half a caption of another identity (no; half of those hard) (0: none)"})
+    same_pairs: float = field(default=0.5, metadata={
+        "help": "same-person yes/no judgements (config.verify_question on two crops side by side) per train image "
+                "per epoch: half another camera of the same identity, half another identity (half hard) (0: none)"})
     eval_questions: int = field(default=300, metadata={"help": "val VQA pairs scored after training (0: none)"})
+    eval_judgements: int = field(default=100, metadata={
+        "help": "balanced val pairs per judge (match, same person) scored after training (0: none)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
 
@@ -61,6 +71,9 @@ class Stage0Config:
             raise ValueError("Stage0Config.lr must be > 0")
         if not 0.0 <= self.caption_weight <= 1.0:
             raise ValueError("Stage0Config.caption_weight must be in [0, 1]")
+        for name in ("match_pairs", "same_pairs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Stage0Config.{name} must be >= 0")
 
     @classmethod
     def for_tests(cls) -> Stage0Config:
@@ -104,6 +117,138 @@ def _draw(qa: list[tuple], per_image: int, rng: random.Random, key=lambda pair: 
     return [p for pairs in by_image.values() for p in rng.sample(pairs, min(per_image, len(pairs)))]
 
 
+# words also said in "no hat or glasses" / "no bag": never evidence that a caption names a value
+_NEGATABLE = {"hat", "glasses", "bag"}
+
+
+def _foreign_words(attrs: dict) -> set[str]:
+    """Value words naming a value this person lacks (and no value it has): a caption using one is false."""
+    from finetune.data.world import ATTRIBUTES, value_words
+
+    own = {w for k, v in attrs.items() for w in value_words(k, v)}
+    other = {w for k, values in ATTRIBUTES.items() for v in values if v != attrs.get(k) for w in value_words(k, v)}
+    return other - own - _NEGATABLE
+
+
+def _differences(a: dict, b: dict) -> int:
+    """Attributes two identities differ in (a bag and its colour count once, as in one edit)."""
+    keys = {k for k in a if a[k] != b.get(k)}
+    return len(keys) - ({"bag", "bag_color"} <= keys)
+
+
+def split_people(world_dir: Path, split: str) -> list[dict]:
+    """One split's images with attributes, captions and the world's noisy caption (None unless it names a
+    wrong value) for judgement pairs; images without attributes are left out."""
+    from finetune.data.loaders import load_person_dataset
+
+    noisy = {}
+    for line in (world_dir / "annotations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        noisy[Path(row["image"]).name] = row.get("noisy_caption") if row.get("noisy_words") else None
+    return [{"image": r["image"], "person_id": r["person_id"], "camera_id": r["camera_id"], "captions": r["captions"],
+             "attributes": json.loads(r["attributes"]), "noisy": noisy.get(Path(r["image"]).name)}
+            for r in load_person_dataset(world_dir) if r["split"] == split and r["attributes"]]
+
+
+def _said(kind: str) -> str:
+    return "yes" if kind == "yes" else "no"
+
+
+class Judgements:
+    """Balanced yes/no judgement pairs over one split's images, shaped like the VQA pairs:
+    (image | (image, image) shown side by side, question, "yes" | "no", kind), kind in
+    {"yes", "no hard", "no random"}; half the pairs are yes, half of the no's hard."""
+
+    _KINDS = ("yes", "no hard", "yes", "no random")
+
+    def __init__(self, people: list[dict], config):
+        self.people = people
+        self.match_question, self.verify_question = config.match_question, config.verify_question
+        self.by_pid: dict[int, list[dict]] = defaultdict(list)
+        for person in people:
+            self.by_pid[person["person_id"]].append(person)
+        attrs = {pid: images[0]["attributes"] for pid, images in self.by_pid.items()}
+        self.foreign = {pid: _foreign_words(a) for pid, a in attrs.items()}
+        # one-edit neighbours (hard text negatives); family members or same gender + upper colour (hard pairs)
+        self.neighbours = {p: [q for q in attrs if q != p and _differences(a, attrs[q]) == 1] for p, a in attrs.items()}
+        self.lookalikes = {p: [q for q in attrs if q != p and (_differences(a, attrs[q]) <= 2 or all(
+            a[k] == attrs[q][k] for k in ("gender", "upper_color")))] for p, a in attrs.items()}
+
+    def _sample(self, n: int, rng: random.Random) -> list[dict]:
+        """n images, every image once before any twice."""
+        out: list[dict] = []
+        while self.people and len(out) < n:
+            out += rng.sample(self.people, len(self.people))
+        return out[:n]
+
+    def _other(self, pid: int, rng: random.Random) -> int:
+        return rng.choice([q for q in self.by_pid if q != pid])
+
+    def _false_caption(self, person: dict, pids: list[int], rng: random.Random) -> str | None:
+        """A caption of an image of one of `pids` that names a value `person` lacks (None if none is found)."""
+        for _ in range(8 if pids else 0):
+            caption = rng.choice(rng.choice(self.by_pid[rng.choice(pids)])["captions"])
+            if {w.strip(".,;:").lower() for w in caption.split()} & self.foreign[person["person_id"]]:
+                return caption
+        return None
+
+    def match(self, n: int, rng: random.Random) -> list[tuple]:
+        """Text-image pairs: the image with its own caption (yes); with its noisy caption or a one-edit
+        neighbour's caption (no, hard); with a random other identity's caption (no)."""
+        out = []
+        for i, person in enumerate(self._sample(n, rng)):
+            kind, pid, caption = self._KINDS[i % 4], person["person_id"], None
+            if kind == "yes":
+                caption = rng.choice(person["captions"])
+            if kind == "no hard":
+                options = [person["noisy"], self._false_caption(person, self.neighbours[pid], rng)]
+                options = [c for c in options if c]
+                caption = rng.choice(options) if options else None
+                kind = kind if caption else "no random"
+            if caption is None and len(self.by_pid) > 1:
+                caption = self._false_caption(person, [self._other(pid, rng) for _ in range(8)], rng)
+            if caption:
+                out.append((person["image"], self.match_question.replace("{text}", caption), _said(kind), kind))
+        return out
+
+    def same(self, n: int, rng: random.Random) -> list[tuple]:
+        """Crop pairs: another camera of the same identity (yes); a family member / neighbour or someone of the
+        same gender and upper colour (no, hard); a random other identity (no)."""
+        out = []
+        for i, person in enumerate(self._sample(n, rng)):
+            kind, pid = self._KINDS[i % 4], person["person_id"]
+            if kind == "yes":
+                mine = [p for p in self.by_pid[pid] if p is not person]
+                options = [p for p in mine if p["camera_id"] != person["camera_id"]] or mine
+            elif len(self.by_pid) < 2:
+                continue
+            else:
+                hard = self.lookalikes[pid] if kind == "no hard" else []
+                kind = kind if hard else "no random"
+                options = self.by_pid[rng.choice(hard) if hard else self._other(pid, rng)]
+            if options:
+                pair = (person["image"], rng.choice(options)["image"])
+                out.append((pair if rng.random() < 0.5 else pair[::-1], self.verify_question, _said(kind), kind))
+        return out
+
+
+def judge_accuracy(embedder, pairs: list[tuple]) -> dict:
+    """Balanced accuracy (mean recall of yes and of no) of `embedder.answer` on `Judgements` pairs; an answer
+    starting with "yes" says yes."""
+    by_answer: dict[str, list[int]] = defaultdict(list)
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    said_yes = 0
+    for image, question, answer, kind in pairs:
+        shown = side_by_side(*image) if isinstance(image, tuple) else image
+        yes = embedder.answer(shown, question).startswith("yes")
+        said_yes += yes
+        by_answer[answer].append(int(yes == (answer == "yes")))
+        by_kind[kind].append(int(yes == (answer == "yes")))
+    recall = [sum(v) / len(v) for v in by_answer.values()]
+    return {"balanced_accuracy": sum(recall) / max(1, len(recall)), "n": len(pairs),
+            "yes_rate": said_yes / max(1, len(pairs)), "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
+
+
 def vqa_accuracy(embedder, pairs: list[tuple], images: dict | None = None) -> dict:
     """Exact-match accuracy of `embedder.answer` over (image, question, answer, attribute) pairs."""
     hits: dict[str, list[int]] = defaultdict(list)
@@ -130,18 +275,27 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     if not qa and not captions:
         raise LineupError(f"{world_dir}: the train split has no VQA or caption pairs")
     question = embedder.config.caption_question
-    images = {path: load_image(path) for path in {p[0] for p in qa} | {c[0] for c in captions}}
+    judge = Judgements(split_people(world_dir, "train"), embedder.config)
+    n_match, n_same = (round(rate * len(judge.people)) for rate in (cfg.match_pairs, cfg.same_pairs))
+    images = {path: load_image(path)
+              for path in {p[0] for p in qa} | {c[0] for c in captions} | {p["image"] for p in judge.people}}
+
+    def pixels(image):
+        """A loaded image, or two shown side by side."""
+        return side_by_side(images[image[0]], images[image[1]]) if isinstance(image, tuple) else images[image]
 
     per_caption = functools.partial(_draw, per_image=cfg.text_questions, key=lambda pair: pair[1].split("\n")[0])
 
     def epoch_batches() -> list[list[tuple]]:
-        """Image batches (VQA + captioning) and text-only batches (text QA), in random order."""
+        """Image batches (VQA + captioning; yes/no judgements) and text-only batches (text QA), in random order."""
         kept = rng.sample(captions, int(len(captions) * cfg.caption_weight))
         with_image = [(images[i], q, a) for i, q, a, _ in _draw(qa, cfg.questions_per_image, rng)]
         with_image += [(images[i], question, c) for i, c in kept]
+        # judgements (long prompts) batch apart, so they do not pad the short VQA prompts
+        judged = [(pixels(i), q, a) for i, q, a, _ in judge.match(n_match, rng) + judge.same(n_same, rng)]
         text_only = [(None, q, a) for _, q, a, _ in per_caption(text_qa, rng=rng)]
         batches = []
-        for items in (with_image, text_only):
+        for items in (with_image, judged, text_only):
             rng.shuffle(items)
             batches += [items[s:s + cfg.batch_size] for s in range(0, len(items), cfg.batch_size)]
         rng.shuffle(batches)
@@ -178,7 +332,8 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     model.save_pretrained(model_dir)
 
     result = {"loss_curve": curve, "steps": total,
-              "train_pairs": {"vqa": len(qa), "captions": len(captions), "text_qa": len(text_qa)},
+              "train_pairs": {"vqa": len(qa), "captions": len(captions), "text_qa": len(text_qa),
+                              "match_per_epoch": n_match, "same_person_per_epoch": n_same},
               "seconds": round(time.time() - started, 1), "config": asdict(cfg)}
     if cfg.eval_questions:
         val, _, val_text = _pairs(world_dir, "val", cfg)
@@ -188,5 +343,11 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
         if val_text:
             result["val_text_qa"] = vqa_accuracy(embedder, val_text[: cfg.eval_questions])
         logger.info("stage 0 val VQA accuracy %.3f", result["val_vqa"]["accuracy"])
+    val_judge = Judgements(split_people(world_dir, "val"), embedder.config) if cfg.eval_judgements else None
+    if val_judge and val_judge.people:
+        result["val_match"] = judge_accuracy(embedder, val_judge.match(cfg.eval_judgements, rng))
+        result["val_same_person"] = judge_accuracy(embedder, val_judge.same(cfg.eval_judgements, rng))
+        logger.info("stage 0 val judges (balanced accuracy): match %.3f, same person %.3f",
+                    result["val_match"]["balanced_accuracy"], result["val_same_person"]["balanced_accuracy"])
     (model_dir / DONE_FILE).write_text(json.dumps(result, indent=2))
     return model_dir

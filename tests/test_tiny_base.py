@@ -86,3 +86,40 @@ def test_stage0_text_questions_only_when_the_caption_names_the_answer(tiny_world
         assert image is None and prompt.startswith("Text: ")
         assert any(w in caption for w in value_words(attribute, answer)), (caption, attribute, answer)
     assert not _pairs(Path(tiny_world), "train", Stage0Config(text_questions=0))[2]
+
+
+def test_stage0_judgement_pairs_are_balanced_and_true(tiny_world):
+    """Yes/no judgement pairs: half yes; a "no" caption names a value the pictured person lacks; a "no" crop
+    pair shows two identities; the questions are the embedder config's."""
+    import random
+
+    from finetune.stage0 import Judgements, _foreign_words, split_people
+    from mllm_embed import EmbedderConfig
+
+    config = EmbedderConfig()
+    people = split_people(Path(tiny_world), "train")
+    judge = Judgements(people, config)
+    by_image = {p["image"]: p for p in people}
+    assert all(not _foreign_words(p["attributes"]) & {w.strip(".,;:").lower() for w in c.split()}
+               for p in people for c in p["captions"])  # own captions are never judged false
+    rng = random.Random(0)
+    match, same = judge.match(200, rng), judge.same(200, rng)
+    for pairs in (match, same):
+        answers = Counter(a for _, _, a, _ in pairs)
+        assert len(pairs) >= 190 and abs(answers["yes"] - answers["no"]) <= 10, answers
+        assert Counter(k for *_, k in pairs)["no hard"] >= 20
+    prefix, suffix = config.match_question.split("{text}")
+    for image, question, answer, _ in match:
+        caption = question.removeprefix(prefix).removesuffix(suffix)
+        person = by_image[image]
+        assert question.startswith(prefix) and question.endswith(suffix)
+        if answer == "yes":
+            assert caption in person["captions"]
+        else:
+            words = {w.strip(".,;:").lower() for w in caption.split()}
+            assert caption == person["noisy"] or words & _foreign_words(person["attributes"]), caption
+    for (a, b), question, answer, _ in same:
+        assert question == config.verify_question and a != b
+        left, right = by_image[a], by_image[b]
+        assert (left["person_id"] == right["person_id"]) == (answer == "yes")
+        assert answer == "no" or left["camera_id"] != right["camera_id"]
