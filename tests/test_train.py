@@ -134,3 +134,20 @@ def test_nam_training_estimates_noise_for_every_caption_each_epoch(tiny_base, ti
     assert all(np.isfinite(v).all() for v in noise.values())
     saved = json.loads((tmp_path / "adapter" / "lineup_embedder.json").read_text())
     assert saved["text_prompt"].endswith("Summarize the person in one word:")  # common instruction kept
+
+
+def test_identity_loss_lifts_image_reid_on_people_never_seen(tiny_base, tiny_world, tiny_adapter, tmp_path):
+    """Issue 7: SupCon on the MLLM's image embeddings (the fixture adapter's default) vs the image–text loss
+    alone, same steps; image→image (cross-camera) on a second world whose 40 people were never trained on.
+    Measured: mAP 12.6 vs 4.3, Rank-1 10.0 vs 0.6 (chance mAP about 4)."""
+    from finetune.data.world import WorldConfig, generate_world
+    from finetune.train import _records, evaluate
+
+    unseen = generate_world(tmp_path / "unseen", WorldConfig(identities=40, images_per_id=4, seed=99,
+                                                           val_fraction=0.0, test_fraction=0.9))
+    records = [r for split in ("train", "test") for r in _records(_cfg("", unseen, ""), split)]
+    plain = train("stage1", _cfg(tiny_base, tiny_world, tmp_path / "plain", epochs=40, identity_loss=None))
+    score = {name: evaluate(load_embedder(tiny_base, adapter=a), records)
+             for name, a in (("supcon", tiny_adapter), ("plain", plain))}
+    assert score["supcon"]["i2i_mAP"] > score["plain"]["i2i_mAP"] + 5, score
+    assert score["supcon"]["i2i_R1"] > score["plain"]["i2i_R1"], score
