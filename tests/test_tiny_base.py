@@ -123,3 +123,24 @@ def test_stage0_judgement_pairs_are_balanced_and_true(tiny_world):
         left, right = by_image[a], by_image[b]
         assert (left["person_id"] == right["person_id"]) == (answer == "yes")
         assert answer == "no" or left["camera_id"] != right["camera_id"]
+
+
+def test_judge_accuracy_is_balanced_and_stage0_reports_it(tiny_base):
+    """judge_accuracy: a perfect judge scores 1, one that always says no scores 0.5 (chance), whatever the mix;
+    stage0_done.json reports both judges on balanced val pairs next to val VQA."""
+    from finetune.stage0 import judge_accuracy
+
+    class Fake:
+        def __init__(self, always=None):
+            self.always = always
+
+        def answer(self, image, question):
+            return self.always or ("yes" if image == "same" else "no")
+
+    pairs = [("same", "q", "yes", "yes")] * 3 + [("other", "q", "no", "no hard"), ("other", "q", "no", "no random")]
+    assert judge_accuracy(Fake(), pairs)["balanced_accuracy"] == 1.0
+    never = judge_accuracy(Fake("no"), pairs)
+    assert never["balanced_accuracy"] == 0.5 and never["yes_rate"] == 0.0 and never["by_kind"]["no hard"] == 1.0
+    done = json.loads((tiny_base / "stage0_done.json").read_text())
+    for key in ("val_match", "val_same_person"):
+        assert done[key]["n"] >= 40 and 0.0 <= done[key]["balanced_accuracy"] <= 1.0, done[key]
