@@ -23,7 +23,7 @@ class DemoConfig:
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
     stage0_epochs: int | None = field(default=None, metadata={"help": "stage-0 epochs (None: the recipe's)"})
     stage1_epochs: int = field(default=40, metadata={"help": "stage-1 epochs (about 14 steps each at 160 identities)"})
-    stage2_epochs: int = field(default=10, metadata={"help": "stage-2 epochs"})
+    stage2_epochs: int = field(default=5, metadata={"help": "stage-2 epochs (each also replays two stage-1 batches per triplet batch)"})
     thi_rounds: int = field(default=3, metadata={"help": "THI rounds evaluated"})
     thi_queries: int = field(default=60, metadata={"help": "THI evaluation queries"})
 

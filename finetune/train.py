@@ -79,7 +79,10 @@ class TrainConfig:
     identity_weight: float = field(default=0.5, metadata={"help": "weight of the identity loss"})
     identity_temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
     triplet_margin: float = field(default=0.3, metadata={"help": "batch-hard triplet margin"})
-    stage1_mix: float = field(default=0.25, metadata={"help": "stage 2: fraction of steps that are stage-1 batches"})
+    # Measured on the test fixture (stage 2, 4 epochs over the triplets, train split): mix 0.25 → text→image mAP
+    # 18.2 → 13.7 (forgets), composed R@10 14.5 → 33.6; 0.5 → 15.3 / 32.9; 0.67 → 21.8 / 44.1 (no forgetting).
+    stage1_mix: float = field(default=0.67, metadata={
+        "help": "stage 2: fraction of steps that are stage-1 batches (0.67: two per triplet batch)"})
     mask_mode: str = field(default="none", metadata={"help": "caption masking: none, uniform or nam"})
     mask_rate: float = field(default=0.15, metadata={"help": "average fraction of caption words masked"})
     nam_layer: int = field(default=-1, metadata={"help": "hidden layer whose token/patch states NAM compares"})

@@ -15,9 +15,9 @@ def _cfg(tiny_base, tiny_world, out, **kw) -> TrainConfig:
                           "eval_split": "", **kw})
 
 
-def _losses(out):
+def _losses(out, kind=None):
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r["event"] == "step"]
+    return [r["loss"] for r in rows if r["event"] == "step" and kind in (None, r["kind"])]
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +32,24 @@ def stages(tiny_base, tiny_world, tiny_adapter, tmp_path_factory):
     s2 = train("stage2", _cfg(tiny_base, tiny_world, out / "s2", epochs=4, init_adapter=str(tiny_adapter)))
     metrics = {name: evaluate_split(load_embedder(tiny_base, adapter=a), tiny_world, "train")
                for name, a in (("base", None), ("stage1", tiny_adapter), ("stage2", s2))}
-    return metrics, _losses(tiny_adapter.parent), _losses(out / "s2")
+    return metrics, _losses(tiny_adapter.parent), _losses(out / "s2", kind="stage2")
 
 
 def test_stage1_loss_falls_and_retrieval_improves_over_the_base(stages):
     metrics, losses, _ = stages
     base, s1 = metrics["base"], metrics["stage1"]
     assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.2
-    assert s1["t2i_mAP"] > base["t2i_mAP"] + 4  # captions now find their person (every caption: 6.1 → 18.3)
-    assert s1["i2i_mAP"] > base["i2i_mAP"] + 2  # image embeddings separate identities (11.9 → 16.2)
+    assert s1["t2i_mAP"] > base["t2i_mAP"] + 4  # captions now find their person (measured 7.2 → 18.2)
+    assert s1["i2i_mAP"] > base["i2i_mAP"] + 2  # image embeddings separate identities (stage 1: 25.1)
 
 
 def test_stage2_follows_modifications_without_forgetting_text_search(stages):
     metrics, _, losses = stages
     s1, s2 = metrics["stage1"], metrics["stage2"]
     assert np.mean(losses[-6:]) < np.mean(losses[:6])
-    assert s2["comp_R@10"] > s1["comp_R@10"] + 5  # measured: 17.1 → 27.0
-    assert s2["comp_id_mAP"] > s1["comp_id_mAP"] + 1  # 14.4 → 17.8
-    assert s2["t2i_mAP"] >= s1["t2i_mAP"] - 2
+    assert s2["comp_R@10"] > s1["comp_R@10"] + 10  # measured: 14.5 → 44.1
+    assert s2["comp_id_mAP"] > s1["comp_id_mAP"] + 5  # 9.8 → 25.5
+    assert s2["t2i_mAP"] >= s1["t2i_mAP"] - 2  # 18.2 → 21.8: the replayed stage-1 batches keep text search
 
 
 def test_epoch_evaluation_reports_the_retrieval_protocols_under_flat_keys(tmp_path):
