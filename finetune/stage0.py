@@ -9,7 +9,6 @@ crops side by side the same person: `verify_question`) of the world's train spli
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -48,9 +47,6 @@ class Stage0Config:
     questions_per_image: int = field(default=0, metadata={"help": "VQA pairs drawn per image per epoch (0: all)"})
     attributes: tuple[str, ...] = field(default=CORE_ATTRIBUTES,
                                         metadata={"help": "VQA attributes to train on (empty: all)"})
-    text_questions: int = field(default=0, metadata={
-        "help": "per caption, questions answered from the caption alone (no image) per epoch: teaches the LM to "
-                "read a description, which the text embedding needs (0: none)"})
     # Off by default: the tiny bases do not learn either judge within the CPU budget (a pure interaction of text
     # and image features, so no first-order gradient; measured 0.50 balanced val accuracy at 0.5/0.5 on the
     # fixture and the demo world, and a worse fixture VQA). 0.5 each adds about 20-30 % stage-0 time.
@@ -84,12 +80,9 @@ class Stage0Config:
         return cls(epochs=6, warmup_steps=10, eval_questions=120)
 
 
-def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """(image, question, answer, attribute) VQA pairs, (image, caption) pairs and text-QA pairs
-    (None, caption + question, answer, attribute) of one split; a text question is asked only when the caption
-    names the answer (one of the value's words appears in it)."""
+def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple], list[tuple]]:
+    """(image, question, answer, attribute) VQA pairs and (image, caption) pairs of one split."""
     from finetune.data.loaders import load_person_dataset, load_vqa
-    from finetune.data.world import value_words
 
     vqa = load_vqa(world_dir)
     vqa = vqa.filter(lambda row: row["split"] == split)
@@ -97,26 +90,16 @@ def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple],
           if not cfg.attributes or r["attribute"] in cfg.attributes]
     people = load_person_dataset(world_dir).filter(lambda row: row["split"] == split)
     captions = [(r["image"], c) for r in people for c in r["captions"][: cfg.captions_per_image]]
-    text_qa = []
-    if cfg.text_questions:
-        questions = defaultdict(list)
-        for image, question, answer, attribute in qa:
-            questions[image].append((question, answer, attribute))
-        for r in people:
-            for caption in r["captions"]:
-                words = set(caption.lower().replace(",", " ").replace(".", " ").split())
-                text_qa += [(None, f"Text: {caption}\n{q}", a, attr) for q, a, attr in questions[r["image"]]
-                            if words & value_words(attr, a)]
-    return qa, captions, text_qa
+    return qa, captions
 
 
-def _draw(qa: list[tuple], per_image: int, rng: random.Random, key=lambda pair: pair[0]) -> list[tuple]:
-    """At most `per_image` random pairs per `key` (default: per image; all when per_image is 0)."""
+def _draw(qa: list[tuple], per_image: int, rng: random.Random) -> list[tuple]:
+    """At most `per_image` random VQA pairs of each image (all when per_image is 0)."""
     if not per_image:
         return list(qa)
     by_image: dict[str, list[tuple]] = defaultdict(list)
     for pair in qa:
-        by_image[key(pair)].append(pair)
+        by_image[pair[0]].append(pair)
     return [p for pairs in by_image.values() for p in rng.sample(pairs, min(per_image, len(pairs)))]
 
 
@@ -256,7 +239,7 @@ def vqa_accuracy(embedder, pairs: list[tuple], images: dict | None = None) -> di
     """Exact-match accuracy of `embedder.answer` over (image, question, answer, attribute) pairs."""
     hits: dict[str, list[int]] = defaultdict(list)
     for image, question, answer, attribute in pairs:
-        img = images[image] if images and image is not None else image
+        img = images[image] if images else image
         hits[attribute].append(int(embedder.answer(img, question) == answer.strip().lower()))
     everything = [h for values in hits.values() for h in values]
     return {"accuracy": sum(everything) / max(1, len(everything)), "n": len(everything),
@@ -274,7 +257,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     embedder = load_embedder(model_dir, dtype="fp32")
-    qa, captions, text_qa = _pairs(world_dir, "train", cfg)
+    qa, captions = _pairs(world_dir, "train", cfg)
     if not qa and not captions:
         raise LineupError(f"{world_dir}: the train split has no VQA or caption pairs")
     question = embedder.config.caption_question
@@ -287,18 +270,15 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
         """A loaded image, or two shown side by side."""
         return side_by_side(images[image[0]], images[image[1]]) if isinstance(image, tuple) else images[image]
 
-    per_caption = functools.partial(_draw, per_image=cfg.text_questions, key=lambda pair: pair[1].split("\n")[0])
-
     def epoch_batches() -> list[list[tuple]]:
-        """Image batches (VQA + captioning; yes/no judgements) and text-only batches (text QA), in random order."""
+        """VQA + captioning batches and yes/no judgement batches, in random order."""
         kept = rng.sample(captions, int(len(captions) * cfg.caption_weight))
         with_image = [(images[i], q, a) for i, q, a, _ in _draw(qa, cfg.questions_per_image, rng)]
         with_image += [(images[i], question, c) for i, c in kept]
         # judgements (long prompts) batch apart, so they do not pad the short VQA prompts
         judged = [(pixels(i), q, a) for i, q, a, _ in judge.match(n_match, rng) + judge.same(n_same, rng)]
-        text_only = [(None, q, a) for _, q, a, _ in per_caption(text_qa, rng=rng)]
         batches = []
-        for items in (with_image, judged, text_only):
+        for items in (with_image, judged):
             rng.shuffle(items)
             batches += [items[s:s + cfg.batch_size] for s in range(0, len(items), cfg.batch_size)]
         rng.shuffle(batches)
@@ -335,16 +315,13 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     model.save_pretrained(model_dir)
 
     result = {"loss_curve": curve, "steps": total,
-              "train_pairs": {"vqa": len(qa), "captions": len(captions), "text_qa": len(text_qa),
+              "train_pairs": {"vqa": len(qa), "captions": len(captions),
                               "match_per_epoch": n_match, "same_person_per_epoch": n_same},
               "seconds": round(time.time() - started, 1), "config": asdict(cfg)}
     if cfg.eval_questions:
-        val, _, val_text = _pairs(world_dir, "val", cfg)
+        val, _ = _pairs(world_dir, "val", cfg)
         rng.shuffle(val)
-        rng.shuffle(val_text)
         result["val_vqa"] = vqa_accuracy(embedder, val[: cfg.eval_questions])
-        if val_text:
-            result["val_text_qa"] = vqa_accuracy(embedder, val_text[: cfg.eval_questions])
         logger.info("stage 0 val VQA accuracy %.3f", result["val_vqa"]["accuracy"])
     val_judge = Judgements(split_people(world_dir, "val"), embedder.config) if cfg.eval_judgements else None
     if val_judge and val_judge.people:

@@ -15,7 +15,6 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -191,17 +190,9 @@ class MLLMEmbedder:
 
     def lm_batch(self, items: Sequence[tuple]) -> dict[str, torch.Tensor]:
         """Generative training inputs for (image, question, answer) triples: labels on the answer only
-        (answer None: the prompt alone, for generation). With image None in every triple the batch is
-        text-only: the question alone is the prompt (reading comprehension over a description)."""
-        text_only = [item[0] is None for item in items]
-        if any(text_only) and not all(text_only):
-            raise LineupError("lm_batch: mix of text-only and image items; batch them separately")
-        if all(text_only):
-            vision = SimpleNamespace(placeholders=[None] * len(items), tensors={})
-            prompt = self._prompt("{question}")
-        else:
-            vision = self.family.images([load_image(item[0]) for item in items])
-            prompt = self._prompt(self.config.vqa_prompt)
+        (answer None: the prompt alone, for generation)."""
+        vision = self.family.images([load_image(item[0]) for item in items])
+        prompt = self._prompt(self.config.vqa_prompt)
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         rows, labels = [], []
         for (_, question, answer), placeholder in zip(items, vision.placeholders):

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mllm_embed import EmbedderConfig, LineupError, load_embedder, resolve_dtype
 from mllm_embed.embedder import IMAGE, PAD, TEXT, last_token_pool
@@ -84,17 +83,6 @@ def test_lm_batch_labels_only_the_answer(embedder, tiny_world):
     assert embedder.tokenizer.decode(labels, skip_special_tokens=True).strip() == "black"
     loss = embedder.lm_loss(batch)
     assert torch.isfinite(loss) and loss.requires_grad
-
-
-def test_lm_batch_text_only(embedder):
-    batch = embedder.lm_batch([(None, "Text: a man in a red shirt.\nWhat color is the person's top?", "red"),
-                               (None, "Text: a woman.\nIs the person male or female?", "female")])
-    assert "pixel_values" not in batch
-    labels = batch["labels"][0][batch["labels"][0] != -100]
-    assert embedder.tokenizer.decode(labels, skip_special_tokens=True).strip() == "red"
-    assert torch.isfinite(embedder.lm_loss(batch))
-    with pytest.raises(LineupError, match="mix of text-only and image"):
-        embedder.lm_batch([(None, "q", "a"), (Image.new("RGB", (32, 64)), "q", "a")])
 
 
 def test_adapter_save_reload_and_wrong_base(tiny_base, tiny_world, tmp_path):

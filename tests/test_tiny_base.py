@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from finetune.data.world import value_words
 from mllm_embed import load_embedder
 
 
@@ -74,18 +73,6 @@ def test_answers_vqa_about_held_out_people(tiny_base, tiny_world):
     assert upper["accuracy"] >= upper["majority"] + 0.15, scores  # measured: 0.34 vs 0.14 (56 questions)
     colours = [scores[a] for a in ("upper_color", "lower_color")]
     assert sum(s["accuracy"] for s in colours) >= 2 * sum(s["majority"] for s in colours) + 0.2, scores
-
-
-def test_stage0_text_questions_only_when_the_caption_names_the_answer(tiny_world):
-    from finetune.stage0 import Stage0Config, _pairs
-
-    qa, _, text_qa = _pairs(Path(tiny_world), "train", Stage0Config(text_questions=1))
-    assert qa and text_qa
-    for image, prompt, answer, attribute in text_qa[:200]:
-        caption = prompt.split("\n")[0].lower()
-        assert image is None and prompt.startswith("Text: ")
-        assert any(w in caption for w in value_words(attribute, answer)), (caption, attribute, answer)
-    assert not _pairs(Path(tiny_world), "train", Stage0Config(text_questions=0))[2]
 
 
 def test_stage0_judgement_pairs_are_balanced_and_true(tiny_world):
