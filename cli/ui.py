@@ -39,11 +39,15 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    """rows: {row name: {metric: value}} → one table, metric columns in first-seen order."""
+    """rows: {row name: {metric: value}} → one table, metric columns in first-seen order; counts that every
+    row shares (queries, skipped) go into the caption so the metric columns fit a terminal."""
     columns: list[str] = []
     for metrics in rows.values():
         columns += [c for c in metrics if c not in columns]
-    table = Table(title=title)
+    values = {c: {m.get(c) for m in rows.values()} for c in columns}
+    shared = [c for c in columns if len(values[c]) == 1 and isinstance(next(iter(values[c])), int)] if len(rows) > 1 else []
+    columns = [c for c in columns if c not in shared]
+    table = Table(title=title, caption=" · ".join(f"{c} {next(iter(values[c]))}" for c in shared) or None)
     table.add_column("")
     for c in columns:
         table.add_column(c, justify="right")

@@ -41,3 +41,15 @@ def test_bad_filter_is_reported(tmp_path, capsys):
     assert _parse_filters(["camera_id=3", "split=test"]) == {"camera_id": 3, "split": "test"}
     with pytest.raises(LineupError, match="FIELD=VALUE"):
         _parse_filters(["camera_id"])
+
+
+def test_metrics_table_moves_shared_counts_into_the_caption():
+    from cli.ui import metrics_table
+
+    rows = {"base": {"R@1": 1.0, "R@10": 25.0, "queries": 204, "skipped": 0},
+            "stage2": {"R@1": 5.9, "R@10": 41.2, "queries": 204, "skipped": 0}}
+    table = metrics_table("composed", rows)
+    assert [c.header for c in table.columns] == ["", "R@1", "R@10"]
+    assert table.caption == "queries 204 · skipped 0"
+    one = metrics_table("one run", {"stage2": rows["stage2"]})
+    assert [c.header for c in one.columns] == ["", "R@1", "R@10", "queries", "skipped"]
