@@ -276,8 +276,8 @@ def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, 
     encoded once), flattened into the keys training logs (metrics.jsonl), the benchmarks and the tests read:
 
     - ``t2i_R1``, ``t2i_mAP``: text→image with every caption of every image as a query (``evaluate_t2i``).
-    - ``i2i_R1``, ``i2i_mAP``: image→image, same-person same-camera items excluded (``evaluate_i2i``); only
-      when every record's camera is known.
+    - ``i2i_R1``, ``i2i_mAP``: image→image, same-person same-camera items excluded (``evaluate_i2i``; without
+      camera ids only the query itself).
     - ``comp_R@1``, ``comp_R@5``, ``comp_R@10``: composed retrieval, exact target — the triplet's own target
       image among the top K images, reference excluded (``evaluate_composed``'s ``exact_R@K``).
     - ``comp_id_R1``, ``comp_id_mAP``: composed retrieval, identity level — any image of the target person
@@ -290,8 +290,7 @@ def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, 
     img = encode_gallery(embedder, records, batch_size)
     kw = {"image_vecs": img, "batch_size": batch_size}
     out = {f"t2i_{k}": v for k, v in evaluate_t2i(embedder, records, **kw).items() if k in ("R1", "mAP")}
-    if all(r.get("camera_id", -1) >= 0 for r in records):
-        out |= {f"i2i_{k}": v for k, v in evaluate_i2i(embedder, records, **kw).items() if k in ("R1", "mAP")}
+    out |= {f"i2i_{k}": v for k, v in evaluate_i2i(embedder, records, **kw).items() if k in ("R1", "mAP")}
     people = {r["person_id"] for r in records}
     if any(t["target_id"] in people for t in triplets or []):
         comp = evaluate_composed(embedder, records, triplets, **kw)

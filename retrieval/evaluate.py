@@ -3,7 +3,8 @@
 Protocols (numbers come from ``retrieval.metrics`` applied to the similarity matrices built here):
 - text→image: queries = every caption of the split's images, gallery = the split's images.
 - image→image: every image queries the others; same-person same-camera gallery items are excluded
-  (the standard ReID protocol), so a person needs a second camera to count.
+  (the standard ReID protocol), so a person needs a second camera to count; without camera ids (-1) only the
+  query image itself is excluded.
 - composed: queries = (reference image, modification) of the split's triplets, the reference image itself
   excluded from the gallery. Identity level (``R@K``, ``mAP``): the gallery is collapsed to identities (a
   person's score = its best image) and a query hits when the target identity is among the top K — any image
@@ -84,7 +85,9 @@ def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10
 def evaluate_i2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10)) -> dict:
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
     pids = [r["person_id"] for r in records]
-    cams = [r["camera_id"] for r in records]
+    cams = [r.get("camera_id", -1) for r in records]
+    if min(cams) < 0:  # cameras unknown (most text-ReID datasets): exclude only the query image itself
+        cams = list(range(len(records)))
     return rank_metrics(image_vecs @ image_vecs.T, pids, pids, cams, cams, ks=ks)
 
 

@@ -34,6 +34,9 @@ def test_t2i_and_i2i_equal_metric_functions(data):
     got = evaluate_i2i(emb, records, image_vecs=vecs)
     assert got == rank_metrics(vecs @ vecs.T, gp, gp, cams, cams)
     assert got["R1"] == 100.0  # same attributes → same person, and the query itself is excluded
+    self_only = list(range(len(records)))  # no camera ids (CUHK-PEDES style): only the query itself is excluded
+    got = evaluate_i2i(emb, [dict(r, camera_id=-1) for r in records], image_vecs=vecs)
+    assert got == rank_metrics(vecs @ vecs.T, gp, gp, self_only, self_only) and got["skipped"] == 0
 
 
 def test_composed_recall_is_identity_level(data):

@@ -68,7 +68,7 @@ def test_epoch_evaluation_reports_the_retrieval_protocols_under_flat_keys(tmp_pa
     assert got["t2i_R1"] == 62.5  # every caption queries: the 3 second captions pointing at c0 miss (first only: 100)
     assert (got["comp_R@1"], got["comp_R@5"], got["comp_id_R1"]) == (0.0, 100.0, pytest.approx(200 / 3))
     no_cam = evaluate(emb, [dict(r, camera_id=-1) if i == 0 else r for i, r in enumerate(records)], triplets)
-    assert "i2i_R1" not in no_cam and "comp_id_mAP" in no_cam  # image→image needs every camera
+    assert no_cam["i2i_R1"] >= got["i2i_R1"] and "comp_id_mAP" in no_cam  # unknown camera: only self excluded
     assert not any(k.startswith("comp") for k in evaluate(emb, records, triplets[3:]))  # target person absent
 
 
