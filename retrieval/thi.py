@@ -4,7 +4,7 @@ One round loop, two modes (DESIGN.md "THI"; the ICL paper, research/anchors-t2i-
 
 ``auto`` (the ICL paper's Algorithm 1, no user): round k shows the MLLM the k-th candidate of the base
 ranking with ``embedder.config.match_question`` ("Can this text accurately describe the image? Text: {q}
-Answer Yes or No.", a question stage 0 trains). Round 1 accepts
+Answer Yes or No."; stage 0 can train it: Stage0Config.match_pairs). Round 1 accepts
 it as the anchor if Yes and S(q, v̂1) > ξ; round k > 1 accepts if every earlier round said No, this one
 says Yes and the top-1 S(q, v̂1) ≤ ξ. The MLLM then answers the question bank about the anchor (the cached
 answers in its payload when present), the answers are merged into the query by a template (q̂), and the
