@@ -70,9 +70,9 @@ def main() -> None:
     for adapter in [None, *args.adapter]:
         emb = load_embedder(args.base, adapter=adapter)
         name = "base" if adapter is None else Path(adapter).parent.name or str(adapter)
-        for kind, encode in (("image", lambda rs: emb.encode_images([r["image"] for r in rs])),
-                             ("text", lambda rs: emb.encode_text([r["captions"][0] for r in rs]))):
-            x_train, x_test = encode(train), encode(test)
+        for kind, encode, item in (("image", emb.encode_images, lambda r: r["image"]),
+                                   ("text", emb.encode_text, lambda r: r["captions"][0])):
+            x_train, x_test = (encode([item(r) for r in rs]) for rs in (train, test))
             rows[f"{name} {kind}"] = {"mean cosine": spread(x_test),
                                       **{a: probe(x_train, tr, x_test, te) for a, (tr, te) in labels.items()}}
     table = Table(title=f"attribute probes on held-out people ({len(test)} test records)")
