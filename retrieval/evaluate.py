@@ -125,11 +125,10 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
     out["mAP"] = rank_metrics(sim, target_ids, pids, ks=ks)["mAP"]
     exact = [(i, column[_path_key(t["target"])]) for i, t in enumerate(usable)
              if t.get("target") and _path_key(t["target"]) in column]
+    out.update(queries=len(usable), skipped=len(triplets) - len(usable))
     if exact:
         rows, cols = map(list, zip(*exact))
         out.update({f"exact_{k}": v for k, v in recall_at_k(sim[rows], np.array(cols), ks=ks).items()})
-    out.update(queries=len(usable), skipped=len(triplets) - len(usable))
-    if exact:
         out["exact_queries"] = len(exact)
     return out
 
