@@ -55,12 +55,40 @@ def contrastive_loss(
     person 3 is never pushed away from another image of person 3). For composed pairs pass the identities of
     the targets: two queries that both describe person 7 share their positives.
     """
-    logits = scale * a @ b.t()
-    if pids is None:
-        positives = torch.eye(len(a), dtype=torch.bool, device=a.device)
-    else:
-        positives = _same_id(pids, pids) | torch.eye(len(a), dtype=torch.bool, device=a.device)
+    return _bidirectional_ce(scale * a @ b.t(), pids)
+
+
+def _bidirectional_ce(logits: torch.Tensor, pids: torch.Tensor | None) -> torch.Tensor:
+    """InfoNCE both ways over square logits whose diagonal holds the pairs (same identity: positives too)."""
+    positives = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    if pids is not None:
+        positives = positives | _same_id(pids, pids)
     return 0.5 * (_multi_positive_ce(logits, positives) + _multi_positive_ce(logits.t(), positives.t()))
+
+
+def word_patch_similarity(text_h: torch.Tensor, text_mask: torch.Tensor, image_h: torch.Tensor,
+                          image_mask: torch.Tensor) -> torch.Tensor:
+    """For every text a, image b and token t of a: max_j cos(t, patch j of b), shape (n_text, n_image, L_text).
+
+    Token states (n, L, h) with boolean masks (n, L) of the positions that count (caption words, image
+    patches); values at masked-out text positions are meaningless. NAM's noise is r_i = 1 − this on (a, a)."""
+    t = F.normalize(text_h.float(), dim=-1)
+    v = F.normalize(image_h.float(), dim=-1)
+    sim = torch.einsum("ath,bph->abtp", t, v)
+    return sim.masked_fill(~image_mask[None, :, None, :], float("-inf")).amax(-1)
+
+
+def word_patch_loss(text_h: torch.Tensor, text_mask: torch.Tensor, image_h: torch.Tensor, image_mask: torch.Tensor,
+                    scale: torch.Tensor | float, pids: torch.Tensor | None = None) -> torch.Tensor:
+    """Fine-grained alignment (FILIP-style late interaction): a caption scores an image by the mean over its words
+    of each word's best-matching patch; bidirectional InfoNCE over those scores for row-aligned pairs. Trains
+    the word and patch states NAM compares, so a word no patch supports stands out. States are centred on
+    the batch mean of their kind first (hidden states share a large common direction)."""
+    text_h = text_h - text_h[text_mask].mean(0)
+    image_h = image_h - image_h[image_mask].mean(0)
+    sim = word_patch_similarity(text_h, text_mask, image_h, image_mask).masked_fill(~text_mask[:, None, :], 0.0)
+    scores = sim.sum(-1) / text_mask.sum(-1, keepdim=True).clamp(min=1)
+    return _bidirectional_ce(scale * scores, pids)
 
 
 def supcon_loss(emb: torch.Tensor, pids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

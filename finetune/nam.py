@@ -13,15 +13,16 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from finetune.losses import word_patch_similarity
 
 MASK_MODES = ("nam", "uniform", "none")
 
 
 def token_noise(text_hidden: torch.Tensor, image_hidden: torch.Tensor) -> torch.Tensor:
     """r_i = 1 − max_j cos(t_i, v_j) for text tokens (T, h) against image patches (M, h) → (T,)."""
-    sim = F.normalize(text_hidden.float(), dim=-1) @ F.normalize(image_hidden.float(), dim=-1).t()
-    return 1.0 - sim.max(dim=1).values
+    ones = [torch.ones(1, len(h), dtype=torch.bool, device=h.device) for h in (text_hidden, image_hidden)]
+    return 1.0 - word_patch_similarity(text_hidden[None], ones[0], image_hidden[None], ones[1])[0, 0]
 
 
 def word_scores(token_scores: Sequence[float], token_words: Sequence[int | None], n_words: int) -> np.ndarray:

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from finetune import augment, nam
-from finetune.losses import IDENTITY_LOSSES, Temperature, contrastive_loss, identity_loss
+from finetune.losses import IDENTITY_LOSSES, Temperature, contrastive_loss, identity_loss, word_patch_loss
 from mllm_embed import load_embedder
-from mllm_embed.embedder import load_image
+from mllm_embed.embedder import IMAGE, TEXT, load_image
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ class TrainConfig:
     lora_target_modules: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         metadata={"help": "module names inside the language model that get LoRA (vision tower untouched)"})
+    token_embeddings: str = field(default="frozen", metadata={
+        "help": "the language model's input token embeddings: frozen, lora, or full (trained and saved with the "
+                "adapter; lets word vectors move into the image space)"})
     lora_vision: str = field(default="all", metadata={
         "help": "LoRA on the vision side too: none, projector (vision→language projector) or all (+ vision tower)"})
     # Measured on the demo world (40 epochs, val): learnable from 0.05 → t2i mAP 20.3; fixed 0.1 → t2i mAP 22.4 and
@@ -83,6 +86,9 @@ class TrainConfig:
     # 18.2 → 13.7 (forgets), composed R@10 14.5 → 33.6; 0.5 → 15.3 / 32.9; 0.67 → 21.8 / 44.1 (no forgetting).
     stage1_mix: float = field(default=0.67, metadata={
         "help": "stage 2: fraction of steps that are stage-1 batches (0.67: two per triplet batch)"})
+    word_patch_weight: float = field(default=0.0, metadata={
+        "help": "weight of the word–patch alignment loss (FILIP-style, on layer nam_layer's token states): "
+                "trains the states NAM compares so unsupported words stand out"})
     mask_mode: str = field(default="none", metadata={"help": "caption masking: none, uniform or nam"})
     mask_rate: float = field(default=0.15, metadata={"help": "average fraction of caption words masked"})
     nam_layer: int = field(default=-1, metadata={"help": "hidden layer whose token/patch states NAM compares"})
@@ -116,7 +122,9 @@ class TrainConfig:
             ("temperature", self.temperature > 0, "must be > 0"),
             ("identity_loss", self.identity_loss in (None, *IDENTITY_LOSSES), f"must be None or one of {IDENTITY_LOSSES}"),
             ("lora_vision", self.lora_vision in ("none", "projector", "all"), "must be none, projector or all"),
+            ("token_embeddings", self.token_embeddings in ("frozen", "lora", "full"), "must be frozen, lora or full"),
             ("stage1_mix", 0 <= self.stage1_mix < 1, "must be in [0, 1)"),
+            ("word_patch_weight", self.word_patch_weight >= 0, "must be >= 0"),
             ("mask_mode", self.mask_mode in nam.MASK_MODES, f"must be one of {nam.MASK_MODES}"),
             ("mask_rate", 0 <= self.mask_rate < 1, "must be in [0, 1)"),
             ("noisy_caption_prob", 0 <= self.noisy_caption_prob <= 1, "must be in [0, 1]"),
@@ -316,11 +324,14 @@ def _lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
     pattern = rf".*language_model.*\.({'|'.join(cfg.lora_target_modules)})"
+    if cfg.token_embeddings == "lora":
+        pattern += r"|.*language_model.*\.embed_tokens"
     if cfg.lora_vision in ("projector", "all"):  # LLaVA: multi_modal_projector; Qwen2-VL: visual.merger
         pattern += r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.\d+"
     if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA) and Qwen2-VL's visual blocks
         pattern += r"|.*vision_tower.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)|.*visual\.blocks.*\.(qkv|proj|fc1|fc2)"
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=pattern)
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=pattern,
+                      modules_to_save=["embed_tokens"] if cfg.token_embeddings == "full" else None)
 
 
 def _build_embedder(cfg: TrainConfig, device):
@@ -391,22 +402,30 @@ def _set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------------------------- train
 
 
-def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig, rng, masker) -> torch.Tensor:
+def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig, rng, masker) -> dict[str, torch.Tensor]:
+    """The batch's weighted loss terms by name (their sum is optimised; each is logged)."""
     if kind == "stage1":
         records = [data.records[i] for i in idx]
         pids = torch.tensor([r["person_id"] for r in records], device=embedder.device)
-        img = embedder.embed(embedder.batch("image", [data.image(r["image"]) for r in records]))
-        txt = embedder.embed(embedder.batch("text", [data.caption(i, rng, masker) for i in idx]))
-        loss = contrastive_loss(img, txt, scale, pids)
+        layer = cfg.nam_layer if cfg.word_patch_weight else None
+        img_batch = embedder.batch("image", [data.image(r["image"]) for r in records])
+        txt_batch = embedder.batch("text", [data.caption(i, rng, masker) for i in idx])
+        img, img_h = embedder.embed_with_states(img_batch, layer)
+        txt, txt_h = embedder.embed_with_states(txt_batch, layer)
+        terms = {"contrastive": contrastive_loss(img, txt, scale, pids)}
+        if cfg.word_patch_weight:
+            kinds = [b["token_kinds"].to(embedder.device) for b in (txt_batch, img_batch)]
+            terms["word_patch"] = cfg.word_patch_weight * word_patch_loss(txt_h, kinds[0] == TEXT, img_h,
+                                                                          kinds[1] == IMAGE, scale, pids)
         if cfg.identity_loss:
-            loss = loss + cfg.identity_weight * identity_loss(cfg.identity_loss, img, pids,
-                                                              cfg.identity_temperature, cfg.triplet_margin)
-        return loss
+            terms["identity"] = cfg.identity_weight * identity_loss(cfg.identity_loss, img, pids,
+                                                                    cfg.identity_temperature, cfg.triplet_margin)
+        return terms
     trip = [data.triplets[i] for i in idx]
     target_pids = torch.tensor([t["target_id"] for t in trip], device=embedder.device)
     q = embedder.embed(embedder.batch("composed", [(data.image(t["reference"]), t["modification"]) for t in trip]))
     tgt = embedder.embed(embedder.batch("image", [data.image(t["target"]) for t in trip]))
-    return contrastive_loss(q, tgt, scale, target_pids)
+    return {"composed": contrastive_loss(q, tgt, scale, target_pids)}
 
 
 def _log(path: Path, row: dict) -> None:
@@ -417,7 +436,8 @@ def _log(path: Path, row: dict) -> None:
 def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
     """Fine-tune one stage and return the adapter folder (`output_dir/adapter`).
 
-    `callback(event)` gets {"event": "step", "step", "total_steps", "epoch", "loss", "lr", "samples_per_s"}
+    `callback(event)` gets {"event": "step", "step", "total_steps", "epoch", "loss", "terms" (the weighted loss terms
+    by name), "lr", "samples_per_s"}
     after every optimizer step and {"event": "eval", "step", "epoch", **metrics} after each epoch's evaluation.
     """
     from accelerate import Accelerator
@@ -493,7 +513,8 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
             rng = np.random.default_rng([cfg.seed, 2, epoch, pos])
             t0 = time.perf_counter()
             with accelerator.autocast():
-                loss = _loss(kind, idx, data, embedder, temperature(), cfg, rng, masker)
+                terms = _loss(kind, idx, data, embedder, temperature(), cfg, rng, masker)
+                loss = sum(terms.values())
             accelerator.backward(loss)
             if n_proc > 1:
                 for p in params:
@@ -507,7 +528,8 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
             samples += len(idx) * n_proc
             busy += time.perf_counter() - t0
             row = {"event": "step", "step": step, "total_steps": total, "epoch": epoch, "kind": kind,
-                   "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
+                   "loss": float(loss.detach()), "terms": {k: float(v.detach()) for k, v in terms.items()},
+                   "lr": scheduler.get_last_lr()[0],
                    "temperature": float(1.0 / temperature().detach()),
                    "samples_per_s": samples / max(busy, 1e-9)}
             if accelerator.is_main_process:

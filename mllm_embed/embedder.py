@@ -214,10 +214,15 @@ class MLLMEmbedder:
 
     def embed(self, batch: dict) -> torch.Tensor:
         """Forward + last-token pooling (+ L2 normalisation), with grad when grad is enabled."""
+        return self.embed_with_states(batch)[0]
+
+    def embed_with_states(self, batch: dict, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`embed` plus, from the same forward, the per-token hidden states (n, L, h) of `layer` (None: none)."""
         inputs = self._to_device(batch)
-        hidden = self._backbone()(**inputs).last_hidden_state
-        pooled = last_token_pool(hidden, inputs["attention_mask"]).float()
-        return torch.nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
+        out = self._backbone()(**inputs, output_hidden_states=layer is not None)
+        pooled = last_token_pool(out.last_hidden_state, inputs["attention_mask"]).float()
+        emb = torch.nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
+        return emb, None if layer is None else out.hidden_states[layer]
 
     def lm_loss(self, batch: dict) -> torch.Tensor:
         """Language-model loss of a `lm_batch`, averaged per example (a long caption and a one-word answer
@@ -232,9 +237,7 @@ class MLLMEmbedder:
     def hidden_states(self, batch: dict, layer: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token hidden states of one layer (n, L, h) and token kinds (n, L): PAD, PROMPT, IMAGE, TEXT.
         `batch["word_ids"]` maps TEXT tokens to word indices of the slot text (str.split())."""
-        inputs = self._to_device(batch)
-        out = self._backbone()(**inputs, output_hidden_states=True)
-        return out.hidden_states[layer], batch["token_kinds"].to(self.device)
+        return self.embed_with_states(batch, layer)[1], batch["token_kinds"].to(self.device)
 
     def _encode(self, kind: str, items: Sequence, batch_size: int, progress: Progress,
                 length=lambda item: 0) -> np.ndarray:

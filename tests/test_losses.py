@@ -10,6 +10,8 @@ from finetune.losses import (
     contrastive_loss,
     identity_loss,
     supcon_loss,
+    word_patch_loss,
+    word_patch_similarity,
 )
 
 
@@ -103,3 +105,34 @@ def test_identity_losses_without_positives_are_zero_with_grad():
     assert supcon_loss(emb, torch.tensor([0, 0, 1, 2])).item() > 0
     with pytest.raises(ValueError, match="identity loss"):
         identity_loss("arcface", emb, pids)
+
+
+def test_word_patch_similarity_takes_each_word_s_best_patch_of_each_image():
+    # two captions (2 real words + 1 padding) against two images (2 patches + 1 non-patch position)
+    text = torch.tensor([[[1.0, 0], [0, 1.0], [9, 9]], [[1.0, 1.0], [-1.0, 0], [9, 9]]])
+    image = torch.tensor([[[1.0, 0], [0, -1.0], [0, 1.0]], [[0, 1.0], [0, 1.0], [1.0, 0]]])
+    text_mask = torch.tensor([[True, True, False]] * 2)
+    image_mask = torch.tensor([[True, True, False]] * 2)  # position 2 (a prompt token) never counts
+    sim = word_patch_similarity(text, text_mask, image, image_mask)
+    assert sim.shape == (2, 2, 3)
+    assert sim[0, 0, :2].tolist() == pytest.approx([1.0, 0.0])  # word 1 = (0, 1): patch (0, 1) of image 0 is masked
+    assert sim[0, 1, :2].tolist() == pytest.approx([0.0, 1.0])
+    assert sim[1, 0, :2].tolist() == pytest.approx([2**-0.5, 0.0])
+
+
+def test_word_patch_loss_prefers_captions_whose_words_each_find_a_patch():
+    """Image i has one patch per attribute it shows; caption i names them. Shuffled captions score worse, and a
+    caption sharing one word with another image is still matched to its own image."""
+    basis = torch.eye(6)
+    image = torch.stack([basis[[0, 1]], basis[[2, 3]], basis[[4, 5]]])  # (3 images, 2 patches, h)
+    text = image.clone() + 0.05  # caption i's two words point at image i's patches
+    masks = torch.ones(3, 2, dtype=torch.bool), torch.ones(3, 2, dtype=torch.bool)
+    aligned = word_patch_loss(text, masks[0], image, masks[1], 10.0)
+    shuffled = word_patch_loss(text[[1, 2, 0]], masks[0], image, masks[1], 10.0)
+    assert aligned < 0.1 < 1.0 < shuffled
+    partial = text.clone()
+    partial[0, 1] = basis[2]  # caption 0's second word names something only image 1 shows
+    assert word_patch_loss(partial, masks[0], image, masks[1], 10.0) > aligned
+    text_grad = text.clone().requires_grad_(True)
+    word_patch_loss(text_grad, masks[0], image, masks[1], 10.0).backward()
+    assert torch.isfinite(text_grad.grad).all() and text_grad.grad.abs().sum() > 0

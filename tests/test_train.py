@@ -151,3 +151,21 @@ def test_identity_loss_lifts_image_reid_on_people_never_seen(tiny_base, tiny_wor
              for name, a in (("supcon", tiny_adapter), ("plain", plain))}
     assert score["supcon"]["i2i_mAP"] > score["plain"]["i2i_mAP"] + 5, score
     assert score["supcon"]["i2i_R1"] > score["plain"]["i2i_R1"], score
+
+
+def test_word_patch_loss_learns_only_when_the_token_embeddings_train(tiny_base, tiny_world, tmp_path):
+    """The word–patch loss (chance: ln 8 for 8 identities) falls much further when the token embeddings train
+    than under LoRA with frozen word vectors (measured, 60 steps: 2.09 → 1.57 vs 2.11 → 1.86). The trained
+    embeddings travel with the adapter."""
+    kw = {"epochs": 15, "word_patch_weight": 1.0, "identity_loss": None}
+    runs = {mode: train("stage1", _cfg(tiny_base, tiny_world, tmp_path / mode, token_embeddings=mode, **kw))
+            for mode in ("frozen", "full")}
+    curves = {}
+    for mode in runs:
+        rows = [json.loads(x) for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        curves[mode] = [r["terms"]["word_patch"] for r in rows if r["event"] == "step"]
+    first, last = np.mean(curves["full"][:10]), np.mean(curves["full"][-10:])
+    assert last < first - 0.2, curves["full"]
+    assert last < np.mean(curves["frozen"][-10:]) - 0.1, curves
+    embeddings = [load_embedder(tiny_base, adapter=a).model.get_input_embeddings().weight for a in (None, runs["full"])]
+    assert not np.allclose(embeddings[0].detach().numpy(), embeddings[1].detach().numpy())
