@@ -8,6 +8,7 @@ on the test split (identities never seen in training):
   - captions corrupted by wrong words (train on the noisy caption whenever an image has one):
     no masking vs uniform masking vs NAM at the same rate, plus the NAM noise-detection AUC;
   - identity loss off / SupCon / batch-hard triplet: image→image R1/mAP (cross-camera);
+  - the word–patch alignment loss with trained token embeddings (and NAM driven by it);
   - default prompts vs the common instruction.
 Prints a table and writes benchmarks/results/finetune_results.json.
 """
@@ -36,12 +37,13 @@ from mllm_embed.tiny import build_tiny_base  # noqa: E402
 KEYS = ("t2i_R1", "t2i_mAP", "i2i_R1", "i2i_mAP", "comp_R@1", "comp_R@5", "comp_R@10", "comp_id_R1", "comp_id_mAP")
 
 
-def noise_auc(embedder, world: Path, split: str = "train") -> float:
-    """NAM's detection of the world's injected wrong words (calibrated scores, last layer, joint pass)."""
+def noise_auc(embedder, world: Path, split: str = "train", joint: bool = True) -> float:
+    """NAM's detection of the world's injected wrong words (calibrated scores, last layer; joint pass or the
+    two-tower pass the word–patch loss trains)."""
     records = _records(TrainConfig(base_model="", data=str(world), output_dir=""), split)
     noisy = [r for r in records if r["noisy_caption"]]
     pairs = [(r["image"], r["noisy_caption"]) for r in noisy] + [(r["image"], c) for r in records for c in r["captions"]]
-    scores = nam.calibrate([c for _, c in pairs], nam.estimate_word_noise(embedder, pairs, batch_size=32))
+    scores = nam.calibrate([c for _, c in pairs], nam.estimate_word_noise(embedder, pairs, joint=joint, batch_size=32))
     return 100 * nam.noise_auc(scores[:len(noisy)], [r["noisy_words"] for r in noisy])
 
 
@@ -83,9 +85,16 @@ def main() -> None:
     run("stage 1, no identity loss", "stage1", identity_loss=None)
     run("stage 1, triplet identity loss", "stage1", identity_loss="triplet")
     run("stage 1, common instruction", "stage1", prompt_style="common")
+    fine = {"word_patch_weight": 0.5, "token_embeddings": "full", "nam_joint": False}
+    wp = run("stage 1, word–patch loss", "stage1", **fine)
     for mode in ("none", "uniform", "nam"):
         run(f"noisy captions, mask {mode}", "stage1", noisy_caption_prob=1.0, mask_mode=mode, mask_rate=0.2)
-    auc = {"base": noise_auc(base_embedder, world), "stage 1": noise_auc(load_embedder(base, adapter=s1), world)}
+    run("noisy captions, mask nam, word–patch", "stage1", noisy_caption_prob=1.0, mask_mode="nam", mask_rate=0.2, **fine)
+    s1_embedder, wp_embedder = load_embedder(base, adapter=s1), load_embedder(base, adapter=wp)
+    auc = {"base": noise_auc(base_embedder, world), "stage 1": noise_auc(s1_embedder, world),
+           "base, two-tower": noise_auc(base_embedder, world, joint=False),
+           "stage 1, two-tower": noise_auc(s1_embedder, world, joint=False),
+           "stage 1 + word–patch, two-tower": noise_auc(wp_embedder, world, joint=False)}
 
     table = {name: {k: m[k] for k in KEYS if k in m} for name, m in rows.items()}
     console.print(metrics_table("Fine-tuning on the synthetic world (test split, %)", table))
