@@ -8,7 +8,7 @@ on the test split (identities never seen in training):
   - captions corrupted by wrong words (train on the noisy caption whenever an image has one):
     no masking vs uniform masking vs NAM at the same rate, plus the NAM noise-detection AUC;
   - identity loss off / SupCon / batch-hard triplet: image→image R1/mAP (cross-camera);
-  - the word–patch alignment loss with trained token embeddings (and NAM driven by it);
+  - the word–patch alignment loss with trained token embeddings (and NAM driven by it), and 3× longer stage 1;
   - default prompts vs the common instruction.
 Prints a table and writes benchmarks/results/finetune_results.json.
 """
@@ -87,6 +87,8 @@ def main() -> None:
     run("stage 1, common instruction", "stage1", prompt_style="common")
     fine = {"word_patch_weight": 0.5, "token_embeddings": "full", "nam_joint": False}
     wp = run("stage 1, word–patch loss", "stage1", **fine)
+    run("stage 1, 3× epochs", "stage1", epochs=3 * args.epochs)
+    run("stage 1, word–patch loss, 3× epochs", "stage1", epochs=3 * args.epochs, **fine)
     for mode in ("none", "uniform", "nam"):
         run(f"noisy captions, mask {mode}", "stage1", noisy_caption_prob=1.0, mask_mode=mode, mask_rate=0.2)
     run("noisy captions, mask nam, word–patch", "stage1", noisy_caption_prob=1.0, mask_mode="nam", mask_rate=0.2, **fine)
