@@ -169,3 +169,11 @@ def test_word_patch_loss_learns_only_when_the_token_embeddings_train(tiny_base, 
     assert last < np.mean(curves["frozen"][-10:]) - 0.1, curves
     embeddings = [load_embedder(tiny_base, adapter=a).model.get_input_embeddings().weight for a in (None, runs["full"])]
     assert not np.allclose(embeddings[0].detach().numpy(), embeddings[1].detach().numpy())
+
+
+def test_token_embeddings_lora_adapts_the_word_vectors_and_reloads(tiny_base, tiny_world, tmp_path):
+    adapter = train("stage1", _cfg(tiny_base, tiny_world, tmp_path, max_steps=2, token_embeddings="lora"))
+    emb = load_embedder(tiny_base, adapter=adapter)
+    assert any("embed_tokens" in n and "lora_embedding" in n for n, _ in emb.model.named_parameters())
+    base = load_embedder(tiny_base)
+    assert not np.allclose(emb.encode_text(["a man in a red shirt"]), base.encode_text(["a man in a red shirt"]))
