@@ -2,7 +2,7 @@
 
 Stage 1 (alignment): bidirectional InfoNCE between image and caption embeddings (two images of one identity are
 never negatives), optionally plus an identity loss (SupCon / batch-hard triplet over P identities × K images)
-on the image embeddings; captions can be noise-aware masked (NAM), RDA-reorganised and mixed with LLM rewrites
+on the image embeddings and a word–patch alignment loss on token states (with trainable token embeddings); captions can be noise-aware masked (NAM), RDA-reorganised and mixed with LLM rewrites
 (BSS). Stage 2 (instruction following): start from the stage-1 adapter, InfoNCE between the composed embedding
 (reference image + modification) and the target image, mixing in a fraction of stage-1 batches.
 
@@ -68,7 +68,7 @@ class TrainConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     lora_target_modules: tuple[str, ...] = field(
         default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        metadata={"help": "module names inside the language model that get LoRA (vision tower untouched)"})
+        metadata={"help": "module names inside the language model that get LoRA (vision side: lora_vision)"})
     token_embeddings: str = field(default="frozen", metadata={
         "help": "the language model's input token embeddings: frozen, lora, or full (trained and saved with the "
                 "adapter; lets word vectors move into the image space)"})
