@@ -125,15 +125,12 @@ def _differences(a: dict, b: dict) -> int:
 def split_people(world_dir: Path, split: str) -> list[dict]:
     """One split's images with attributes, captions and the world's noisy caption (None unless it names a
     wrong value) for judgement pairs; images without attributes are left out."""
-    from finetune.data.loaders import load_person_dataset
+    from finetune.train import TrainConfig, _records  # the records with parsed attributes and noisy captions
 
-    noisy = {}
-    for line in (world_dir / "annotations.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        noisy[Path(row["image"]).name] = row.get("noisy_caption") if row.get("noisy_words") else None
+    rows = _records(TrainConfig(base_model="", data=str(world_dir), output_dir=""), split)
     return [{"image": r["image"], "person_id": r["person_id"], "camera_id": r["camera_id"], "captions": r["captions"],
-             "attributes": json.loads(r["attributes"]), "noisy": noisy.get(Path(r["image"]).name)}
-            for r in load_person_dataset(world_dir) if r["split"] == split and r["attributes"]]
+             "attributes": r["attributes"], "noisy": r["noisy_caption"] if r["noisy_words"] else None}
+            for r in rows if r["attributes"]]
 
 
 def _said(kind: str) -> str:
