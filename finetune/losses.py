@@ -8,6 +8,7 @@ count as positives (the loss is −log of the softmax mass on all positives), in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,12 @@ def _bidirectional_ce(logits: torch.Tensor, pids: torch.Tensor | None) -> torch.
     return 0.5 * (_multi_positive_ce(logits, positives) + _multi_positive_ce(logits.t(), positives.t()))
 
 
+def _centred(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """States minus their mean over the masked positions of the batch (hidden states share a large common
+    direction that otherwise dominates every cosine)."""
+    return h - h[mask].mean(0)
+
+
 def word_patch_similarity(text_h: torch.Tensor, text_mask: torch.Tensor, image_h: torch.Tensor,
                           image_mask: torch.Tensor) -> torch.Tensor:
     """For every text a, image b and token t of a: max_j cos(t, patch j of b), shape (n_text, n_image, L_text).
@@ -84,11 +91,48 @@ def word_patch_loss(text_h: torch.Tensor, text_mask: torch.Tensor, image_h: torc
     of each word's best-matching patch; bidirectional InfoNCE over those scores for row-aligned pairs. Trains
     the word and patch states NAM compares, so a word no patch supports stands out. States are centred on
     the batch mean of their kind first (hidden states share a large common direction)."""
-    text_h = text_h - text_h[text_mask].mean(0)
-    image_h = image_h - image_h[image_mask].mean(0)
-    sim = word_patch_similarity(text_h, text_mask, image_h, image_mask).masked_fill(~text_mask[:, None, :], 0.0)
+    sim = word_patch_similarity(_centred(text_h, text_mask), text_mask, _centred(image_h, image_mask),
+                                image_mask).masked_fill(~text_mask[:, None, :], 0.0)
     scores = sim.sum(-1) / text_mask.sum(-1, keepdim=True).clamp(min=1)
     return _bidirectional_ce(scale * scores, pids)
+
+
+def word_grounding_loss(text_h: torch.Tensor, text_mask: torch.Tensor, image_h: torch.Tensor,
+                        image_mask: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Word-level grounding: each caption token ranks the batch's images by its best-matching patch; InfoNCE with
+    `positives` (n_text, L, n_image), e.g. from `caption_word_positives`. Tokens every image supports ("a",
+    "person") carry no signal and are skipped. Trains exactly what NAM reads: a word's best patch is close in
+    images that show it and far in those that don't. States are centred as in `word_patch_loss`."""
+    sim = word_patch_similarity(_centred(text_h, text_mask), text_mask, _centred(image_h, image_mask),
+                                image_mask).permute(0, 2, 1)  # (n_text, L, n_image)
+    rows = text_mask & ~positives.all(-1)
+    if not rows.any():
+        return sim.sum() * 0.0
+    return _multi_positive_ce(scale * sim[rows], positives[rows])
+
+
+def caption_word_positives(captions: Sequence[str], word_ids: torch.Tensor, image_texts: Sequence[str] | None = None,
+                           pids: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, L, n) booleans for `word_grounding_loss`: token t of caption a (word index word_ids[a, t], −1 for
+    none) is positive for image b when b's text (`image_texts[b]`, e.g. all its captions; default its caption in
+    the batch) has the same word, b is a's own image or shows the same person."""
+    def split(text):
+        return [w.strip(".,;:!?").lower() for w in text.split()]
+
+    words = [split(c) for c in captions]
+    known = [set(split(t)) for t in (image_texts or captions)]
+    vocab = {w: i for i, w in enumerate(sorted({w for ws in words for w in ws}))}
+    has = torch.zeros(len(captions), len(vocab) + 1, dtype=torch.bool)
+    for b, ws in enumerate(known):
+        has[b, [vocab[w] for w in ws if w in vocab]] = True
+    token_vocab = torch.full(word_ids.shape, len(vocab), dtype=torch.long)  # the last column: no word
+    for a, ws in enumerate(words):
+        ids = word_ids[a].cpu()
+        ok = (ids >= 0) & (ids < len(ws))
+        token_vocab[a, ok] = torch.tensor([vocab[ws[i]] for i in ids[ok].tolist()], dtype=torch.long)
+    pos = has.t()[token_vocab]  # (n, L, n)
+    same = torch.eye(len(captions), dtype=torch.bool) if pids is None else _same_id(pids.cpu(), pids.cpu())
+    return (pos | same[:, None, :]).to(word_ids.device)
 
 
 def supcon_loss(emb: torch.Tensor, pids: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:

@@ -160,3 +160,16 @@ def estimate_word_noise(embedder, pairs: Sequence[tuple], layer: int = -1, joint
             if progress:
                 progress(len(chunk))
     return out
+
+
+def detection_auc(embedder, records: Sequence[dict], layer: int = -1, joint: bool = True, per_image: int = 2,
+                  seed: int = 0) -> float:
+    """How well NAM's calibrated word noise ranks injected wrong words above correct ones (AUC, 0.5 = chance)
+    on freshly corrupted captions of world `records` (`finetune.data.world.noisy_variants`), calibrated over
+    those and the records' clean captions."""
+    from finetune.data.world import noisy_variants
+
+    noisy = noisy_variants(list(records), per_image, seed)
+    pairs = [(image, text) for image, text, _ in noisy] + [(r["image"], c) for r in records for c in r["captions"]]
+    scores = calibrate([c for _, c in pairs], estimate_word_noise(embedder, pairs, layer, joint, batch_size=32))
+    return noise_auc(scores[:len(noisy)], [wrong for _, _, wrong in noisy])

@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from finetune.losses import (
     Temperature,
     batch_hard_triplet_loss,
+    caption_word_positives,
     contrastive_loss,
     identity_loss,
     supcon_loss,
+    word_grounding_loss,
     word_patch_loss,
     word_patch_similarity,
 )
@@ -136,3 +138,31 @@ def test_word_patch_loss_prefers_captions_whose_words_each_find_a_patch():
     text_grad = text.clone().requires_grad_(True)
     word_patch_loss(text_grad, masks[0], image, masks[1], 10.0).backward()
     assert torch.isfinite(text_grad.grad).all() and text_grad.grad.abs().sum() > 0
+
+
+def test_caption_word_positives_count_images_whose_texts_use_the_word():
+    captions = ["A red shirt.", "a blue shirt", "red"]
+    word_ids = torch.tensor([[-1, 0, 1, 2], [0, 1, 2, -1], [0, -1, -1, -1]])  # -1: prompt / padding
+    pos = caption_word_positives(captions, word_ids, ["a red shirt", "a blue shirt, red shoes", "red"])
+    assert pos.shape == (3, 4, 3)
+    assert pos[0, 2].tolist() == [True, True, True]  # "red": every image's text uses it
+    assert pos[0, 3].tolist() == [True, True, False]  # "shirt." (punctuation stripped): not image 2
+    assert pos[1, 1].tolist() == [False, True, False]  # "blue": only its own image
+    assert pos[0, 0].tolist() == [True, False, False]  # a prompt token: only its own image
+    same_person = caption_word_positives(captions, word_ids, pids=torch.tensor([0, 1, 1]))
+    assert pos[1, 1].tolist() == [False, True, False] and same_person[1, 1].tolist() == [False, True, True]
+
+
+def test_word_grounding_loss_rewards_words_matching_only_the_images_that_show_them():
+    """Words 'red' / 'blue' (one-hot) against images with a red or a blue patch: aligned states give a low loss,
+    swapped ones a high loss; a word every image shows ("a") carries no signal."""
+    red, blue, a = torch.eye(3)
+    image = torch.stack([torch.stack([red, a]), torch.stack([blue, a])])  # (2 images, 2 patches, h)
+    text = torch.stack([torch.stack([a, red]), torch.stack([a, blue])])  # "a red", "a blue"
+    masks = torch.ones(2, 2, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)
+    pos = caption_word_positives(["a red", "a blue"], torch.tensor([[0, 1], [0, 1]]))
+    aligned = word_grounding_loss(text, masks[0], image, masks[1], pos, 10.0)
+    swapped = word_grounding_loss(text[[1, 0]], masks[0], image, masks[1], pos, 10.0)
+    assert aligned < 0.1 < 1.0 < swapped
+    first_word = torch.tensor([[True, False]] * 2)
+    assert word_grounding_loss(text, first_word, image, masks[1], pos, 10.0) == 0.0

@@ -377,6 +377,20 @@ def noisy_caption(attrs: dict, rng: np.random.Generator, template: str) -> tuple
     return text, indices, corrupted
 
 
+def noisy_variants(records: list[dict], per_image: int = 2, seed: int = 0) -> list[tuple[str, str, list[int]]]:
+    """(image, noisy caption, wrong word indices) `per_image` times for each world record (random templates):
+    a NAM probe many times larger than the world's own noisy captions."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in records:
+        for _ in range(per_image):
+            template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+            text, wrong, _ = noisy_caption(r["attributes"], rng, template)
+            if wrong:
+                out.append((r["image"], text, wrong))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ modifications
 
 _THING = {"upper": "upper_type", "lower": "lower_type", "bag": "bag"}
