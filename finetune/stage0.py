@@ -146,7 +146,7 @@ class Judgements:
 
     def __init__(self, people: list[dict], config):
         self.people = people
-        self.match_question, self.verify_question = config.match_question, config.verify_question
+        self.match_prompt, self.verify_question = config.match_prompt, config.verify_question
         self.by_pid: dict[int, list[dict]] = defaultdict(list)
         for person in people:
             self.by_pid[person["person_id"]].append(person)
@@ -191,7 +191,7 @@ class Judgements:
             if caption is None and len(self.by_pid) > 1:
                 caption = self._false_caption(person, [self._other(pid, rng) for _ in range(8)], rng)
             if caption:
-                out.append((person["image"], self.match_question.replace("{text}", caption), _said(kind), kind))
+                out.append((person["image"], self.match_prompt(caption), _said(kind), kind))
         return out
 
     def same(self, n: int, rng: random.Random) -> list[tuple]:

@@ -57,6 +57,10 @@ class EmbedderConfig:
         if self.pooling != "last":
             raise ValueError(f"EmbedderConfig.pooling={self.pooling!r}: only 'last' is supported")
 
+    def match_prompt(self, text: str) -> str:
+        """`match_question` asked about `text`."""
+        return self.match_question.replace("{text}", text)
+
     def prompt_texts(self) -> list[str]:
         """The literal prompt text (for tokenizer training)."""
         return [self.common_prompt, self.image_prompt, self.text_prompt, self.composed_prompt,

@@ -111,7 +111,7 @@ class THISession:
         emb = engine.embedder
         self.vqa = vqa or (lambda image, question: emb.answer(image, question))
         self.judge = judge or (
-            lambda image, q: normalize_answer(emb.answer(image, emb.config.match_question.replace("{text}", q)))
+            lambda image, q: normalize_answer(emb.answer(image, emb.config.match_prompt(q)))
             .startswith("yes")
         )
         self.q_vec = emb.encode_text([self.query])[0]

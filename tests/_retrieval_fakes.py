@@ -52,6 +52,9 @@ class _Cfg:
     match_question: str = JUDGE + " Text: {text} Answer Yes or No."
     verify_question: str = "Are these two the same person? Answer yes or no."
 
+    def match_prompt(self, text: str) -> str:
+        return self.match_question.replace("{text}", text)
+
 
 class FakeEmbedder:
     """encode_text / encode_images / encode_composed / answer, like mllm_embed.MLLMEmbedder."""
