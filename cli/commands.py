@@ -293,7 +293,8 @@ def cmd_eval(args, project: Project) -> int:
     embedder = _embedder(args, project)
     tasks = TASKS if args.task == "all" else (args.task,)
     with progress_bar("evaluating", total=None) as advance:
-        results = evaluate_dataset(embedder, path, tasks, EvalConfig(), plots=args.plots, progress=advance)
+        results = evaluate_dataset(embedder, path, tasks, EvalConfig(nam_layer=args.nam_layer), plots=args.plots,
+                                   progress=advance)
     if args.thi != "off":
         results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds)
     show_results(results)
@@ -315,7 +316,7 @@ def run_thi_eval(embedder, path: Path, mode: str, rounds: int) -> list[dict]:
 
 def show_results(results: dict) -> None:
     titles = {"t2i": "text → image", "i2i": "image → image (cross-camera)", "composed": "image + modification",
-              "verify": "verification (same person?)"}
+              "verify": "verification (same person?)", "noise": "NAM wrong-word detection"}
     for task, metrics in results.items():
         if task == "thi":
             console.print(metrics_table("THI rounds", {f"round {m['round']}": {k: v for k, v in m.items()

@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--dataset", type=Path, default=None, help="a real dataset instead")
-    p.add_argument("--task", choices=["t2i", "i2i", "composed", "verify", "all"], default="all")
+    p.add_argument("--task", choices=["t2i", "i2i", "composed", "verify", "noise", "all"], default="all",
+                   help="all: every task but noise (NAM's wrong-word detection AUC; synthetic worlds only)")
+    p.add_argument("--nam-layer", type=int, default=-1, help="with --task noise: the hidden layer NAM compares")
     p.add_argument("--thi", choices=["off", "auto", "simulated"], default="off", help="THI evaluation mode")
     p.add_argument("--thi-rounds", type=int, default=3)
     p.add_argument("--plots", type=Path, help="with --task verify: folder for ROC and histogram PNGs")

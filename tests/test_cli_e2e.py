@@ -135,3 +135,14 @@ def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
                  "--task", "t2i", "--json", str(report)]) == 0
     metrics = json.loads(report.read_text())["t2i"]
     assert {"R1", "R5", "R10", "mAP", "mINP"} <= set(metrics) and 0 <= metrics["R1"] <= metrics["R10"] <= 100
+
+    # NAM's wrong-word detection from the CLI: the same AUC as finetune.nam on the split's people
+    from finetune import nam
+    from retrieval.evaluate import load_split
+
+    assert main(["eval", *gallery["common"][:4], "--world", str(tiny_world), "--task", "noise", "--nam-layer", "0",
+                 "--json", str(report)]) == 0
+    got = json.loads(report.read_text())["noise"]
+    people = [{**r, "attributes": json.loads(r["attributes"])} for r in load_split(tiny_world, "test")]
+    expected = nam.detection_auc(gallery["embedder"], people, layer=0, joint=False)
+    assert got["AUC_two_tower"] == pytest.approx(100 * expected) and 0 <= got["AUC_joint"] <= 100

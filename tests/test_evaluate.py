@@ -7,8 +7,9 @@ import pytest
 from _retrieval_fakes import FakeEmbedder, VOCAB, hand_composed_case, make_gallery
 from PIL import Image
 
-from retrieval.evaluate import (EvalConfig, evaluate_composed, evaluate_i2i, evaluate_t2i, evaluate_verification,
-                                sample_pairs)
+from mllm_embed.errors import LineupError
+from retrieval.evaluate import (EvalConfig, evaluate_composed, evaluate_i2i, evaluate_noise, evaluate_t2i,
+                                evaluate_verification, sample_pairs)
 from retrieval.metrics import rank_metrics, recall_at_k
 
 
@@ -130,3 +131,8 @@ def test_real_model_end_to_end(tiny_base, tiny_world, tmp_path):
                                   max_queries=12)
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert rounds[2]["R1"] > rounds[0]["R1"]  # true answers from the simulated user re-rank the target up
+
+
+def test_noise_task_needs_a_world_with_attributes():
+    with pytest.raises(LineupError, match="real.csv: the noise task needs records with attributes"):
+        evaluate_noise(None, [{"image": "a.png", "captions": ["a man"], "attributes": None}], source="real.csv")
