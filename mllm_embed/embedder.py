@@ -321,7 +321,9 @@ def _quantization_config(quantization: str | None, dtype, family: type[Family]):
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise LineupError(f"quantization={quantization!r} needs bitsandbytes: pip install bitsandbytes") from exc
-    skip = list(family.skip_quantization)
+    # transformers matches skip names from the start of the module path (or as a suffix): "vision_tower" alone
+    # would not keep "model.vision_tower.encoder…" out of 4-bit
+    skip = [rf".*{name}" for name in family.skip_quantization]
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
                                   llm_int8_skip_modules=skip)

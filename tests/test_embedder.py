@@ -135,6 +135,8 @@ def test_4bit_base_runs_lora_forward_and_backward(tiny_base, tiny_world):
     import bitsandbytes as bnb
 
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in q.model.modules())
+    kept = [n for n, p in q.model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
+    assert kept and all(q.model.get_parameter(n).dtype.is_floating_point for n in kept)  # the family's skip list
     quant = q.encode_images([p for p, _ in recs])
     assert np.mean(np.sum(full * quant, axis=1)) > 0.8  # NF4 keeps the embedding close
     q.add_adapter(_lora(init=True))
