@@ -6,9 +6,12 @@ Builds (or reuses, in --work) a world and a stage-0 pre-trained `test`-size base
 on the test split (identities never seen in training):
   - base vs stage 1 vs stage 2: text→image R1/mAP, composed R@1/5/10;
   - captions corrupted by wrong words (train on the noisy caption whenever an image has one):
-    no masking vs uniform masking vs NAM at the same rate, plus the NAM noise-detection AUC;
+    no masking vs uniform masking vs NAM at the same rate, plus NAM's wrong-word detection AUC on two
+    freshly corrupted captions per train image;
   - identity loss off / SupCon / batch-hard triplet: image→image R1/mAP (cross-camera);
   - the word–patch alignment loss with trained token embeddings (and NAM driven by it), and 3× longer stage 1;
+  - word-level grounding on the input layer with the vision tower trained in full (what NAM reads), with
+    noisy captions under no / uniform / NAM masking;
   - default prompts vs the common instruction.
 Prints a table and writes benchmarks/results/finetune_results.json.
 """
@@ -35,16 +38,6 @@ from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
 KEYS = ("t2i_R1", "t2i_mAP", "i2i_R1", "i2i_mAP", "comp_R@1", "comp_R@5", "comp_R@10", "comp_id_R1", "comp_id_mAP")
-
-
-def noise_auc(embedder, world: Path, split: str = "train", joint: bool = True) -> float:
-    """NAM's detection of the world's injected wrong words (calibrated scores, last layer; joint pass or the
-    two-tower pass the word–patch loss trains)."""
-    records = _records(TrainConfig(base_model="", data=str(world), output_dir=""), split)
-    noisy = [r for r in records if r["noisy_caption"]]
-    pairs = [(r["image"], r["noisy_caption"]) for r in noisy] + [(r["image"], c) for r in records for c in r["captions"]]
-    scores = nam.calibrate([c for _, c in pairs], nam.estimate_word_noise(embedder, pairs, joint=joint, batch_size=32))
-    return 100 * nam.noise_auc(scores[:len(noisy)], [r["noisy_words"] for r in noisy])
 
 
 def main() -> None:
@@ -92,11 +85,23 @@ def main() -> None:
     for mode in ("none", "uniform", "nam"):
         run(f"noisy captions, mask {mode}", "stage1", noisy_caption_prob=1.0, mask_mode=mode, mask_rate=0.2)
     run("noisy captions, mask nam, word–patch", "stage1", noisy_caption_prob=1.0, mask_mode="nam", mask_rate=0.2, **fine)
+    # word-level grounding on the input layer NAM reads, vision tower trained in full
+    ground = {"epochs": 3 * args.epochs, "word_patch_weight": 5.0, "word_patch_level": "word", "nam_layer": 0,
+              "nam_joint": False, "token_embeddings": "full", "lora_vision": "full"}
+    grounded = run("stage 1, word grounding, 3× epochs", "stage1", **ground)
+    for mode in ("none", "uniform", "nam"):
+        run(f"noisy captions, mask {mode}, word grounding, 3× epochs", "stage1", noisy_caption_prob=1.0,
+            mask_mode=mode, mask_rate=0.2, **ground)
+
+    # NAM's wrong-word detection on 2 freshly corrupted captions per train image (calibrated scores)
+    train_records = _records(TrainConfig(base_model="", data=str(world), output_dir=""), "train")
     s1_embedder, wp_embedder = load_embedder(base, adapter=s1), load_embedder(base, adapter=wp)
-    auc = {"base": noise_auc(base_embedder, world), "stage 1": noise_auc(s1_embedder, world),
-           "base, two-tower": noise_auc(base_embedder, world, joint=False),
-           "stage 1, two-tower": noise_auc(s1_embedder, world, joint=False),
-           "stage 1 + word–patch, two-tower": noise_auc(wp_embedder, world, joint=False)}
+    grounded_embedder = load_embedder(base, adapter=grounded)
+    auc = {name: 100 * nam.detection_auc(emb, train_records, layer, joint) for name, emb, layer, joint in [
+        ("base", base_embedder, -1, True), ("base, two-tower", base_embedder, -1, False),
+        ("base, two-tower, input layer", base_embedder, 0, False), ("stage 1", s1_embedder, -1, True),
+        ("stage 1, two-tower", s1_embedder, -1, False), ("stage 1 + word–patch, two-tower", wp_embedder, -1, False),
+        ("stage 1 + word grounding, two-tower, input layer", grounded_embedder, 0, False)]}
 
     table = {name: {k: m[k] for k in KEYS if k in m} for name, m in rows.items()}
     console.print(metrics_table("Fine-tuning on the synthetic world (test split, %)", table))
