@@ -185,7 +185,8 @@ def test_token_embeddings_lora_adapts_the_word_vectors_and_reloads(tiny_base, ti
 def test_word_grounding_makes_nam_find_injected_wrong_words(tiny_base, tiny_world, tmp_path):
     """Issue 4's NAM target: after stage 1 with the word-level word–patch loss on the layer NAM reads (input
     layer, vision tower trained in full), NAM's noise r ranks freshly injected wrong words above correct ones
-    with AUC > 0.7 (measured: base 0.53, 60 epochs 0.74; LoRA on the vision tower stays near 0.65)."""
+    with AUC > 0.7 (measured: base 0.53, 60 epochs 0.74; on the benchmark world LoRA on the vision tower
+    stops near 0.65)."""
     from finetune import nam
     from finetune.train import _records
 
