@@ -293,7 +293,7 @@ def evaluate_noise(embedder, records: Sequence[dict], layer: int = -1, source: s
     ones, on two freshly corrupted captions per record, for the joint pass and the two-tower pass."""
     from finetune import nam
 
-    people = [{**r, "attributes": _attrs(r)} for r in records if _attrs(r)]
+    people = [{**r, "attributes": attrs} for r in records if (attrs := _attrs(r))]
     if not people:
         raise LineupError(f"{source}: the noise task needs records with attributes (a synthetic world from "
                           "`lineup world`); real datasets have no known wrong words")
