@@ -193,7 +193,7 @@ def cmd_batch(args, project: Project) -> int:
 
 
 def cmd_train(args, project: Project) -> int:
-    from cli.main import dataclass_overrides
+    from cli.main import TRAIN_EXPLICIT, dataclass_overrides
     from finetune.train import TrainConfig
 
     base = _base_model(args, project)
@@ -203,7 +203,7 @@ def cmd_train(args, project: Project) -> int:
     try:
         cfg = TrainConfig(base_model=base, data=str(args.dataset or _world(args, project)),
                           output_dir=str(args.out or project.run(args.stage)), init_adapter=init,
-                          quantization=args.quantization, **dataclass_overrides(TrainConfig, args))
+                          quantization=args.quantization, **dataclass_overrides(TrainConfig, args, TRAIN_EXPLICIT))
     except ValueError as err:
         raise LineupError(f"{err} — see `lineup train --help`") from None
     adapter = run_training(args.stage, cfg)

@@ -57,9 +57,16 @@ def add_dataclass_args(group, cls, skip: set[str]) -> None:
             group.add_argument(flag, **kw)
 
 
-def dataclass_overrides(cls, args: argparse.Namespace) -> dict:
-    """The fields of `cls` the user set on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+def dataclass_overrides(cls, args: argparse.Namespace, skip: set[str]) -> dict:
+    """The fields of `cls` the user set through the flags `add_dataclass_args` generated (the same `skip`):
+    a field that another flag shares a name with (e.g. `--quantization`) is the command's to pass."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and hasattr(args, f.name)}
+
+
+# TrainConfig fields that `lineup train` sets from its own flags (--model, --world/--dataset, --out, --adapter,
+# --quantization) rather than from generated ones.
+TRAIN_EXPLICIT = {"base_model", "data", "output_dir", "init_adapter", "quantization"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     from finetune.train import TrainConfig
 
     add_dataclass_args(p.add_argument_group("training options (finetune.train.TrainConfig)"), TrainConfig,
-                       skip={"base_model", "data", "output_dir", "init_adapter", "quantization"})
+                       skip=TRAIN_EXPLICIT)
     _add_project(p)
 
     p = sub.add_parser("caption", help="TDE: caption images with diverse templates by the MLLM")
