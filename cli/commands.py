@@ -103,18 +103,13 @@ def cmd_world(args, project: Project) -> int:
 
 
 def cmd_bootstrap(args, project: Project) -> int:
-    from finetune.stage0 import Stage0Config, pretrain
-    from mllm_embed.tiny import build_tiny_base
+    from finetune.bootstrap import bootstrap_base
 
     world = _world(args, project)
     out = args.out or project.model
-    with console.status("training tokenizer and building the tiny base"):
-        build_tiny_base(world, out, size=args.size)
-    cfg = Stage0Config.for_tests() if args.size == "test" else Stage0Config()
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
-    with progress_bar("stage 0 pre-training", total=None) as advance:
-        pretrain(out, world, cfg, progress=advance)
+    with progress_bar("bootstrapping the base", total=None) as advance:
+        bootstrap_base(world, out, size=args.size, stage0_epochs=args.epochs, vision_steps=args.vision_steps,
+                       progress=lambda step, n: advance(n, info=step))
     show_stage0(Path(out))
     return 0
 
@@ -122,6 +117,9 @@ def cmd_bootstrap(args, project: Project) -> int:
 def show_stage0(model_dir: Path) -> None:
     done = json.loads((model_dir / "stage0_done.json").read_text())
     row = {"final loss": done["loss_curve"][-1], "steps": done["steps"], "seconds": done["seconds"]}
+    vision = model_dir / "vision_pretrain.json"
+    if vision.exists():
+        row["vision attr acc %"] = 100 * json.loads(vision.read_text()).get("held_out_mean_accuracy", 0.0)
     if "val_vqa" in done:
         row["val VQA acc %"] = 100 * done["val_vqa"]["accuracy"]
     console.print(metrics_table(f"stage 0 — {model_dir}", {"base": row}))

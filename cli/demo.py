@@ -9,6 +9,7 @@ resumes training from its last checkpoint and indexing from the last stored batc
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -44,10 +45,11 @@ def _step(title: str) -> None:
 def run_demo(project: Project, cfg: DemoConfig) -> dict:
     from finetune.data.loaders import load_person_dataset
     from finetune.data.world import QUESTION_BANK, WorldConfig, generate_world
-    from finetune.stage0 import DONE_FILE, Stage0Config, pretrain
+    from finetune.bootstrap import bootstrap_base
+    from finetune.stage0 import DONE_FILE
     from finetune.train import TrainConfig
     from mllm_embed import load_embedder
-    from mllm_embed.tiny import build_tiny_base
+    from mllm_embed.tiny import SHIPPED_BASES
     from retrieval.engine import SearchEngine
     from retrieval.store import open_store
 
@@ -64,14 +66,16 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
                            progress=advance)
     console.print(f"world: {project.world}")
 
-    _step("2/6 bootstrap the offline base (local tokenizer, tiny LLaVA, stage-0 pre-training)")
-    if not (project.model / DONE_FILE).exists():
-        build_tiny_base(project.world, project.model, size=cfg.size)
-        s0 = Stage0Config.for_tests() if cfg.size == "test" else Stage0Config()
-        if cfg.stage0_epochs:
-            s0.epochs = cfg.stage0_epochs
-        with progress_bar("stage 0", total=None) as advance:
-            pretrain(project.model, project.world, s0, progress=advance)
+    shipped = SHIPPED_BASES / cfg.size
+    if (shipped / DONE_FILE).exists():
+        _step(f"2/6 the shipped offline base ({shipped}; rebuild it with the command in its lineup_base.json)")
+        if not (project.model / DONE_FILE).exists():
+            shutil.copytree(shipped, project.model, dirs_exist_ok=True)
+    else:
+        _step("2/6 bootstrap the offline base (local tokenizer, tiny LLaVA, vision pre-training, stage 0)")
+        with progress_bar("bootstrapping the base", total=None) as advance:
+            bootstrap_base(project.world, project.model, size=cfg.size, stage0_epochs=cfg.stage0_epochs,
+                           progress=lambda step, n: advance(n, info=step))
     show_stage0(project.model)
 
     for stage, epochs in (("stage1", cfg.stage1_epochs), ("stage2", cfg.stage2_epochs)):

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="model folder (default: project model/)")
     p.add_argument("--size", choices=["test", "tiny", "small"], default="tiny", help="model size")
     p.add_argument("--epochs", type=int, default=None, help="stage-0 epochs (default: the size's own)")
+    p.add_argument("--vision-steps", type=int, default=None,
+                   help="vision pre-training steps (default: the size's own; finetune.bootstrap.recipe)")
     _add_project(p)
 
     p = sub.add_parser("train", help="LoRA fine-tune: stage1 (image–text alignment) or stage2 (composed)")

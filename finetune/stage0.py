@@ -60,6 +60,9 @@ class Stage0Config:
     eval_judgements: int = field(default=100, metadata={
         "help": "balanced val pairs per judge (match, same person) scored after training (0: none)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    train_vision: bool = field(default=True, metadata={
+        "help": "train the vision tower too (off once `finetune.vision_pretrain` has taught it to see: the "
+                "projector and LM learn to read it, and each step costs about half)"})
     seed: int = field(default=0, metadata={"help": "shuffling seed"})
 
     def __post_init__(self):
@@ -285,7 +288,10 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     total = steps_per_epoch * cfg.epochs
     model = embedder.model
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if not cfg.train_vision:
+        model.model.vision_tower.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def schedule(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -300,7 +306,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
             loss = embedder.lm_loss(embedder.lm_batch(batch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())

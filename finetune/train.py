@@ -58,6 +58,9 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
     ids_per_batch: int = field(default=8, metadata={"help": "P: identities per stage-1 batch"})
     images_per_id: int = field(default=2, metadata={"help": "K: images per identity in a stage-1 batch"})
+    hard_negatives: bool = field(default=False, metadata={
+        "help": "stage-1 batches pair each identity with a one-edit neighbour (the world's composed triplets: "
+                "people who differ in one attribute) as in-batch hard negatives"})
     batch_size: int = field(default=16, metadata={"help": "triplets per stage-2 batch"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
@@ -217,6 +220,12 @@ class _Data:
             raise LineupError(f"{cfg.data}: {len(self.by_id)} train identities < ids_per_batch={cfg.ids_per_batch}; "
                               "lower ids_per_batch")
         self.triplets = _triplets(cfg, "train", required=stage == "stage2")
+        self.neighbours: dict[int, set[int]] = {}
+        for t in self.triplets:
+            a, b = int(t["reference_id"]), int(t["target_id"])
+            if a in self.by_id and b in self.by_id and a != b:
+                self.neighbours.setdefault(a, set()).add(b)
+                self.neighbours.setdefault(b, set()).add(a)
         self.rewrites: dict[str, list[str]] = {}
         if cfg.rewrites:
             try:
@@ -234,6 +243,8 @@ class _Data:
     def _stage1_batches(self, rng: np.random.Generator) -> list[tuple]:
         ids = sorted(self.by_id)
         order = [ids[i] for i in rng.permutation(len(ids))]
+        if self.cfg.hard_negatives:
+            order = self._pair_neighbours(order, rng)
         p, k = self.cfg.ids_per_batch, self.cfg.images_per_id
         batches = []
         for start in range(0, len(order) - p + 1, p):
@@ -243,6 +254,23 @@ class _Data:
                 idx += [pool[j] for j in rng.choice(len(pool), size=k, replace=len(pool) < k)]
             batches.append(("stage1", tuple(idx)))
         return batches
+
+    def _pair_neighbours(self, order: list[int], rng: np.random.Generator) -> list[int]:
+        """`order` with an unplaced one-edit neighbour right after each identity that has one, so most batches
+        hold pairs of people told apart by a single attribute."""
+        placed: set[int] = set()
+        out: list[int] = []
+        for pid in order:
+            if pid in placed:
+                continue
+            out.append(pid)
+            placed.add(pid)
+            free = sorted(self.neighbours.get(pid, set()) - placed)
+            if free:
+                mate = free[int(rng.integers(len(free)))]
+                out.append(mate)
+                placed.add(mate)
+        return out
 
     def plan(self, epoch: int) -> list[tuple]:
         """The epoch's batches as (kind, record/triplet indices): a pure function of (seed, epoch)."""

@@ -357,6 +357,7 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
         model.to(device)
     model.eval()
     family = family_cls(name)
+    family.prepare(model)
     fingerprint = base_fingerprint(model_config, path)
     if adapter is None:
         config = EmbedderConfig(base_model=name, base_fingerprint=fingerprint)

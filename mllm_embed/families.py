@@ -44,6 +44,22 @@ class Family:
         """Extra per-token tensors the model needs besides input_ids (none by default)."""
         return {}
 
+    def prepare(self, model) -> None:
+        """Adjust a freshly loaded model to the inputs this family's processor makes (nothing by default)."""
+
+
+def interpolate_positions(vision_tower) -> None:
+    """Make a CLIP/SigLIP tower take non-square inputs: its square grid of learnt position embeddings is
+    interpolated to the input's height x width grid on every forward (what `interpolate_pos_encoding=True` does
+    per call; `generate` cannot pass that flag through LLaVA, so it is set on the embedding module)."""
+    embeddings = getattr(vision_tower, "vision_model", vision_tower).embeddings
+    forward = type(embeddings).forward
+
+    def interpolating(pixel_values, interpolate_pos_encoding=True, **kwargs):
+        return forward(embeddings, pixel_values, interpolate_pos_encoding=True, **kwargs)
+
+    embeddings.forward = interpolating
+
 
 class LlavaFamily(Family):
     """LLaVA-style: CLIP/SigLIP vision tower, projector, any causal LM (llava-hf/*, the tiny base)."""
@@ -51,6 +67,11 @@ class LlavaFamily(Family):
     name = "llava"
     model_types = ("llava",)
     skip_quantization = ("vision_tower", "multi_modal_projector", "lm_head")
+
+    def prepare(self, model) -> None:
+        size = getattr(self.image_processor, "crop_size", None) or {}
+        if size.get("height") != size.get("width"):
+            interpolate_positions(model.model.vision_tower)
 
     def images(self, images):
         out = self.image_processor(images, return_tensors="pt")

@@ -21,6 +21,10 @@ from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
 
+# bases trained once and shipped with the package (`lineup demo` copies one instead of bootstrapping);
+# each folder's lineup_base.json says which command rebuilt it
+SHIPPED_BASES = Path(__file__).parent / "bases"
+
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]
 CHAT_TEMPLATE = (
@@ -35,9 +39,10 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinySize:
-    """Shape of one preset: square input image, vision tower, language model, vocabulary."""
+    """Shape of one preset: input image (height x width), vision tower, language model, vocabulary."""
 
-    image_size: int
+    image_height: int
+    image_width: int
     patch_size: int
     vision_hidden: int
     vision_layers: int
@@ -51,10 +56,10 @@ class TinySize:
 
 SIZES: dict[str, TinySize] = {
     # the test fixture: stage 0 in about a minute on one core
-    "test": TinySize(64, 16, 64, 2, 2, 128, 2, 4, 2, 1024),
-    # the demo default (`lineup bootstrap`)
-    "tiny": TinySize(64, 16, 96, 2, 4, 192, 2, 6, 2, 2048),
-    "small": TinySize(128, 16, 192, 4, 6, 256, 4, 8, 4, 3072),
+    "test": TinySize(64, 64, 16, 64, 2, 2, 128, 2, 4, 2, 1024),
+    # the demo default (`lineup bootstrap`): the person's 2:1 aspect at 128x64 in 16-px patches, 32 image tokens
+    "tiny": TinySize(128, 64, 16, 128, 4, 4, 192, 2, 6, 2, 2048),
+    "small": TinySize(128, 64, 8, 192, 4, 6, 256, 4, 8, 4, 3072),
 }
 
 
@@ -116,8 +121,8 @@ def build_tiny_base(texts_or_world: str | Path | Iterable[str], out_dir: str | P
 
     tokenizer = train_tokenizer(texts, shape.vocab_size)
     image_processor = CLIPImageProcessorPil(
-        size={"height": shape.image_size, "width": shape.image_size}, do_center_crop=False,
-        crop_size={"height": shape.image_size, "width": shape.image_size},
+        size={"height": shape.image_height, "width": shape.image_width}, do_center_crop=False,
+        crop_size={"height": shape.image_height, "width": shape.image_width},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                patch_size=shape.patch_size, vision_feature_select_strategy="default",
@@ -125,7 +130,10 @@ def build_tiny_base(texts_or_world: str | Path | Iterable[str], out_dir: str | P
 
     vision = CLIPVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=4 * shape.vision_hidden,
                               num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
-                              image_size=shape.image_size, patch_size=shape.patch_size, projection_dim=0)
+                              # a square grid of position embeddings, interpolated to the input's
+                              # height x width grid (`LlavaFamily.forward_kwargs`)
+                              image_size=max(shape.image_height, shape.image_width), patch_size=shape.patch_size,
+                              projection_dim=0)
     text = Qwen2Config(vocab_size=len(tokenizer), hidden_size=shape.text_hidden,
                        intermediate_size=int(8 / 3 * shape.text_hidden) // 32 * 32,
                        num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads,

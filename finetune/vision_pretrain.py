@@ -1,0 +1,203 @@
+"""Vision pre-training of the offline base, before stage 0: the tower learns to see before the LM learns to speak.
+
+Real MLLMs start from a pre-trained vision tower (CLIP, SigLIP); a base built from scratch here gets the
+equivalent from the world it can render: the vision tower and projector of a freshly built base are trained on
+the world's train split with
+- attribute supervision: per world attribute (gender, hair, garment types and colours, shoes, bag, hat,
+  glasses) a learnt query attends over the projected patch features (the LM will read those tokens one by one
+  too, so an attribute is learnt where it is, not averaged with the background) and a linear head classifies
+  the result; cross-entropy summed over attributes;
+- an identity loss: SupCon over P identities × K images per batch (other cameras, views and poses of one
+  person are positives), on the mean of the projected patch features.
+Only the vision tower and projector are saved back (the heads are thrown away); the language model is
+untouched. Writes `vision_pretrain.json` (loss curve, held-out attribute accuracy) into the model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mllm_embed.errors import LineupError
+
+logger = logging.getLogger(__name__)
+
+DONE_FILE = "vision_pretrain.json"
+
+
+@dataclass(frozen=True)
+class VisionPretrainConfig:
+    """Vision pre-training settings."""
+
+    steps: int = field(default=400, metadata={"help": "optimizer steps"})
+    identities_per_batch: int = field(default=12, metadata={"help": "P: identities per batch"})
+    images_per_identity: int = field(default=4, metadata={"help": "K: images of each identity per batch"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (warmup, cosine decay)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
+    identity_weight: float = field(default=1.0, metadata={"help": "weight of the SupCon identity loss"})
+    temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
+    eval_images: int = field(default=800, metadata={"help": "held-out (val + test) images scored at the end"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def __post_init__(self):
+        for name in ("steps", "identities_per_batch", "images_per_identity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"VisionPretrainConfig.{name} must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.identity_weight < 0:
+            raise ValueError("VisionPretrainConfig.lr must be > 0, weight_decay and identity_weight >= 0")
+
+    @classmethod
+    def for_tests(cls) -> VisionPretrainConfig:
+        return cls(steps=15, identities_per_batch=4, images_per_identity=2, warmup_steps=3, eval_images=32)
+
+
+def _people(world_dir: Path, splits: tuple[str, ...]) -> list[dict]:
+    from finetune.data.loaders import load_person_dataset
+
+    rows = [r for r in load_person_dataset(world_dir).to_list() if r["split"] in splits and r.get("attributes")]
+    for r in rows:
+        r["attributes"] = json.loads(r["attributes"])
+    return rows
+
+
+class _Tower(torch.nn.Module):
+    """Vision tower + projector of a LLaVA-style model: (n, 3, H, W) → the (n, tokens, text hidden) features
+    the language model sees."""
+
+    def __init__(self, model):
+        super().__init__()
+        inner = model.model
+        self.vision, self.projector = inner.vision_tower, inner.multi_modal_projector
+        self.layer = model.config.vision_feature_layer
+        self.drop_cls = model.config.vision_feature_select_strategy == "default"
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        states = self.vision(pixels, output_hidden_states=True).hidden_states[self.layer]
+        return self.projector(states[:, 1:] if self.drop_cls else states)
+
+
+class _AttributeHeads(torch.nn.Module):
+    """One learnt query per attribute attends over the image tokens; a linear head per attribute classifies."""
+
+    def __init__(self, hidden: int, classes: list[int]):
+        super().__init__()
+        self.queries = torch.nn.Parameter(torch.randn(len(classes), hidden) * hidden ** -0.5)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for n in classes)
+
+    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        weights = torch.softmax(torch.einsum("nlh,ah->nal", tokens, self.queries), dim=-1)
+        pooled = torch.einsum("nal,nlh->nah", weights, tokens)
+        return [head(pooled[:, a]) for a, head in enumerate(self.heads)]
+
+
+def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPretrainConfig | None = None,
+                    progress: Callable[[int], None] | None = None) -> dict:
+    """Train the vision tower + projector of the base in `model_dir` on the world's train split; saves in place."""
+    from transformers import AutoModelForImageTextToText
+
+    from finetune.data.world import ATTRIBUTES
+    from finetune.losses import supcon_loss
+    from mllm_embed.embedder import load_image
+    from mllm_embed.families import LlavaFamily
+
+    cfg = cfg or VisionPretrainConfig()
+    model_dir, world_dir = Path(model_dir), Path(world_dir)
+    started = time.time()
+    train = _people(world_dir, ("train",))
+    if not train:
+        raise LineupError(f"{world_dir}: no train images with attributes; vision pre-training needs a synthetic world")
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    if model.config.model_type != "llava":
+        raise LineupError(f"{model_dir}: vision pre-training builds on LLaVA-style bases, not {model.config.model_type}")
+    family = LlavaFamily(str(model_dir))
+    family.prepare(model)
+    processor = family.image_processor
+    keys = list(ATTRIBUTES)
+
+    def tensors(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.cat([processor([load_image(r["image"]) for r in rows[s:s + 256]], return_tensors="pt")
+                            ["pixel_values"] for s in range(0, len(rows), 256)])
+        labels = torch.tensor([[ATTRIBUTES[k].index(r["attributes"][k]) for k in keys] for r in rows])
+        return pixels, labels
+
+    pixels, labels = tensors(train)
+    pids = torch.tensor([r["person_id"] for r in train])
+    by_pid: dict[int, list[int]] = defaultdict(list)
+    for i, r in enumerate(train):
+        by_pid[r["person_id"]].append(i)
+
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tower = _Tower(model)
+    hidden = model.config.get_text_config().hidden_size
+    heads = _AttributeHeads(hidden, [len(ATTRIBUTES[k]) for k in keys])
+    params = list(tower.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    def attribute_loss(tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sum(torch.nn.functional.cross_entropy(logits, y[:, a]) for a, logits in enumerate(heads(tokens)))
+
+    def batch() -> list[int]:
+        """P identities × K images (with replacement when a person has fewer than K)."""
+        chosen = rng.sample(sorted(by_pid), min(cfg.identities_per_batch, len(by_pid)))
+        return [rng.choice(by_pid[p]) if len(by_pid[p]) < cfg.images_per_identity else i
+                for p in chosen for i in rng.sample(by_pid[p], min(len(by_pid[p]), cfg.images_per_identity))]
+
+    curve = []
+    tower.train()
+    for step in range(cfg.steps):
+        idx = torch.tensor(batch())
+        x = pixels[idx]
+        flip = torch.rand(len(idx)) < 0.5  # mirror images: bags and poses appear on both sides
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        tokens = tower(x)
+        loss = attribute_loss(tokens, labels[idx])
+        if cfg.identity_weight:
+            loss = loss + cfg.identity_weight * supcon_loss(torch.nn.functional.normalize(tokens.mean(1), dim=-1),
+                                                            pids[idx], cfg.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        curve.append(round(loss.item(), 4))
+        if progress:
+            progress(1)
+        if step % 25 == 0:
+            logger.info("vision pre-training step %d/%d: loss %.3f", step, cfg.steps, curve[-1])
+
+    result = {"steps": cfg.steps, "train_images": len(train), "loss_curve": curve[:: max(1, cfg.steps // 50)],
+              "final_loss": sum(curve[-20:]) / len(curve[-20:]), "config": asdict(cfg)}
+    held_out = _people(world_dir, ("val", "test"))
+    rng.shuffle(held_out)
+    held_out = held_out[: cfg.eval_images]
+    if held_out:
+        tower.eval()
+        x, y = tensors(held_out)
+        with torch.no_grad():
+            logits = [torch.cat(parts) for parts in zip(*(heads(tower(x[s:s + 128])) for s in range(0, len(x), 128)))]
+            acc = {k: float((logits[a].argmax(1) == y[:, a]).float().mean()) for a, k in enumerate(keys)}
+        result["held_out_attribute_accuracy"] = acc
+        result["held_out_mean_accuracy"] = sum(acc.values()) / len(acc)
+        logger.info("vision pre-training: held-out attribute accuracy %.3f", result["held_out_mean_accuracy"])
+    model.save_pretrained(model_dir)
+    result["seconds"] = round(time.time() - started, 1)
+    (model_dir / DONE_FILE).write_text(json.dumps(result, indent=2))
+    return result
