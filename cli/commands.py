@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,8 +61,10 @@ def _store(args, project: Project):
                               f"({exc.strerror or exc}); pick a writable folder") from None
     store = None
     try:
-        store = open_store(url=args.qdrant_url)
-        store.has_collection(args.collection)
+        with warnings.catch_warnings():  # qdrant-client's version-check warning: the probe below says it all
+            warnings.simplefilter("ignore")
+            store = open_store(url=args.qdrant_url)
+            store.has_collection(args.collection)
     except LineupError:
         raise
     except Exception as exc:  # httpx/grpc connection errors, a bad port or scheme in the URL: all one answer

@@ -354,7 +354,8 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
     try:
         model_config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise LineupError(f"{name}: cannot load model config ({exc}); pass a model folder or hub name") from exc
+        raise LineupError(f"--model {name}: cannot load model config ({_first_line(exc)}); pass a model folder or "
+                          "hub name") from None
     family_cls = family_for(model_config.model_type)
     torch_dtype = resolve_dtype(dtype)
     if device is None:
