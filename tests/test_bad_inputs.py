@@ -187,3 +187,78 @@ def test_bad_input_is_one_line_and_changes_nothing(project, case, argv, message,
     assert re.search(message, lines[0]), lines[0]
     assert _tree_hash(proj) == before
     assert not (project / MARKER).exists()
+
+
+def test_offline_model_name_fails_at_once_in_a_real_process(project):
+    """No hub retries and no warning lines: the console script prints one line within seconds."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "cli.main", "search", "--text", "a man", "--model", "nosuchmodel",
+                          "--project", str(project / "proj")], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parents[1])
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1 and "not in the hub cache" in lines[0], lines
+    assert time.perf_counter() - start < 60  # imports only (tens of seconds on a loaded 2-core machine)
+
+
+def test_index_skips_unreadable_images_and_keeps_every_good_one(project, tmp_path, capsys):
+    images = sorted((project / "proj" / "world" / "images").glob("*.png"))[:5]
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for image in images:
+        shutil.copy(image, gallery / image.name)
+    shutil.copy(project / "bad" / "not_image.png", gallery / "a_not_image.png")
+    shutil.copy(project / "bad" / "bomb.png", gallery / "b_bomb.png")
+    listing = tmp_path / "reports" / "skipped.tsv"
+    argv = ["index", "--images", str(gallery), "--batch-size", "4", "--collection", "mixed", "--skipped-list",
+            str(listing), "--qdrant-path", str(tmp_path / "q"), "--project", str(project / "proj")]
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "indexed 5 new images; collection 'mixed' holds 5" in out  # the bad files' batch-mates are kept
+    assert "skipped 2 unreadable image(s): a_not_image.png, b_bomb.png" in out and str(listing) in out
+    rows = [line.split("\t") for line in listing.read_text().splitlines()]
+    assert [Path(r[0]).name for r in rows] == ["a_not_image.png", "b_bomb.png"]
+    assert "cannot read image" in rows[0][1] and "too large" in rows[1][1]
+    assert main(argv) == 0  # resumable: nothing new, the same two reported again
+    assert "indexed 0 new images; collection 'mixed' holds 5" in capsys.readouterr().out
+
+
+def test_a_copied_project_keeps_its_collection_and_other_weights_are_refused(project, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from mllm_embed.errors import LineupError
+    from retrieval.engine import embedder_meta
+    from retrieval.store import open_store
+
+    original = tmp_path / "original"
+    shutil.copytree(project / "proj", original)
+    common = ["--collection", "people", "--project"]
+    assert main(["index", "--split", "test", *common, str(original)]) == 0
+    copy = tmp_path / "moved" / "copy"
+    shutil.copytree(original, copy)
+    shutil.rmtree(original)  # the copy must not depend on the original's paths
+    capsys.readouterr()
+    assert main(["search", "--text", "a man in a red shirt", "--no-preview", *common, str(copy)]) == 0
+    assert "error" not in capsys.readouterr().out
+
+    # other weights at the same adapter path change the recorded hash, and the collection refuses them
+    adapter = copy / "runs" / "stage1" / "adapter"
+    fake = SimpleNamespace(config=None, dim=8, adapter=str(adapter), base=str(copy / "model"))
+    before = embedder_meta(fake)
+    assert before["adapter_sha256"] and before["base_sha256"] and str(copy) not in json.dumps(before)
+    weights = adapter / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    after = embedder_meta(fake)
+    assert after["adapter_sha256"] != before["adapter_sha256"] and after["base_sha256"] == before["base_sha256"]
+    with open_store(path=tmp_path / "q") as store:
+        store.ensure_collection("c", 8, before)
+        with pytest.raises(LineupError, match="adapter_sha256"):
+            store.ensure_collection("c", 8, after)
