@@ -221,9 +221,10 @@ def rewrite_captions(
         raise LineupError("rewrite prompt: must contain a {caption} slot")
     from safetensors import SafetensorError
 
-    from mllm_embed.files import check_model_source
+    from mllm_embed.files import check_model_source, check_model_weights
 
     check_model_source(str(rewriter_model_path), role="--rewriter")
+    check_model_weights(str(rewriter_model_path), role="--rewriter")
     try:  # nothing from the folder runs: no remote code, safetensors weights only
         tokenizer = AutoTokenizer.from_pretrained(str(rewriter_model_path), trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(str(rewriter_model_path), trust_remote_code=False,

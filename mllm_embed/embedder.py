@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from mllm_embed.config import IMAGE_MARKER, EmbedderConfig, resolve_dtype
 from mllm_embed.errors import LineupError
 from mllm_embed.families import Family, family_for
-from mllm_embed.files import check_adapter_folder, check_model_source
+from mllm_embed.files import check_adapter_folder, check_model_source, check_model_weights
 
 logger = logging.getLogger(__name__)
 
@@ -357,6 +357,7 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
         raise LineupError(f"--model {name}: cannot load model config ({_first_line(exc)}); pass a model folder or "
                           "hub name") from None
     family_cls = family_for(model_config.model_type)
+    check_model_weights(name)
     torch_dtype = resolve_dtype(dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

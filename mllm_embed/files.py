@@ -25,7 +25,8 @@ def atomic_output(path: str | Path, role: str = "output") -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # same suffix as the target: writers that pick a format from the name (PIL, pyarrow) still can
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise LineupError(f"{role} {path}: cannot write there ({exc.strerror or exc}); pick another path") from None
@@ -137,15 +138,19 @@ def check_weights_folder(folder: Path, role: str, weights: str) -> None:
     raise LineupError(f"{role} {folder}: no weights ({weights} missing); copy the whole folder or rebuild it")
 
 
+def check_model_weights(name: str, role: str = "--model") -> None:
+    """A local model folder must hold safetensors weights (hub downloads are asked for safetensors only)."""
+    if _is_local(name):
+        check_weights_folder(Path(name), role, "model.safetensors")
+
+
 def check_model_source(name: str, role: str = "--model") -> None:
     """Fail at once, before transformers retries the hub for half a minute: a local folder needs config.json
-    and safetensors weights; a hub name needs the hub (or the local hub cache) to be reachable."""
+    (its weights: `check_model_weights`); a hub name needs the hub (or the local hub cache) to be reachable."""
     if _is_local(name):
-        folder = Path(name)
-        if not (folder / "config.json").is_file():
+        if not (Path(name) / "config.json").is_file():
             raise LineupError(f"{role} {name}: no model folder (config.json missing); build one with "
                               "`lineup bootstrap` or pass a hub name such as Qwen/Qwen2-VL-2B-Instruct")
-        check_weights_folder(folder, role, "model.safetensors")
         return
     try:
         from huggingface_hub import try_to_load_from_cache
