@@ -262,3 +262,28 @@ def test_a_copied_project_keeps_its_collection_and_other_weights_are_refused(pro
         store.ensure_collection("c", 8, before)
         with pytest.raises(LineupError, match="adapter_sha256"):
             store.ensure_collection("c", 8, after)
+
+
+def test_loading_an_adapter_with_trained_word_vectors_prints_no_peft_warning(tiny_base, tmp_path):
+    """peft warns on every load of an adapter that saves the tied input embeddings; Lineup never merges, so
+    the loader filters exactly that warning (the demo's adapters train their word vectors in full)."""
+    import warnings
+
+    from peft import LoraConfig
+
+    from mllm_embed import load_embedder
+
+    embedder = load_embedder(tiny_base, device="cpu")
+    embedder.add_adapter(LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"]))
+    embedder.save_adapter(tmp_path / "adapter")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_embedder(tiny_base, adapter=tmp_path / "adapter", device="cpu")
+    assert not [w for w in seen if "tie_word_embeddings" in str(w.message)]
+    with warnings.catch_warnings(record=True) as seen:  # the warning is real: peft itself still gives it
+        warnings.simplefilter("always")
+        from peft import PeftModel
+        from transformers import AutoModelForImageTextToText
+
+        PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_base), tmp_path / "adapter")
+    assert [w for w in seen if "tie_word_embeddings" in str(w.message)]
