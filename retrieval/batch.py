@@ -59,7 +59,8 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise LineupError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#x}); save the file as UTF-8") from None
+        raise LineupError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#x}); save the file as "
+                          "UTF-8") from None
 
 
 def _read_rows(path: Path) -> list[tuple[str, Any]]:

@@ -171,15 +171,13 @@ class SearchEngine:
         try:
             return chunk, self.embedder.encode_images([by_id[i]["image"] for i in chunk], batch_size=batch_size)
         except LineupError:
-            if len(chunk) == 1 and on_skip is None:
+            if on_skip is None:
                 raise
         kept, vectors = [], []
         for i in chunk:
             try:
                 vectors.append(self.embedder.encode_images([by_id[i]["image"]], batch_size=1)[0])
             except LineupError as err:
-                if on_skip is None:
-                    raise
                 on_skip(by_id[i]["image"], str(err))
                 continue
             kept.append(i)
