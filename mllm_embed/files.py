@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ def atomic_output(path: str | Path, role: str = "output") -> Iterator[Path]:
         # same suffix as the target: writers that pick a format from the name (PIL, pyarrow) still can
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())  # not mkstemp's 0600
     except OSError as exc:
         raise LineupError(f"{role} {path}: cannot write there ({exc.strerror or exc}); pick another path") from None
     try:
@@ -38,6 +40,12 @@ def atomic_output(path: str | Path, role: str = "output") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str, role: str = "output") -> Path:

@@ -287,3 +287,16 @@ def test_loading_an_adapter_with_trained_word_vectors_prints_no_peft_warning(tin
 
         PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(tiny_base), tmp_path / "adapter")
     assert [w for w in seen if "tie_word_embeddings" in str(w.message)]
+
+
+def test_world_goes_into_a_missing_folder_and_is_replaced_only_whole_with_force(tmp_path, capsys):
+    out = tmp_path / "not" / "yet" / "world"
+    small = ["--identities", "3", "--images-per-id", "1"]
+    assert main(["world", "--out", str(out), *small, "--seed", "1"]) == 0
+    first = _tree_hash(out)
+    capsys.readouterr()
+    assert main(["world", "--out", str(out), *small, "--seed", "2"]) == 2
+    assert "--force" in capsys.readouterr().out and _tree_hash(out) == first
+    assert main(["world", "--out", str(out), *small, "--seed", "2", "--force"]) == 0
+    assert _tree_hash(out) != first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["world"]  # no temp or old folder left behind
