@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from mllm_embed.errors import LineupError
+from mllm_embed.files import atomic_output, check_writable, write_text_atomic
 
 from cli.project import Project
 from cli.ui import console, contact_sheet, metrics_table, preview_strip, progress_bar
@@ -29,6 +34,7 @@ def _base_model(args, project: Project) -> str:
 
 
 def _embedder(args, project: Project):
+    """Load the embedder; the model and adapter folders are checked first (one line, no hub retries)."""
     model = _base_model(args, project)
     from mllm_embed import load_embedder
 
@@ -42,31 +48,101 @@ def _embedder(args, project: Project):
 
 
 def _store(args, project: Project):
-    from retrieval.store import open_store
+    """The vector store, opened (and a server probed) before any model loads, so a wrong URL, port or folder
+    is one line in a second, not a traceback after the model load."""
+    from retrieval.store import check_collection_name, open_store
 
-    if args.qdrant_url:
-        return open_store(url=args.qdrant_url)
-    return open_store(path=args.qdrant_path or project.qdrant)
+    check_collection_name(args.collection)
+    if not args.qdrant_url:
+        try:
+            return open_store(path=args.qdrant_path or project.qdrant)
+        except OSError as exc:
+            raise LineupError(f"--qdrant-path {args.qdrant_path or project.qdrant}: cannot open the store there "
+                              f"({exc.strerror or exc}); pick a writable folder") from None
+    store = None
+    try:
+        with warnings.catch_warnings():  # qdrant-client's version-check warning: the probe below says it all
+            warnings.simplefilter("ignore")
+            store = open_store(url=args.qdrant_url)
+            store.has_collection(args.collection)
+    except LineupError:
+        raise
+    except Exception as exc:  # httpx/grpc connection errors, a bad port or scheme in the URL: all one answer
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.close()
+        reason = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise LineupError(f"--qdrant-url {args.qdrant_url}: no Qdrant server answers there ({type(exc).__name__}"
+                          f"{': ' + reason if reason else ''}); start the server, fix the URL, or drop "
+                          "--qdrant-url to use the project's embedded store") from None
+    return store
 
 
 @contextlib.contextmanager
 def _engine(args, project: Project) -> Iterator:
     """A SearchEngine whose store is closed (flushed, lock released) when the command ends."""
-    embedder = _embedder(args, project)
     from retrieval.engine import SearchEngine
 
+    _base_model(args, project)  # a missing model is reported before the store folder is touched
     with _store(args, project) as store:
-        yield SearchEngine(embedder, store, args.collection)
+        yield SearchEngine(_embedder(args, project), store, args.collection)
 
 
 def _parse_filters(items: list[str]) -> dict | None:
+    """--filter FIELD=VALUE flags as a store filter, checked against the stored payload fields (an unknown
+    field is an error naming the valid ones, not an empty result)."""
+    from retrieval.engine import FILTER_FIELDS, check_filter
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise LineupError(f"--filter {item!r}: expected FIELD=VALUE, e.g. camera_id=3")
-        out[key] = int(value) if value.lstrip("-").isdigit() else value
-    return out or None
+        if value.strip().startswith(("{", "[")):
+            raise LineupError(f"--filter {item!r}: only one exact value matches (repeat --filter for more "
+                              "fields); ranges are not supported")
+        if FILTER_FIELDS.get(key) is int:
+            if not value.strip().lstrip("-").isdigit():
+                raise LineupError(f"--filter {item!r}: {key} is an integer, e.g. {key}=3")
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return check_filter(out)
+
+
+def _check_file(path: Path | None, role: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise LineupError(f"{role} {path}: no such file")
+
+
+def _check_image(path: Path | None, role: str) -> None:
+    """An image query must exist and decode (too large, truncated or not an image: one line, before the model)."""
+    if path is not None:
+        _check_file(path, role)
+        from mllm_embed.embedder import load_image
+
+        load_image(path)
+
+
+def _check_new_folder(out: Path, force: bool, what: str, marker: str) -> None:
+    """`out` must be new or empty; one that already holds a `what` (its `marker` file) is replaced only with
+    --force, and a non-empty folder that is not one is never touched."""
+    if out.exists() and not out.is_dir():
+        raise LineupError(f"--out {out}: is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / marker).exists():
+            raise LineupError(f"--out {out}: not empty and not a {what}; pick a new or empty folder")
+        if not force:
+            raise LineupError(f"--out {out}: already holds a {what}; pass --force to replace it, or pick a new "
+                              "folder")
+    check_writable(out / marker, "--out")
+
+
+def _distinct(out: Path, inputs: dict[str, Path | None]) -> None:
+    """An output must not be one of the command's inputs (it would be overwritten)."""
+    for role, path in inputs.items():
+        if path is not None and Path(out).resolve() == Path(path).resolve():
+            raise LineupError(f"--out {out}: is the {role} input; write to another file")
 
 
 def show_hits(hits, title: str, preview: bool = True) -> None:
@@ -91,10 +167,20 @@ def show_hits(hits, title: str, preview: bool = True) -> None:
 def cmd_world(args, project: Project) -> int:
     from finetune.data.world import WorldConfig, generate_world
 
-    out = args.out or project.world
-    cfg = WorldConfig(identities=args.identities, images_per_id=args.images_per_id, seed=args.seed)
-    with progress_bar("rendering world", total=None) as advance:
-        generate_world(out, cfg, progress=advance)
+    out = Path(args.out or project.world)
+    try:
+        cfg = WorldConfig(identities=args.identities, images_per_id=args.images_per_id, seed=args.seed)
+    except ValueError as err:
+        raise LineupError(f"{err} — see `lineup world --help`") from None
+    _check_new_folder(out, args.force, "world", "world.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:  # render beside the target and swap it in whole: a failed run leaves the old folder as it was
+        with progress_bar("rendering world", total=None) as advance:
+            generate_world(tmp, cfg, progress=advance)
+        _replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     meta = json.loads((Path(out) / "world.json").read_text())
     counts = meta.get("counts", meta)
     console.print(metrics_table(f"world {out}", {"counts": {k: v for k, v in counts.items()
@@ -102,11 +188,26 @@ def cmd_world(args, project: Project) -> int:
     return 0
 
 
+def _replace_folder(new: Path, out: Path) -> None:
+    """Move the finished folder `new` to `out`; a folder already at `out` is removed only after the swap."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def cmd_bootstrap(args, project: Project) -> int:
     from finetune.bootstrap import bootstrap_base
 
     world = _world(args, project)
-    out = args.out or project.model
+    out = Path(args.out or project.model)
+    # a finished base is replaced only with --force; an interrupted bootstrap (no stage-0 marker yet) resumes
+    _check_new_folder(out, args.force, "model", "stage0_done.json")
+    if args.force and (out / "stage0_done.json").exists():
+        shutil.rmtree(out)
     with progress_bar("bootstrapping the base", total=None) as advance:
         bootstrap_base(world, out, size=args.size, stage0_epochs=args.epochs, vision_steps=args.vision_steps,
                        progress=lambda step, n: advance(n, info=step))
@@ -128,16 +229,22 @@ def show_stage0(model_dir: Path) -> None:
 def cmd_index(args, project: Project) -> int:
     from finetune.data.loaders import load_person_dataset
 
-    with _engine(args, project) as engine:
-        if args.images:
-            records = _folder_records(args.images)
-        else:
-            ds = load_person_dataset(args.dataset or _world(args, project))
-            records = [r for r in ds if args.split == "all" or r["split"] == args.split]
+    if args.images:
+        records = _folder_records(args.images)
+        if not records:
+            raise LineupError(f"--images {args.images}: no .png/.jpg/.webp/.bmp images found")
+    else:
+        ds = load_person_dataset(args.dataset or _world(args, project))
+        records = [r for r in ds if args.split == "all" or r["split"] == args.split]
         if not records:
             raise LineupError(f"nothing to index: split {args.split!r} is empty — pick another with --split")
+    if args.skipped_list:
+        check_writable(args.skipped_list, "--skipped-list")
+    skipped: list[tuple[str, str]] = []
+    with _engine(args, project) as engine:
         with progress_bar(f"indexing into {args.collection!r}", total=len(records)) as advance:
-            added = engine.index_images(records, batch_size=args.batch_size, progress=advance)
+            added = engine.index_images(records, batch_size=args.batch_size, progress=advance,
+                                        on_skip=lambda image, reason: skipped.append((image, reason)))
         if args.vqa_cache:
             from finetune.data.world import QUESTION_BANK
 
@@ -145,7 +252,22 @@ def cmd_index(args, project: Project) -> int:
                 engine.cache_answers(QUESTION_BANK, progress=advance)
         console.print(f"indexed {added} new images; collection {args.collection!r} holds "
                       f"{engine.store.count(args.collection)}")
+    if skipped:
+        _report_skipped(skipped, args.skipped_list)
     return 0
+
+
+def _report_skipped(skipped: list[tuple[str, str]], listing: Path | None) -> None:
+    """Unreadable images, at the end of an index run: the count, the first few names, and every one with its
+    reason in --skipped-list. They were not stored, so the next run tries them again."""
+    names = ", ".join(Path(image).name for image, _ in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    line = f"[yellow]skipped {len(skipped)} unreadable image(s):[/] {names}"
+    if listing:
+        write_text_atomic(listing, "".join(f"{image}\t{reason}\n" for image, reason in skipped), "--skipped-list")
+        line += f" — all of them with the reason in {listing}"
+    else:
+        line += " — pass --skipped-list FILE for every name and reason"
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 def _folder_records(folder: Path) -> list[dict]:
@@ -161,8 +283,11 @@ def cmd_search(args, project: Project) -> int:
         raise LineupError("search needs --text, or --image (optionally with --modify)")
     if args.modify and not args.image:
         raise LineupError("--modify needs --image: the person to change")
+    filters = _parse_filters(args.filter)
+    _check_image(args.image, "--image")
+    if args.sheet:
+        check_writable(args.sheet, "--sheet")
     with _engine(args, project) as engine:
-        filters = _parse_filters(args.filter)
         if args.image and args.modify:
             hits = engine.search_composed(args.image, args.modify, k=args.top_k, filter=filters)
             title = f"{args.image.name} + “{args.modify}”"
@@ -174,15 +299,18 @@ def cmd_search(args, project: Project) -> int:
             title = f"“{args.text}”"
         show_hits(hits, title, preview=not args.no_preview)
         if args.sheet:
-            contact_sheet([h.payload["image"] for h in hits],
-                          [f"#{i} id{h.payload.get('person_id')}" for i, h in enumerate(hits, 1)], args.sheet)
+            with atomic_output(args.sheet, "--sheet") as tmp:
+                contact_sheet([h.payload["image"] for h in hits],
+                              [f"#{i} id{h.payload.get('person_id')}" for i, h in enumerate(hits, 1)], tmp)
             console.print(f"contact sheet: {args.sheet}")
     return 0
 
 
 def cmd_batch(args, project: Project) -> int:
-    from retrieval.batch import run_batch
+    from retrieval.batch import check_output, load_queries, run_batch
 
+    check_output(args.queries, args.out)
+    load_queries(args.queries, default_k=args.top_k)  # every line checked before the model loads
     with _engine(args, project) as engine:
         with progress_bar("batch queries", total=None) as advance:
             n = run_batch(engine, args.queries, args.out, k=args.top_k, progress=advance)
@@ -232,6 +360,8 @@ def cmd_caption(args, project: Project) -> int:
     records = _folder_records(args.images)
     if not records:
         raise LineupError(f"--images {args.images}: no .png/.jpg/.webp/.bmp images found")
+    _distinct(args.out, {"--images": args.images})
+    check_writable(args.out, "--out")
     embedder = _embedder(args, project)
     images = [r["image"] for r in records]
     with progress_bar("TDE captioning", total=len(images)) as advance:
@@ -245,6 +375,11 @@ def cmd_rewrite(args, project: Project) -> int:
     from finetune.augment import faithfulness_filter, rewrite_captions
 
     captions = _read_captions(args.captions)
+    audit = args.out.with_suffix(".tff.jsonl")
+    _distinct(args.out, {"--captions": args.captions})
+    if audit.resolve() == args.captions.resolve():
+        raise LineupError(f"--out {args.out}: its audit file {audit} would overwrite --captions; pick another --out")
+    check_writable(args.out, "--out")
     with progress_bar("LLM-DA rewriting", total=len(captions)) as advance:
         rewrites = rewrite_captions(args.rewriter, captions, progress=advance)
     embedder = _embedder(args, project)
@@ -253,9 +388,7 @@ def cmd_rewrite(args, project: Project) -> int:
     mapping: dict[str, list[str]] = {}
     for i in kept:
         mapping.setdefault(captions[i], []).append(rewrites[i])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(mapping, indent=1))
-    audit = args.out.with_suffix(".tff.jsonl")
+    write_text_atomic(args.out, json.dumps(mapping, indent=1), "--out")
     _write_jsonl(audit, [{"original": c, "rewrite": r, "faithfulness": float(f), "kept": i in set(kept)}
                          for i, (c, r, f) in enumerate(zip(captions, rewrites, cosine))])
     console.print(metrics_table("text-faithfulness filter", {"rewrites": {
@@ -280,14 +413,17 @@ def _read_captions(path: Path) -> list[str]:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), "--out")
 
 
 def cmd_eval(args, project: Project) -> int:
     from retrieval.evaluate import TASKS, EvalConfig, evaluate_dataset
 
     path = args.dataset or _world(args, project)
+    if args.json:
+        check_writable(args.json, "--json")
+    if args.plots:
+        check_writable(args.plots / "roc.png", "--plots")
     embedder = _embedder(args, project)
     tasks = TASKS if args.task == "all" else (args.task,)
     with progress_bar("evaluating", total=None) as advance:
@@ -297,8 +433,7 @@ def cmd_eval(args, project: Project) -> int:
         results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds)
     show_results(results)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=float))
+        write_text_atomic(args.json, json.dumps(results, indent=2, default=float), "--json")
     return 0
 
 
@@ -332,6 +467,8 @@ def cmd_chat(args, project: Project) -> int:
     from cli.chat import ChatSession, run_chat
     from finetune.data.world import QUESTION_BANK
 
+    if args.transcript:
+        check_writable(args.transcript, "--transcript")
     with _engine(args, project) as engine:
         session = ChatSession(engine, QUESTION_BANK, k=args.top_k)
 

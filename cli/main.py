@@ -17,6 +17,41 @@ from cli.project import Project
 from cli.ui import console
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (a LineupError), like every other user error."""
+
+    def error(self, message: str):
+        raise LineupError(f"{message} — see `{self.prog} --help`")
+
+
+def _at_least(low: int):
+    """An argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+POSITIVE = _at_least(1)
+
+
+def _top_k(text: str) -> int:
+    from retrieval.engine import MAX_K
+
+    value = POSITIVE(text)
+    if value > MAX_K:
+        raise argparse.ArgumentTypeError(f"{value} must be <= {MAX_K}")
+    return value
+
+
 def _add_project(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, default=None,
                    help="project folder holding world/, model/, adapters/, qdrant/ (default: ./lineup-project "
@@ -33,10 +68,12 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--collection", default="gallery", help="Qdrant collection name")
-    p.add_argument("--qdrant-path", type=Path, default=None,
-                   help="embedded Qdrant (qdrant-edge) folder (default: project qdrant/)")
-    p.add_argument("--qdrant-url", default=None, help="a Qdrant server URL instead of the embedded store")
+    p.add_argument("--collection", default="gallery",
+                   help="Qdrant collection name (letters, digits, '_', '-', '.')")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--qdrant-path", type=Path, default=None,
+                       help="embedded Qdrant (qdrant-edge) folder (default: project qdrant/)")
+    where.add_argument("--qdrant-url", default=None, help="a Qdrant server URL instead of the embedded store")
 
 
 def add_dataclass_args(group, cls, skip: set[str]) -> None:
@@ -70,7 +107,7 @@ TRAIN_EXPLICIT = {"base_model", "data", "output_dir", "init_adapter", "quantizat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lineup",
         description="Composed and interactive person retrieval on an MLLM embedder, with Qdrant.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library details")
@@ -78,18 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="render the synthetic person world (images + annotations)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: project world/)")
-    p.add_argument("--identities", type=int, default=200, help="number of base identities")
-    p.add_argument("--images-per-id", type=int, default=6, help="images per identity")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed → identical world)")
+    p.add_argument("--identities", type=_at_least(3), default=200, help="number of base identities (>= 3)")
+    p.add_argument("--images-per-id", type=POSITIVE, default=6, help="images per identity")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="random seed (same seed → identical world)")
+    p.add_argument("--force", action="store_true", help="replace a world already in --out")
     _add_project(p)
 
     p = sub.add_parser("bootstrap", help="build the offline tiny base MLLM: local tokenizer + stage-0 pre-training")
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--out", type=Path, default=None, help="model folder (default: project model/)")
     p.add_argument("--size", choices=["test", "tiny", "small"], default="tiny", help="model size")
-    p.add_argument("--epochs", type=int, default=None, help="stage-0 epochs (default: the size's own)")
-    p.add_argument("--vision-steps", type=int, default=None,
+    p.add_argument("--epochs", type=POSITIVE, default=None, help="stage-0 epochs (default: the size's own)")
+    p.add_argument("--vision-steps", type=POSITIVE, default=None,
                    help="vision pre-training steps (default: the size's own; finetune.bootstrap.recipe)")
+    p.add_argument("--force", action="store_true", help="rebuild a model already in --out")
     _add_project(p)
 
     p = sub.add_parser("train", help="LoRA fine-tune: stage1 (image–text alignment) or stage2 (composed)")
@@ -108,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="JSONL of {image, caption}")
-    p.add_argument("--per-image", type=int, default=2, help="captions per image")
+    p.add_argument("--per-image", type=POSITIVE, default=2, help="captions per image")
     _add_project(p)
 
     p = sub.add_parser("rewrite", help="LLM-DA: rewrite captions with a causal LM, filtered by TFF")
@@ -126,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", type=Path, help="a folder of images")
     src.add_argument("--dataset", type=Path, help="a world folder or real dataset annotation file")
     p.add_argument("--split", default="test", help="dataset split to index ('all' for every split)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE, default=16, help="images embedded per batch")
+    p.add_argument("--skipped-list", type=Path, default=None,
+                   help="write every unreadable image that was skipped, with the reason, to this file")
     p.add_argument("--vqa-cache", action="store_true",
                    help="also cache the MLLM's answers to the THI question bank in the payload (for `chat`)")
     _add_project(p)
@@ -137,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="describe the person")
     p.add_argument("--image", type=Path, help="a photo of the person")
     p.add_argument("--modify", help="with --image: how the wanted person differs")
-    p.add_argument("-k", "--top-k", type=int, default=10)
+    p.add_argument("-k", "--top-k", type=_top_k, default=10)
     p.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                    help="payload filter, e.g. camera_id=3 (repeatable)")
     p.add_argument("--no-preview", action="store_true", help="no half-block image previews")
@@ -147,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="interactive search session with THI questions, composed steps and undo")
     _add_model(p)
     _add_store(p)
-    p.add_argument("-k", "--top-k", type=int, default=5)
+    p.add_argument("-k", "--top-k", type=_top_k, default=5)
     p.add_argument("--transcript", type=Path, help="write the session transcript to this file")
     p.add_argument("--no-preview", action="store_true")
     _add_project(p)
@@ -157,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.add_argument("--queries", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("-k", "--top-k", type=int, default=10)
+    p.add_argument("-k", "--top-k", type=_top_k, default=10, help="results per query without its own k")
     _add_project(p)
 
     p = sub.add_parser("eval", help="Rank-1/5/10, mAP, mINP, composed Recall@K, verification, THI rounds")
@@ -168,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all: every task but noise (NAM's wrong-word detection AUC; synthetic worlds only)")
     p.add_argument("--nam-layer", type=int, default=-1, help="with --task noise: the hidden layer NAM compares")
     p.add_argument("--thi", choices=["off", "auto", "simulated"], default="off", help="THI evaluation mode")
-    p.add_argument("--thi-rounds", type=int, default=3)
+    p.add_argument("--thi-rounds", type=POSITIVE, default=3)
     p.add_argument("--plots", type=Path, help="with --task verify: folder for ROC and histogram PNGs")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     _add_project(p)
 
     p = sub.add_parser("demo", help="the offline demo: world → bootstrap → stage1 → stage2 → index → eval → search")
-    p.add_argument("--identities", type=int, default=None, help="world size (default: the demo's)")
+    p.add_argument("--identities", type=_at_least(3), default=None, help="world size (default: the demo's)")
     p.add_argument("--fast", action="store_true", help="a much smaller demo (minutes), for smoke tests")
     _add_project(p)
     return parser
@@ -192,9 +233,17 @@ def _quiet_library_progress() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _fail(err: LineupError) -> int:
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except LineupError as err:
+        return _fail(err)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_library_progress()
@@ -204,8 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return getattr(commands, f"cmd_{args.command}")(args, project) or 0
     except LineupError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        return 2
+        return _fail(err)
+    except Exception as exc:  # a fault no check foresaw: still one line; -v shows the traceback
+        if args.verbose:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {first} — rerun with -v for the "
+                      "traceback", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/] — run the same command again to resume")
         return 130

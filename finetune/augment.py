@@ -219,11 +219,19 @@ def rewrite_captions(
 
     if "{caption}" not in prompt:
         raise LineupError("rewrite prompt: must contain a {caption} slot")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(rewriter_model_path))
-        model = AutoModelForCausalLM.from_pretrained(str(rewriter_model_path))
-    except OSError as exc:
-        raise LineupError(f"rewriter {rewriter_model_path}: not a causal LM folder or hub id ({exc})") from exc
+    from safetensors import SafetensorError
+
+    from mllm_embed.files import check_model_source, check_model_weights
+
+    check_model_source(str(rewriter_model_path), role="--rewriter")
+    check_model_weights(str(rewriter_model_path), role="--rewriter")
+    try:  # nothing from the folder runs: no remote code, safetensors weights only
+        tokenizer = AutoTokenizer.from_pretrained(str(rewriter_model_path), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(rewriter_model_path), trust_remote_code=False,
+                                                     use_safetensors=True)
+    except (OSError, ValueError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise LineupError(f"--rewriter {rewriter_model_path}: not a causal LM folder or hub id ({first})") from None
     model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

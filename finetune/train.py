@@ -30,6 +30,7 @@ from finetune.losses import (IDENTITY_LOSSES, Temperature, caption_word_positive
 from mllm_embed import load_embedder
 from mllm_embed.embedder import IMAGE, TEXT, load_image
 from mllm_embed.errors import LineupError
+from mllm_embed.files import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -415,18 +416,44 @@ def _checkpoints(out: Path) -> list[Path]:
 def _save_checkpoint(out: Path, step: int, embedder, state: dict, keep: int) -> None:
     ckpt = out / f"checkpoint-{step}"
     embedder.save_adapter(ckpt)
-    torch.save(state, ckpt / STATE_FILE)
+    with atomic_output(ckpt / STATE_FILE, "checkpoint") as tmp:  # written last and whole: it marks a checkpoint done
+        torch.save(state, tmp)
     for old in _checkpoints(out)[:-keep] if keep > 0 else []:
         for f in sorted(old.rglob("*"), reverse=True):
             f.unlink() if f.is_file() else f.rmdir()
         old.rmdir()
 
 
+def _damaged(ckpt: Path, what: str, exc: BaseException) -> LineupError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return LineupError(f"{ckpt}: {what} cannot be loaded ({type(exc).__name__}: {first}); delete that checkpoint "
+                       "folder to resume from an older one, or train without --resume")
+
+
+def _load_state(ckpt: Path) -> dict:
+    """The trainer state, unpickled with torch's weights-only loader: tensors, numbers, strings and containers,
+    never objects or calls, so a planted checkpoint cannot run code."""
+    try:
+        state = torch.load(ckpt / STATE_FILE, weights_only=True, map_location="cpu")
+    except Exception as exc:  # UnpicklingError for a forbidden global, EOFError/RuntimeError for a damaged file
+        raise _damaged(ckpt, STATE_FILE, exc) from None
+    fields_ = {"step", "optimizer", "scheduler", "temperature", "masker", "rng"}
+    missing = fields_ - set(state) if isinstance(state, dict) else fields_
+    if missing:
+        raise _damaged(ckpt, STATE_FILE, ValueError(f"fields {sorted(missing)} missing"))
+    return state
+
+
 def _load_adapter_weights(embedder, ckpt: Path) -> None:
     from peft import set_peft_model_state_dict
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(embedder.model, load_file(str(ckpt / "adapter_model.safetensors")))
+    try:
+        weights = load_file(str(ckpt / "adapter_model.safetensors"))
+    except (OSError, SafetensorError) as exc:
+        raise _damaged(ckpt, "adapter_model.safetensors", exc) from None
+    set_peft_model_state_dict(embedder.model, weights)
 
 
 def _rng_state() -> dict:
@@ -522,7 +549,7 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
     checkpoints = _checkpoints(out) if cfg.resume else []
     if checkpoints:
         ckpt = checkpoints[-1]
-        state = torch.load(ckpt / STATE_FILE, weights_only=False)
+        state = _load_state(ckpt)
         _load_adapter_weights(embedder, ckpt)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

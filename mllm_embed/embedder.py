@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from mllm_embed.config import IMAGE_MARKER, EmbedderConfig, resolve_dtype
 from mllm_embed.errors import LineupError
 from mllm_embed.families import Family, family_for
+from mllm_embed.files import check_adapter_folder, check_model_source, check_model_weights
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ def load_image(image):
             return img.convert("RGB")
     except FileNotFoundError as exc:
         raise LineupError(f"{path}: image file not found; check the path") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise LineupError(f"{path}: image too large to decode safely ({exc}); resize or remove the file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise LineupError(f"{path}: cannot read image ({exc}); replace or remove the file") from exc
 
 
@@ -85,9 +89,11 @@ def base_fingerprint(model_config, path: str | Path) -> str:
 class MLLMEmbedder:
     """Embeds images, texts and (image, modification) pairs; answers questions about images."""
 
-    def __init__(self, model, family: Family, config: EmbedderConfig, adapter: str | None = None):
+    def __init__(self, model, family: Family, config: EmbedderConfig, adapter: str | None = None,
+                 base: str | None = None):
         self.model = model
-        self.adapter = adapter  # the adapter folder loaded on the base, recorded with every Qdrant collection
+        self.adapter = adapter  # the adapter folder loaded on the base (collections record its content hash)
+        self.base = base  # the base model folder or hub name it was loaded from
         self.family = family
         self.processor = family.processor
         self.tokenizer = family.tokenizer
@@ -311,6 +317,11 @@ class MLLMEmbedder:
 _QUANTIZATION = ("4bit", "8bit")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
 def _quantization_config(quantization: str | None, dtype, family: type[Family]):
     if quantization is None:
         return None
@@ -337,14 +348,16 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
 
     name = str(name_or_path)
     path = Path(name)
-    if (path.is_absolute() or name.startswith(".") or path.exists()) and not (path / "config.json").exists():
-        raise LineupError(f"{name}: no model folder (config.json missing); build one with `lineup bootstrap` "
-                          "or pass a hub name such as Qwen/Qwen2-VL-2B-Instruct")
+    check_model_source(name)
+    if adapter is not None:
+        check_adapter_folder(adapter)
     try:
-        model_config = AutoConfig.from_pretrained(name)
+        model_config = AutoConfig.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise LineupError(f"{name}: cannot load model config ({exc}); pass a model folder or hub name") from exc
+        raise LineupError(f"--model {name}: cannot load model config ({_first_line(exc)}); pass a model folder or "
+                          "hub name") from None
     family_cls = family_for(model_config.model_type)
+    check_model_weights(name)
     torch_dtype = resolve_dtype(dtype)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -352,7 +365,12 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
     kwargs = {"dtype": torch_dtype}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device})
-    model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+    try:  # safetensors only: a .bin is a pickle; no code from the folder (config auto_map) runs either
+        model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=False, use_safetensors=True,
+                                                            **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise LineupError(f"--model {name}: cannot load the weights ({_first_line(exc)}); the folder is "
+                          "incomplete or damaged — copy or rebuild it") from None
     if quant is None:
         model.to(device)
     model.eval()
@@ -366,9 +384,17 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
         if config.base_fingerprint and config.base_fingerprint != fingerprint:
             raise LineupError(f"{adapter}: adapter was trained on base {config.base_model!r}, not on {name!r}; "
                               f"load it with that base model")
+        import warnings
+
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        try:
+            with warnings.catch_warnings():  # peft's note that tied embeddings are not re-tied (we never merge)
+                warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`", category=UserWarning)
+                model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+            raise LineupError(f"--adapter {adapter}: cannot load the adapter ({_first_line(exc)}); the folder is "
+                              "incomplete or damaged — copy it again or retrain") from None
         model.eval()
     logger.info("loaded %s embedder from %s", family_cls.name, name)
-    return MLLMEmbedder(model, family, config, adapter=str(Path(adapter).resolve()) if adapter else None)
+    return MLLMEmbedder(model, family, config, adapter=str(Path(adapter).resolve()) if adapter else None, base=name)

@@ -33,7 +33,7 @@ class Family:
     def __init__(self, path: str):
         from transformers import AutoProcessor
 
-        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
         self.tokenizer = self.processor.tokenizer
         self.image_processor = self.processor.image_processor
 
@@ -97,8 +97,8 @@ class Qwen2VLFamily(Family):
 
             logger.info("Qwen2-VL processor unavailable (%s); using tokenizer + image processor", exc)
             self.processor = None
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            self.image_processor = AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=False)
 
     def images(self, images):
         out = self.image_processor(images, return_tensors="pt")

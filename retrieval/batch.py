@@ -5,8 +5,9 @@ Query fields: ``id`` (optional, defaults to the line/row number), ``text``, ``im
 (``image``) or composed (``image`` + ``modification``). Relative image paths are resolved against the
 query file's folder.
 
-Every line is validated before anything runs: one broken line raises a ``LineupError`` naming the file and
-line, and no output is written — so a fixed file can simply be run again. Queries are embedded in one
+Every line is validated before anything runs: one broken line (bad JSON, not UTF-8, a missing image, a
+filter on a field that is not stored, a ``k`` that is no integer in 1..MAX_K) raises a ``LineupError`` naming
+FILE:LINE, and no output is written — so a fixed file can simply be run again. Queries are embedded in one
 batch per kind, then searched one by one.
 
 Results are one row per (query, rank): ``query_id, rank, score, image, person_id, camera_id, point_id``.
@@ -15,7 +16,10 @@ Results are one row per (query, rank): ``query_id, rank, score, image, person_id
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from mllm_embed.errors import LineupError
+from mllm_embed.files import atomic_output, check_writable
+from retrieval.engine import MAX_K, check_filter
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 RESULT_FIELDS = ["query_id", "rank", "score", "image", "person_id", "camera_id", "point_id"]
@@ -46,31 +52,46 @@ def _format(path: Path, role: str) -> str:
     return fmt
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; another encoding is a LineupError naming the first line that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise LineupError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#x}); save the file as "
+                          "UTF-8") from None
+
+
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
-    """(location, raw row) pairs; location is 'line N' / 'row N' for error messages."""
+    """(location, raw row) pairs; location is 'FILE:N' (line) or 'FILE row N' (parquet) for error messages."""
     if not path.is_file():
         raise LineupError(f"queries {path}: no such file")
     fmt = _format(path, "queries")
     if fmt == "jsonl":
         rows = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(_read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append((f"line {n}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise LineupError(f"{path}:{n}: not valid JSON ({exc.msg}); fix or delete that line") from exc
+                rows.append((f"{path}:{n}", json.loads(line)))
+            except ValueError as exc:  # JSONDecodeError; also an over-long integer literal
+                raise LineupError(f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)}); fix or delete that "
+                                  "line") from None
         return rows
     if fmt == "csv":
-        with path.open(newline="") as fh:
-            return [(f"line {n}", row) for n, row in enumerate(csv.DictReader(fh), 2)]
+        try:
+            return [(f"{path}:{n}", row) for n, row in enumerate(csv.DictReader(io.StringIO(_read_text(path),
+                                                                                            newline="")), 2)]
+        except csv.Error as exc:
+            raise LineupError(f"{path}: not valid CSV ({exc})") from None
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as exc:
         raise LineupError(f"queries {path}: cannot read parquet ({exc})") from exc
-    return [(f"row {n}", row) for n, row in enumerate(table.to_pylist(), 1)]
+    return [(f"{path} row {n}", row) for n, row in enumerate(table.to_pylist(), 1)]
 
 
 def _blank(value: Any) -> bool:
@@ -79,11 +100,22 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _positive_int(value: Any) -> int | None:
+    """An integer from 1 to MAX_K given as int, integral float or digit string; None otherwise (1e999 too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and 1 <= value <= MAX_K else None
+
+
 def parse_query(row: Any, where: str, path: Path, default_k: int) -> Query:
-    """Validate one raw row into a Query; errors name the file and line."""
+    """Validate one raw row into a Query; errors start with `where` (the file and line)."""
 
     def fail(msg: str) -> LineupError:
-        return LineupError(f"{path} {where}: {msg}")
+        return LineupError(f"{where}: {msg}")
 
     if not isinstance(row, dict):
         raise fail("expected an object with fields id/text/image/modification/k/filter")
@@ -104,12 +136,9 @@ def parse_query(row: Any, where: str, path: Path, default_k: int) -> Query:
         raise fail("no query: give 'text', or 'image' (+ 'modification')")
     k = default_k
     if not _blank(row.get("k")):
-        try:
-            k = int(row["k"])
-        except (TypeError, ValueError):
-            k = 0
-        if k < 1 or float(row["k"]) != k:
-            raise fail(f"k={row['k']!r} must be a positive integer")
+        k = _positive_int(row["k"])
+        if k is None:
+            raise fail(f"k={row['k']!r} must be an integer from 1 to {MAX_K}")
     flt = row.get("filter")
     if isinstance(flt, str):
         try:
@@ -120,12 +149,18 @@ def parse_query(row: Any, where: str, path: Path, default_k: int) -> Query:
         raise fail(f"filter must be an object like {{\"camera_id\": 3}}, got {flt!r}")
     if isinstance(flt, dict):  # parquet structs: drop null members
         flt = {key: v for key, v in flt.items() if v is not None} or None
+    try:
+        flt = check_filter(flt)
+    except LineupError as err:
+        raise fail(str(err)) from None
     kind = "text" if text is not None else ("composed" if mod is not None else "image")
-    qid = where.split()[-1] if _blank(row.get("id")) else str(row["id"])
+    qid = re.split(r"[: ]", where)[-1] if _blank(row.get("id")) else str(row["id"])
     return Query(qid, kind, text, image, mod, k, flt)
 
 
 def load_queries(path: str | Path, default_k: int = 10) -> list[Query]:
+    """Every query of the file, validated (image files exist, filters name stored fields), before any model
+    work: a broken line is a LineupError naming FILE:LINE."""
     path = Path(path)
     queries = [parse_query(row, where, path, default_k) for where, row in _read_rows(path)]
     if not queries:
@@ -133,21 +168,31 @@ def load_queries(path: str | Path, default_k: int = 10) -> list[Query]:
     return queries
 
 
-def write_results(rows: list[dict[str, Any]], out: Path) -> None:
-    fmt = _format(out, "output")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    elif fmt == "csv":
-        with out.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=RESULT_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+def check_output(queries_path: str | Path, out_path: str | Path) -> None:
+    """The results file must have a known format, be writable, and not be the queries file itself."""
+    out = Path(out_path)
+    _format(out, "output")
+    if out.resolve() == Path(queries_path).resolve():
+        raise LineupError(f"--out {out}: is the queries file; write the results to another file")
+    check_writable(out, "--out")
 
-        pq.write_table(pa.Table.from_pylist(rows), out)
+
+def write_results(rows: list[dict[str, Any]], out: Path) -> None:
+    """Write the result rows in the format of `out`'s suffix, atomically (the old file stays until done)."""
+    fmt = _format(out, "output")
+    with atomic_output(out, "--out") as tmp:
+        if fmt == "jsonl":
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        elif fmt == "csv":
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=RESULT_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
 def run_batch(
@@ -163,7 +208,7 @@ def run_batch(
     Returns the number of queries run. ``k`` is the default for rows without their own ``k``.
     """
     out_path = Path(out_path)
-    _format(out_path, "output")  # fail before any embedding work
+    check_output(queries_path, out_path)  # fail before any embedding work
     queries = load_queries(queries_path, default_k=k)
     emb = engine.embedder
     vectors: dict[int, np.ndarray] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -20,16 +21,61 @@ PAYLOAD_FIELDS = ("person_id", "camera_id", "split")
 
 
 def embedder_meta(embedder: Any) -> dict[str, Any]:
-    """What made a collection's vectors: base model, adapter, dim, prompts hash (checked on reopen)."""
+    """What made a collection's vectors (checked on reopen): the base's architecture fingerprint, the content
+    hashes of the base's and the adapter's weights (a copied project keeps its collections; other weights at
+    the same path are refused), the prompts' hash and the dimension."""
+    from mllm_embed.files import model_sha256, weights_sha256
+
     cfg = getattr(embedder, "config", None)
     prompts = [getattr(cfg, f, "") for f in ("common_prompt", "image_prompt", "text_prompt", "composed_prompt")]
-    adapter = getattr(embedder, "adapter", None)
+    adapter, base = getattr(embedder, "adapter", None), getattr(embedder, "base", None)
     return {
         "model": getattr(cfg, "base_fingerprint", "") or getattr(cfg, "base_model", "") or type(embedder).__name__,
-        "adapter": str(adapter) if adapter else "",
+        "base_sha256": model_sha256(str(base)) if base else "",
+        "adapter_sha256": weights_sha256(adapter) if adapter else "",
         "prompts": hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:12],
         "dim": int(embedder.dim),
     }
+
+
+# Payload fields a filter may name: exact ones with their type, and the per-attribute / per-question families.
+FILTER_FIELDS: dict[str, type] = {"person_id": int, "camera_id": int, "split": str, "image": str}
+FILTER_PREFIXES = ("attributes.", "answers.")
+MAX_K = 1_000_000
+_INT64 = 2**63 - 1
+
+
+def filter_help() -> str:
+    return ", ".join([*FILTER_FIELDS, *(p + "NAME" for p in FILTER_PREFIXES)])
+
+
+def check_filter(filter: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A payload filter ``{field: value | [values]}`` checked against the fields Lineup stores; anything else
+    (an unknown field, a range like ``{"gt": 1}``, an int past int64) is a LineupError naming the problem,
+    never an empty result. Returns the filter (None when empty)."""
+    if not filter:
+        return None
+    if not isinstance(filter, dict):
+        raise LineupError(f"filter {filter!r}: expected an object like {{\"camera_id\": 3}}")
+    for key, value in filter.items():
+        prefix = next((p for p in FILTER_PREFIXES if str(key).startswith(p)), None)
+        if key not in FILTER_FIELDS and not (prefix and str(key)[len(prefix):].replace("_", "").isalnum()):
+            raise LineupError(f"filter field {key!r} is not stored; filter on one of: {filter_help()}")
+        kind = FILTER_FIELDS.get(key, str)
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise LineupError(f"filter {key}: empty list; give at least one value")
+        for v in values:
+            if isinstance(v, dict):
+                raise LineupError(f"filter {key}={v!r}: only exact values (or a list of them) match; ranges "
+                                  "are not supported")
+            if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+                raise LineupError(f"filter {key}={v!r}: must be an integer")
+            if kind is int and abs(v) > _INT64:
+                raise LineupError(f"filter {key}={v}: out of range (64-bit integers only)")
+            if kind is str and not isinstance(v, str):
+                raise LineupError(f"filter {key}={v!r}: must be a string")
+    return filter
 
 
 def record_payload(record: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +111,12 @@ class SearchEngine:
         if self._checked:
             return
         if create or self.store.has_collection(self.collection):
+            if self.store.has_collection(self.collection):
+                stored = self.store.get_meta(self.collection)
+                if "adapter" in stored and "adapter_sha256" not in stored:
+                    raise LineupError(f"collection '{self.collection}' records its adapter by path (an older "
+                                      "Lineup), so its weights cannot be checked: re-index into another "
+                                      "--collection")
             self.store.ensure_collection(self.collection, self.meta["dim"], self.meta)
             self._checked = True
         else:
@@ -74,13 +126,17 @@ class SearchEngine:
 
     # --- ingest ------------------------------------------------------------------------------------
     def index_images(
-        self, records: Iterable[dict[str, Any]], batch_size: int = 16, progress: Progress = None
+        self, records: Iterable[dict[str, Any]], batch_size: int = 16, progress: Progress = None,
+        on_skip: Callable[[str, str], None] | None = None,
     ) -> int:
         """Embed and upsert images not yet in the collection; returns how many were added.
 
         Idempotent (ids are uuid5 of the image path) and resumable: an interrupted run loses at most one
-        batch, and the next run skips everything already stored.
+        batch, and the next run skips everything already stored. With ``on_skip(image, reason)`` an unreadable
+        image is reported and skipped (the rest of its batch is kept); without it, it raises LineupError.
         """
+        if batch_size < 1:
+            raise LineupError(f"batch_size={batch_size}: must be >= 1")
         self._ensure(create=True)
         by_id: dict[str, dict[str, Any]] = {}
         for record in records:
@@ -95,15 +151,37 @@ class SearchEngine:
             log.info("%d of %d images already indexed; embedding %d", len(present), len(ids), len(todo))
         if progress and present:
             progress(len(present))
+        added = 0
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            vectors = self.embedder.encode_images([by_id[i]["image"] for i in chunk], batch_size=batch_size)
-            self.store.upsert(self.collection, chunk, vectors, [by_id[i] for i in chunk])
+            chunk, vectors = self._encode_readable(chunk, by_id, batch_size, on_skip)
+            if chunk:
+                self.store.upsert(self.collection, chunk, vectors, [by_id[i] for i in chunk])
+                added += len(chunk)
             if progress:
-                progress(len(chunk))
-        if todo:
+                progress(min(batch_size, len(todo) - start))
+        if added:
             self.store.optimize(self.collection)
-        return len(todo)
+        return added
+
+    def _encode_readable(self, chunk: list[str], by_id: dict[str, dict[str, Any]], batch_size: int,
+                         on_skip: Callable[[str, str], None] | None) -> tuple[list[str], np.ndarray]:
+        """Embed a batch; when an image of it cannot be read, embed its images one by one, skipping (and
+        reporting) the unreadable ones, so every good image of the batch is kept."""
+        try:
+            return chunk, self.embedder.encode_images([by_id[i]["image"] for i in chunk], batch_size=batch_size)
+        except LineupError:
+            if on_skip is None:
+                raise
+        kept, vectors = [], []
+        for i in chunk:
+            try:
+                vectors.append(self.embedder.encode_images([by_id[i]["image"]], batch_size=1)[0])
+            except LineupError as err:
+                on_skip(by_id[i]["image"], str(err))
+                continue
+            kept.append(i)
+        return kept, np.stack(vectors) if vectors else np.zeros((0, self.meta["dim"]), np.float32)
 
     def cache_answers(
         self,
@@ -136,11 +214,11 @@ class SearchEngine:
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: dict | None = None,
                       with_vectors: bool = False) -> list[Hit]:
         self._ensure(create=False)
-        return self.store.search(self.collection, vector, k, filter, with_vectors)
+        return self.store.search(self.collection, vector, _check_k(k), check_filter(filter), with_vectors)
 
     def search_vectors(self, vectors: np.ndarray, k: int = 10, filter: dict | None = None) -> list[list[Hit]]:
         self._ensure(create=False)
-        return self.store.search_batch(self.collection, vectors, k, filter)
+        return self.store.search_batch(self.collection, vectors, _check_k(k), check_filter(filter))
 
     def search_text(self, text: str, k: int = 10, filter: dict | None = None) -> list[Hit]:
         if not text or not text.strip():
@@ -154,6 +232,12 @@ class SearchEngine:
         if not modification or not modification.strip():
             raise LineupError("empty modification: say how the wanted person differs, e.g. 'wearing a blue hat'")
         return self.search_vector(self.embedder.encode_composed([(_image(image), modification)])[0], k, filter)
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= MAX_K:
+        raise LineupError(f"k={k!r}: must be an integer from 1 to {MAX_K}")
+    return int(k)
 
 
 def normalize_answer(answer: str) -> str:

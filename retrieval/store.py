@@ -33,6 +33,19 @@ META_FILE = "lineup_meta.json"
 MEMORY = ":memory:"
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def check_collection_name(name: str) -> str:
+    """A collection name is one plain folder name (letters, digits, '_', '-', '.'; not '.' or '..'; at most
+    64 characters), so a store never reads or writes outside its own folder."""
+    if (not isinstance(name, str) or not name or len(name) > 64 or not set(name) <= _NAME_CHARS
+            or name.strip(".") == ""):
+        raise LineupError(f"collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.' (no path "
+                          "separators, not '.' or '..'), e.g. gallery")
+    return name
+
+
 def point_id(image_path: str | Path) -> str:
     """Deterministic point id of an image: uuid5 of its path string."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, str(image_path)))
@@ -96,6 +109,7 @@ class Store(ABC):
     # --- collections -------------------------------------------------------------------------------
     def ensure_collection(self, name: str, dim: int, meta: dict[str, Any] | None = None) -> None:
         """Create the collection, or check that an existing one matches ``dim`` and ``meta``."""
+        check_collection_name(name)
         wanted = {**(meta or {}), "dim": int(dim)}
         if self.has_collection(name):
             check_meta(name, self.get_meta(name), wanted)
@@ -222,7 +236,7 @@ class EdgeStore(Store):
         self._shards: dict[str, Any] = {}
 
     def _meta_path(self, name: str) -> Path:
-        return self.root / name / META_FILE
+        return self.root / check_collection_name(name) / META_FILE
 
     def has_collection(self, name: str) -> bool:
         return self._meta_path(name).exists()
@@ -356,6 +370,7 @@ class EdgeStore(Store):
     def delete_collection(self, name: str) -> None:
         import shutil
 
+        check_collection_name(name)
         shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()

@@ -56,7 +56,7 @@ def test_a_collection_refuses_queries_from_another_adapter(gallery, tiny_base, c
     assert main(["search", "--model", str(tiny_base), "--adapter", "none", "--qdrant-path", str(gallery["qdrant"]),
                  "--text", "a man in a red top"]) == 2
     out = capsys.readouterr().out
-    assert "was built with adapter=" in out and "use the same model/adapter" in out
+    assert "was built with adapter_sha256=" in out and "use the same model/adapter" in out
 
 
 def _target_rank(ranking, person_id) -> int:

@@ -1,5 +1,6 @@
 """Two-stage fine-tuning on the tiny base and world: retrieval improves, resume is exact, QLoRA runs."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -99,11 +100,41 @@ def test_killed_run_resumes_to_the_same_loss_curve(tiny_base, tiny_world, tmp_pa
     assert (adapter / "lineup_embedder.json").exists() and (adapter / "adapter_config.json").exists()
 
 
+class _Planted:
+    """Unpickling this writes a marker file: what a planted checkpoint would do with a full unpickler."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_checkpoint_runs_no_code_and_a_damaged_one_fails_in_one_line(tiny_base, tiny_world, tmp_path):
+    import pickle
+
+    kw = {"max_steps": 2, "save_every": 2, "ids_per_batch": 4, "mask_mode": "uniform"}
+    out = tmp_path / "run"
+    train("stage1", _cfg(tiny_base, tiny_world, out, **kw))
+    state = out / "checkpoint-2" / "trainer_state.pt"
+    assert state.exists()
+    marker = tmp_path / "CODE_RAN"
+    state.write_bytes(pickle.dumps({"step": _Planted(marker)}))
+    with pytest.raises(LineupError, match=r"checkpoint-2: trainer_state.pt cannot be loaded .*delete that") as err:
+        train("stage1", _cfg(tiny_base, tiny_world, out, resume=True, **kw))
+    assert not marker.exists() and len(str(err.value).splitlines()) == 1
+    state.write_bytes(b"\x80\x02truncated")
+    with pytest.raises(LineupError, match=r"trainer_state.pt cannot be loaded"):
+        train("stage1", _cfg(tiny_base, tiny_world, out, resume=True, **kw))
+
+
 def test_qlora_with_8bit_adamw_and_checkpointing_trains_and_saves(tiny_base, tiny_world, tmp_path):
     cfg = _cfg(tiny_base, tiny_world, tmp_path, max_steps=2, ids_per_batch=4, quantization="4bit",
-               optimizer="adamw8bit", gradient_checkpointing=True)
-    adapter = train("stage1", cfg)
-    assert all(np.isfinite(_losses(tmp_path)))
+               optimizer="adamw8bit", gradient_checkpointing=True, save_every=2)
+    train("stage1", cfg)
+    # the 8-bit optimizer's state reloads through the weights-only loader
+    adapter = train("stage1", dataclasses.replace(cfg, max_steps=3, resume=True))
+    assert len(_losses(tmp_path)) == 3 and all(np.isfinite(_losses(tmp_path)))
     emb = load_embedder(tiny_base, adapter=adapter)
     vec = emb.encode_text(["a man in a red shirt"])
     assert vec.shape == (1, emb.dim) and np.isfinite(vec).all()
