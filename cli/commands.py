@@ -205,9 +205,10 @@ def cmd_bootstrap(args, project: Project) -> int:
     world = _world(args, project)
     out = Path(args.out or project.model)
     # a finished base is replaced only with --force; an interrupted bootstrap (no stage-0 marker yet) resumes
-    _check_new_folder(out, args.force, "model", "stage0_done.json")
-    if args.force and (out / "stage0_done.json").exists():
-        shutil.rmtree(out)
+    if not (out / "config.json").exists() or (out / "stage0_done.json").exists():
+        _check_new_folder(out, args.force, "model", "config.json")
+        if args.force and out.exists():
+            shutil.rmtree(out)
     with progress_bar("bootstrapping the base", total=None) as advance:
         bootstrap_base(world, out, size=args.size, stage0_epochs=args.epochs, vision_steps=args.vision_steps,
                        progress=lambda step, n: advance(n, info=step))
