@@ -8,8 +8,12 @@
 
 Collections record what made their vectors (model, adapter, dim, prompts hash); reopening one with another
 embedder raises ``LineupError`` instead of silently mixing spaces. Point ids are ``uuid5`` of the image path,
-so ingests are idempotent and resumable (``existing_ids``). Filters are plain dicts:
+so ingests are idempotent and resumable (``existing_ids``, ``bulk_ingest``). Filters are plain dicts:
 ``{"camera_id": 3, "split": "test"}`` (a list value means "any of").
+
+Bulk loads (``bulk_ingest``) write large upsert batches through the engine's write-ahead log, so every
+returned batch survives a killed process and is searchable at once by exact scan of the unindexed
+segments; the HNSW graph (and int8 codes) are built once, by ``optimize``, when the load ends.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -51,7 +55,7 @@ class StoreConfig:
     indexing_threshold_kb: int | None = field(
         default=None, metadata={"help": "segments above this size get an HNSW graph (None = Qdrant default)"}
     )
-    upsert_batch: int = field(default=512, metadata={"help": "points per upsert request"})
+    upsert_batch: int = field(default=4096, metadata={"help": "points per upsert request (one WAL record)"})
     search_threads: int | None = field(default=None, metadata={"help": "edge search threads (None = auto)"})
     indexing_threads: int = field(default=0, metadata={"help": "edge HNSW build threads (0 = auto)"})
 
@@ -144,10 +148,14 @@ class Store(ABC):
         self,
         name: str,
         vectors: np.ndarray,
-        k: int = 10,
-        filter: dict[str, Any] | None = None,
+        k: int | Sequence[int] = 10,
+        filter: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
         with_vectors: bool = False,
     ) -> list[list[Hit]]:
+        """Top-k hits of each row of ``vectors`` in one request to the engine (one round trip).
+
+        ``k`` and ``filter`` apply to every query, or give one per query (a sequence as long as ``vectors``).
+        """
         self._require(name)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim(name):
@@ -155,9 +163,50 @@ class Store(ABC):
                 f"query of shape {vectors.shape} does not fit collection '{name}' ({self.dim(name)}-d): "
                 "search with the embedder the collection was built with"
             )
-        if k < 1:
-            raise LineupError(f"k must be >= 1, got {k}")
-        return self._search(name, vectors, k, filter, with_vectors)
+        ks = [int(k)] * len(vectors) if np.ndim(k) == 0 else [int(x) for x in k]
+        filters = [filter] * len(vectors) if filter is None or isinstance(filter, dict) else list(filter)
+        if len(ks) != len(vectors) or len(filters) != len(vectors):
+            raise ValueError(f"{len(vectors)} queries but {len(ks)} k values and {len(filters)} filters")
+        if min(ks, default=1) < 1:
+            raise LineupError(f"k must be >= 1, got {min(ks)}")
+        return self._search(name, vectors, ks, filters, with_vectors)
+
+    def bulk_ingest(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+        progress: Callable[[int], None] | None = None,
+        optimize: bool = True,
+    ) -> int:
+        """Load many points quickly and resumably; returns how many were added.
+
+        Ids already stored are skipped (uuid5 ids: re-running after a kill adds only what is missing, never a
+        duplicate). The rest go in ``config.upsert_batch``-point upserts, each with its payload (written once,
+        never patched afterwards), then one flush and, with ``optimize``, one index build for the whole load.
+        Until that build the points are searched by exact scan.
+        """
+        ids = list(ids)
+        if not len(ids) == len(vectors) == len(payloads):
+            raise ValueError(f"ids ({len(ids)}), vectors ({len(vectors)}), payloads ({len(payloads)}) differ")
+        step = self.config.upsert_batch
+        todo: list[int] = []
+        for start in range(0, len(ids), step):
+            chunk = ids[start : start + step]
+            present = self.existing_ids(name, chunk)
+            todo.extend(start + i for i, pid in enumerate(chunk) if pid not in present)
+        if progress and len(todo) < len(ids):
+            progress(len(ids) - len(todo))
+        for start in range(0, len(todo), step):
+            rows = todo[start : start + step]
+            self.upsert(name, [ids[i] for i in rows], vectors[rows], [payloads[i] for i in rows])
+            if progress:
+                progress(len(rows))
+        self.flush(name)
+        if optimize and todo:
+            self.optimize(name)
+        return len(todo)
 
     # --- backend primitives --------------------------------------------------------------------------
     @abstractmethod
@@ -174,7 +223,7 @@ class Store(ABC):
 
     @abstractmethod
     def _search(
-        self, name: str, vectors: np.ndarray, k: int, filter: dict | None, with_vectors: bool
+        self, name: str, vectors: np.ndarray, ks: list[int], filters: list[dict | None], with_vectors: bool
     ) -> list[list[Hit]]: ...
 
     @abstractmethod
@@ -195,6 +244,9 @@ class Store(ABC):
 
     @abstractmethod
     def delete_collection(self, name: str) -> None: ...
+
+    def flush(self, name: str) -> None:
+        """Make every upsert so far durable in the collection's segments (no-op where the server does it)."""
 
     def optimize(self, name: str) -> None:
         """Build indexes after a bulk ingest (no-op where the backend does it in the background)."""
@@ -292,7 +344,7 @@ class EdgeStore(Store):
     def _upsert(self, name: str, ids: list[str], vectors: np.ndarray, payloads: list[dict]) -> None:
         import qdrant_edge as qe
 
-        points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads)]
+        points = [qe.Point(i, v, p) for i, v, p in zip(ids, vectors.tolist(), payloads)]
         self._shard(name).update(qe.UpdateOperation.upsert_points(points))
 
     def _params(self):
@@ -301,16 +353,16 @@ class EdgeStore(Store):
         quant = qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.config.quantization else None
         return qe.SearchParams(hnsw_ef=self.config.hnsw_ef, exact=self.config.exact, quantization=quant)
 
-    def _search(self, name, vectors, k, filter, with_vectors):
+    def _search(self, name, vectors, ks, filters, with_vectors):
         import qdrant_edge as qe
 
-        flt, params = self._filter(filter), self._params()
+        params, built = self._params(), {}
         requests = [
             qe.QueryRequest(
-                query=qe.Query.Nearest(v.tolist()), limit=k, filter=flt, params=params,
+                query=qe.Query.Nearest(v), limit=k, filter=_cached_filter(self._filter, f, built), params=params,
                 with_payload=True, with_vector=with_vectors,
             )
-            for v in vectors
+            for v, k, f in zip(vectors.tolist(), ks, filters)
         ]
         results = self._shard(name).query_batch(qe.QueryBatchRequest(requests))
         return [[_hit(p, p.score) for p in res] for res in results]
@@ -348,6 +400,9 @@ class EdgeStore(Store):
 
         self._shard(name).update(qe.UpdateOperation.set_payload([id], payload))
 
+    def flush(self, name: str) -> None:
+        self._shard(name).flush()
+
     def optimize(self, name: str) -> None:
         shard = self._shard(name)
         shard.flush()
@@ -367,6 +422,14 @@ class EdgeStore(Store):
             shard.flush()
             shard.close()
         self._shards.clear()
+
+
+def _cached_filter(build: Callable[[dict | None], Any], filter: dict | None, built: dict[str, Any]) -> Any:
+    """Engine filter of a dict, built once per distinct filter of a batch."""
+    key = json.dumps(filter, sort_keys=True, default=str)
+    if key not in built:
+        built[key] = build(filter)
+    return built[key]
 
 
 def _hit(point: Any, score: float) -> Hit:
@@ -449,19 +512,20 @@ class ClientStore(Store):
         points = [m.PointStruct(id=i, vector=v.tolist(), payload=p) for i, v, p in zip(ids, vectors, payloads)]
         self.client.upsert(name, points=points, wait=True)
 
-    def _search(self, name, vectors, k, filter, with_vectors):
+    def _search(self, name, vectors, ks, filters, with_vectors):
         from qdrant_client import models as m
 
         quant = m.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.config.quantization else None
         params = None  # local mode always scans exactly (and warns when given search params)
         if self.url != MEMORY:
             params = m.SearchParams(hnsw_ef=self.config.hnsw_ef, exact=self.config.exact, quantization=quant)
-        flt = self._filter(filter)
+        built: dict[str, Any] = {}
         requests = [
             m.QueryRequest(
-                query=v.tolist(), limit=k, filter=flt, params=params, with_payload=True, with_vector=with_vectors
+                query=v, limit=k, filter=_cached_filter(self._filter, f, built), params=params, with_payload=True,
+                with_vector=with_vectors,
             )
-            for v in vectors
+            for v, k, f in zip(vectors.tolist(), ks, filters)
         ]
         responses = self.client.query_batch_points(name, requests=requests)
         return [[_hit(p, p.score) for p in r.points] for r in responses]
