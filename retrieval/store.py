@@ -33,6 +33,7 @@ from mllm_embed.errors import LineupError
 log = logging.getLogger(__name__)
 
 INDEXED_FIELDS = {"person_id": "integer", "camera_id": "integer", "split": "keyword"}
+FIELD_KINDS = ("integer", "keyword", "bool", "float")
 META_FILE = "lineup_meta.json"
 MEMORY = ":memory:"
 
@@ -46,11 +47,14 @@ def point_id(image_path: str | Path) -> str:
 class StoreConfig:
     """How a collection is indexed and searched (runtime choices, not part of the collection meta)."""
 
-    hnsw_m: int = field(default=16, metadata={"help": "HNSW edges per node"})
+    hnsw_m: int = field(default=16, metadata={"help": "HNSW edges per node (0: no graph, search scans)"})
     hnsw_ef_construct: int = field(default=128, metadata={"help": "HNSW candidates while building"})
     hnsw_ef: int = field(default=128, metadata={"help": "HNSW candidates while searching"})
     exact: bool = field(default=False, metadata={"help": "exact (brute-force) search instead of HNSW"})
-    quantization: str | None = field(default=None, metadata={"help": "None or 'int8' scalar quantization"})
+    quantization: str | None = field(
+        default=None, metadata={"help": "None, 'int8' (scalar) or 'binary' (1 bit/dim) codes, rescored on floats"}
+    )
+    oversampling: float = field(default=2.0, metadata={"help": "quantized candidates per hit rescored on floats"})
     full_scan_threshold_kb: int = field(default=10_000, metadata={"help": "below this size search scans"})
     indexing_threshold_kb: int | None = field(
         default=None, metadata={"help": "segments above this size get an HNSW graph (None = Qdrant default)"}
@@ -60,11 +64,15 @@ class StoreConfig:
     indexing_threads: int = field(default=0, metadata={"help": "edge HNSW build threads (0 = auto)"})
 
     def __post_init__(self) -> None:
-        if self.quantization not in (None, "int8"):
-            raise ValueError(f"quantization must be None or 'int8', got {self.quantization!r}")
-        for name in ("hnsw_m", "hnsw_ef_construct", "hnsw_ef", "upsert_batch"):
+        if self.quantization not in (None, "int8", "binary"):
+            raise ValueError(f"quantization must be None, 'int8' or 'binary', got {self.quantization!r}")
+        if self.hnsw_m < 0:
+            raise ValueError(f"hnsw_m must be >= 0, got {self.hnsw_m}")
+        for name in ("hnsw_ef_construct", "hnsw_ef", "upsert_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.oversampling < 1:
+            raise ValueError(f"oversampling must be >= 1, got {self.oversampling}")
 
 
 @dataclass
@@ -245,6 +253,17 @@ class Store(ABC):
     @abstractmethod
     def delete_collection(self, name: str) -> None: ...
 
+    def index_payload_field(self, name: str, key: str, kind: str = "keyword") -> None:
+        """Create a payload index on ``key`` (a dotted path such as ``attributes.bag`` works) so filters on it
+        stay fast and filtered HNSW search keeps its recall. ``kind``: integer, keyword, bool or float."""
+        self._require(name)
+        if kind not in FIELD_KINDS:
+            raise LineupError(f"payload index kind {kind!r} is not one of {', '.join(FIELD_KINDS)}")
+        self._index_field(name, key, kind)
+
+    @abstractmethod
+    def _index_field(self, name: str, key: str, kind: str) -> None: ...
+
     def flush(self, name: str) -> None:
         """Make every upsert so far durable in the collection's segments (no-op where the server does it)."""
 
@@ -290,6 +309,8 @@ class EdgeStore(Store):
         quant = None
         if cfg.quantization == "int8":
             quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        elif cfg.quantization == "binary":
+            quant = qe.BinaryQuantizationConfig(always_ram=True)
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) if dim else None,
             hnsw_config=qe.HnswIndexConfig(
@@ -304,13 +325,18 @@ class EdgeStore(Store):
     def _create(self, name: str, dim: int, meta: dict[str, Any]) -> None:
         import qdrant_edge as qe
 
-        shard = qe.EdgeShard.create(str(self.root / name / "shard"), self._edge_config(dim))
-        schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword}
+        self._shards[name] = qe.EdgeShard.create(str(self.root / name / "shard"), self._edge_config(dim))
         for key, kind in INDEXED_FIELDS.items():
-            shard.update(qe.UpdateOperation.create_field_index(key, schema[kind]))
-        shard.flush()
+            self._index_field(name, key, kind)
+        self._shards[name].flush()
         self._meta_path(name).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        self._shards[name] = shard
+
+    def _index_field(self, name: str, key: str, kind: str) -> None:
+        import qdrant_edge as qe
+
+        schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword,
+                  "bool": qe.PayloadSchemaType.Bool, "float": qe.PayloadSchemaType.Float}[kind]
+        self._shard(name).update(qe.UpdateOperation.create_field_index(key, schema))
 
     def _shard(self, name: str):
         if name not in self._shards:
@@ -350,7 +376,9 @@ class EdgeStore(Store):
     def _params(self):
         import qdrant_edge as qe
 
-        quant = qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.config.quantization else None
+        quant = None
+        if self.config.quantization:
+            quant = qe.QuantizationSearchParams(rescore=True, oversampling=self.config.oversampling)
         return qe.SearchParams(hnsw_ef=self.config.hnsw_ef, exact=self.config.exact, quantization=quant)
 
     def _search(self, name, vectors, ks, filters, with_vectors):
@@ -474,6 +502,8 @@ class ClientStore(Store):
             quant = m.ScalarQuantization(
                 scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, quantile=0.99, always_ram=True)
             )
+        elif cfg.quantization == "binary":
+            quant = m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
         self.client.create_collection(
             name,
             vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
@@ -483,10 +513,17 @@ class ClientStore(Store):
             quantization_config=quant,
             metadata=meta,
         )
-        if self.url != MEMORY:  # local mode has no payload indexes (it warns and ignores them)
-            schema = {"integer": m.PayloadSchemaType.INTEGER, "keyword": m.PayloadSchemaType.KEYWORD}
-            for key, kind in INDEXED_FIELDS.items():
-                self.client.create_payload_index(name, key, field_schema=schema[kind])
+        for key, kind in INDEXED_FIELDS.items():
+            self._index_field(name, key, kind)
+
+    def _index_field(self, name: str, key: str, kind: str) -> None:
+        if self.url == MEMORY:  # local mode has no payload indexes (it warns and ignores them)
+            return
+        from qdrant_client import models as m
+
+        schema = {"integer": m.PayloadSchemaType.INTEGER, "keyword": m.PayloadSchemaType.KEYWORD,
+                  "bool": m.PayloadSchemaType.BOOL, "float": m.PayloadSchemaType.FLOAT}[kind]
+        self.client.create_payload_index(name, key, field_schema=schema)
 
     @staticmethod
     def _filter(filter: dict[str, Any] | None):
@@ -515,7 +552,9 @@ class ClientStore(Store):
     def _search(self, name, vectors, ks, filters, with_vectors):
         from qdrant_client import models as m
 
-        quant = m.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.config.quantization else None
+        quant = None
+        if self.config.quantization:
+            quant = m.QuantizationSearchParams(rescore=True, oversampling=self.config.oversampling)
         params = None  # local mode always scans exactly (and warns when given search params)
         if self.url != MEMORY:
             params = m.SearchParams(hnsw_ef=self.config.hnsw_ef, exact=self.config.exact, quantization=quant)

@@ -108,6 +108,8 @@ def test_open_store_arguments():
         open_store()
     with pytest.raises(ValueError, match="quantization"):
         StoreConfig(quantization="int4")
+    with pytest.raises(ValueError, match="hnsw_m"):
+        StoreConfig(hnsw_m=-1)
 
 
 def test_search_batch_takes_one_k_and_filter_per_query(store):
@@ -199,24 +201,27 @@ def test_payload_filters_use_payload_indexes_at_scale(tmp_path):
     centers = _unit(rng, n // 10, d)
     vecs = centers[np.arange(n) // 10] + 0.3 / np.sqrt(d) * rng.normal(size=(n, d)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    payloads = [{"image": f"{i}.png", "person_id": i // 10, "camera_id": i % 6,
-                 "split": "test" if i % 3 else "train"} for i in range(n)]
+    payloads = [{"image": f"{i}.png", "person_id": i // 10, "camera_id": i % 6, "split": "test" if i % 3 else "train",
+                 "attributes": {"bag": "backpack" if i % 4 == 0 else "none"}} for i in range(n)]
     ids = [point_id(p["image"]) for p in payloads]
     cfg = StoreConfig(hnsw_m=16, hnsw_ef_construct=32, hnsw_ef=64, indexing_threshold_kb=10, full_scan_threshold_kb=10)
     with EdgeStore(tmp_path / "idx", cfg) as s:
         s.ensure_collection("g", d, {"model": "m"})
+        s.index_payload_field("g", "attributes.bag", "keyword")
+        with pytest.raises(LineupError, match="kind"):
+            s.index_payload_field("g", "attributes.bag", "colour")
         assert s.bulk_ingest("g", ids, vecs, payloads) == n
         info = s._shard("g").info()
         assert info.indexed_vectors_count == n
-        assert {"person_id", "camera_id", "split"} <= set(info.payload_schema)
+        assert {"person_id", "camera_id", "split", "attributes.bag"} <= set(info.payload_schema)
         assert info.payload_schema["camera_id"].points == n
-        flt = {"camera_id": [1, 2], "split": "test"}
-        keep = np.array([p["camera_id"] in (1, 2) and p["split"] == "test" for p in payloads])
+        flt = {"camera_id": [1, 2], "attributes.bag": "backpack"}
+        keep = np.array([p["camera_id"] in (1, 2) and p["attributes"]["bag"] == "backpack" for p in payloads])
         queries = vecs[rng.choice(n, 40, replace=False)]
         found = s.search_batch("g", queries, k=10, filter=flt)
         recall = []
         for q, hits in zip(queries, found):
-            assert all(h.payload["camera_id"] in (1, 2) and h.payload["split"] == "test" for h in hits)
+            assert all(h.payload["camera_id"] in (1, 2) and h.payload["attributes"]["bag"] == "backpack" for h in hits)
             scores = np.where(keep, vecs @ q, -np.inf)
             truth = {ids[i] for i in np.argsort(-scores)[:10]}
             recall.append(len(truth & {h.id for h in hits}) / 10)
