@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
+import sys
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -291,6 +294,7 @@ class EdgeStore(Store):
             raise LineupError(f"index path {self.root} is a file: pass a folder for --index")
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, Any] = {}
+        self._building: dict[str, BackgroundBuild] = {}
 
     def _meta_path(self, name: str) -> Path:
         return self.root / name / META_FILE
@@ -367,12 +371,19 @@ class EdgeStore(Store):
         ]
         return qe.Filter(must=conds)
 
+    def _writable(self, name: str):
+        if name in self._building:
+            raise LineupError(
+                f"collection '{name}' is building its index in the background: wait for it before writing"
+            )
+        return self._shard(name)
+
     def _upsert(self, name: str, ids: list[str], vectors: np.ndarray, payloads: list[dict]) -> None:
         import qdrant_edge as qe
 
         # UUID objects and one tolist() per batch: the binding converts them several times faster than str / rows
         points = [qe.Point(uuid.UUID(i), v, p) for i, v, p in zip(ids, vectors.tolist(), payloads)]
-        self._shard(name).update(qe.UpdateOperation.upsert_points(points))
+        self._writable(name).update(qe.UpdateOperation.upsert_points(points))
 
     def _params(self):
         import qdrant_edge as qe
@@ -427,19 +438,47 @@ class EdgeStore(Store):
     def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
         import qdrant_edge as qe
 
-        self._shard(name).update(qe.UpdateOperation.set_payload([id], payload))
+        self._writable(name).update(qe.UpdateOperation.set_payload([id], payload))
 
     def flush(self, name: str) -> None:
         self._shard(name).flush()
 
     def optimize(self, name: str) -> None:
-        shard = self._shard(name)
+        """Build the index in this process; the engine holds the GIL meanwhile, so this process's searches wait
+        (``build_in_background`` keeps them going)."""
+        shard = self._writable(name)
         shard.flush()
         shard.optimize()
 
-    def delete_collection(self, name: str) -> None:
-        import shutil
+    def build_in_background(self, name: str) -> "BackgroundBuild":
+        """Start the index build in a child process, on a copy of the collection, and return at once.
 
+        This process keeps searching the original meanwhile (exact scan of its unindexed segments); writes are
+        refused until ``BackgroundBuild.wait()`` swaps the indexed copy in. The copy doubles the collection's
+        disk use while the build runs.
+        """
+        shard = self._writable(name)
+        shard.flush()
+        src, copy = self.root / name / "shard", self.root / name / "shard.building"
+        shutil.rmtree(copy, ignore_errors=True)
+        subprocess.run(["cp", "-r", "--sparse=always", str(src), str(copy)], check=True)  # keeps files sparse
+        proc = subprocess.Popen([sys.executable, "-c", _BUILD_CHILD, str(copy)], stderr=subprocess.PIPE, text=True)
+        self._building[name] = BackgroundBuild(self, name, proc, copy)
+        return self._building[name]
+
+    def _swap_in(self, name: str, copy: Path) -> None:
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        src, old = self.root / name / "shard", self.root / name / "shard.old"
+        src.rename(old)
+        copy.rename(src)
+        shutil.rmtree(old, ignore_errors=True)
+        self._building.pop(name, None)
+
+    def delete_collection(self, name: str) -> None:
+        if name in self._building:
+            self._building[name].cancel()
         shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()
@@ -447,10 +486,47 @@ class EdgeStore(Store):
         shutil.rmtree(self.root / name, ignore_errors=True)
 
     def close(self) -> None:
+        for build in list(self._building.values()):
+            build.wait()
         for shard in self._shards.values():
             shard.flush()
             shard.close()
         self._shards.clear()
+
+
+_BUILD_CHILD = """
+import sys
+import qdrant_edge
+
+shard = qdrant_edge.EdgeShard.load(sys.argv[1])
+shard.optimize()
+shard.close()
+"""
+
+
+class BackgroundBuild:
+    """An index build running in a child process (``EdgeStore.build_in_background``)."""
+
+    def __init__(self, store: EdgeStore, name: str, proc: subprocess.Popen, copy: Path) -> None:
+        self.store, self.name, self.proc, self.copy = store, name, proc, copy
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self) -> None:
+        """Block until the build ends, then serve the indexed copy (raises LineupError if the build failed)."""
+        err = self.proc.communicate()[1]
+        if self.proc.returncode != 0:
+            self.store._building.pop(self.name, None)
+            shutil.rmtree(self.copy, ignore_errors=True)
+            raise LineupError(f"index build of collection '{self.name}' failed: {err.strip()[-300:]}")
+        self.store._swap_in(self.name, self.copy)
+
+    def cancel(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.store._building.pop(self.name, None)
+        shutil.rmtree(self.copy, ignore_errors=True)
 
 
 def _cached_filter(build: Callable[[dict | None], Any], filter: dict | None, built: dict[str, Any]) -> Any:

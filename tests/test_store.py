@@ -226,3 +226,25 @@ def test_payload_filters_use_payload_indexes_at_scale(tmp_path):
             truth = {ids[i] for i in np.argsort(-scores)[:10]}
             recall.append(len(truth & {h.id for h in hits}) / 10)
         assert np.mean(recall) >= 0.9
+
+
+def test_background_build_keeps_searches_going(tmp_path):
+    """build_in_background: exact-scan searches work while a child process builds the HNSW graph on a copy;
+    writes are refused until wait() swaps the indexed copy in."""
+    ids, vecs, payloads = _points(3000, d=32, seed=5)
+    cfg = StoreConfig(hnsw_m=16, hnsw_ef_construct=64, indexing_threshold_kb=10, full_scan_threshold_kb=10)
+    with EdgeStore(tmp_path / "idx", cfg) as s:
+        s.ensure_collection("g", 32, {"model": "m"})
+        s.bulk_ingest("g", ids, vecs, payloads, optimize=False)
+        assert s._shard("g").info().indexed_vectors_count == 0
+        build = s.build_in_background("g")
+        assert s.search("g", vecs[17], k=1)[0].id == ids[17]  # served by exact scan meanwhile
+        assert not build.done()  # (the child has not even finished importing the engine yet)
+        with pytest.raises(LineupError, match="background"):
+            s.upsert("g", ids[:1], vecs[:1], payloads[:1])
+        build.wait()
+        info = s._shard("g").info()
+        assert info.indexed_vectors_count == 3000 and s.count("g") == 3000
+        assert [b[0].id for b in s.search_batch("g", vecs[:50], k=1)] == ids[:50]
+        assert not (tmp_path / "idx" / "g" / "shard.building").exists()
+        s.upsert("g", ids[:1], vecs[:1], payloads[:1])  # writable again
