@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/vector_store.py                       # 10k + 100k, ~25 min
     OMP_NUM_THREADS=1 python benchmarks/vector_store.py --sizes 1000000 --variants flat-binary \\
-        --no-engine-alone --out benchmarks/results/vector_store_1m.json         # 1M, the flat index only
+        --out benchmarks/results/vector_store_1m.json                          # 1M, the flat index only
     ... --data world --world DIR --model DIR [--adapter DIR]                     # real embeddings, tiled
 
 Data: ``clustered`` unit vectors shaped like identity clusters (a Gaussian mixture, ~10 images per
@@ -255,11 +255,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=256, help="clustered data dimension")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--large-variants", nargs="+", default=["hnsw-m16-efc64", "hnsw-m16-efc64-int8", "flat-binary"],
+    ap.add_argument("--large-variants", nargs="+", default=["hnsw-m16-efc64", "flat-binary"],
                     choices=list(VARIANTS), help="the variants run at sizes >= 100k (each HNSW build takes minutes)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--indexing-threads", type=int, default=1)
-    ap.add_argument("--no-engine-alone", action="store_true", help="skip the engine-alone build (one more build)")
+    ap.add_argument("--engine-alone-max", type=int, default=10_000,
+                    help="largest size at which the engine alone builds the same index again (one more build)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vector_store.json")
     args = ap.parse_args()
 
@@ -286,7 +287,7 @@ def main() -> None:
                                   indexing_threshold_kb=1000, full_scan_threshold_kb=1000)
                 t = time.perf_counter()
                 got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, args.efs)
-                if name == "hnsw-m16-efc64" and not args.no_engine_alone:
+                if name == "hnsw-m16-efc64" and n <= args.engine_alone_max:
                     alone = bench_engine_alone(x, Path(tmp), cfg)
                     for r in got:
                         r.update(alone, time_to_index_vs_engine_build=r["time_to_index_s"] / alone["engine_build_s"])
@@ -294,6 +295,7 @@ def main() -> None:
                     r["x_faster_than_numpy"] = numpy_row["p50_ms"] / r["p50_ms"]
                 rows.extend({**base, **r} for r in got)
                 console.log(f"  {name}: {time.perf_counter() - t:.0f}s")
+                write_json(args, rows, started)  # after every variant: a long run stopped early keeps its rows
             del x
 
     cols = ["n", "variant", "ef", "upsert_per_s", "build_s", "time_to_index_vs_engine_build", "p50_ms", "p99_ms",
@@ -307,6 +309,11 @@ def main() -> None:
         table.add_row(*["-" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]))
                         for c in cols])
     console.print(table)
+    write_json(args, rows, started)
+    console.print(f"wrote {args.out}")
+
+
+def write_json(args: argparse.Namespace, rows: list[dict], started: float) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "command": "OMP_NUM_THREADS=1 python benchmarks/vector_store.py " + " ".join(sys.argv[1:]),
@@ -320,7 +327,6 @@ def main() -> None:
                  "time_to_index_vs_engine_build: (durable upsert + build) / the engine's own build of the same "
                  "data and config measured alone.",
     }, indent=2))
-    console.print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
