@@ -8,7 +8,7 @@ query file's folder.
 Every line is validated before anything runs: one broken line (bad JSON, not UTF-8, a missing image, a
 filter on a field that is not stored, a ``k`` that is no integer in 1..MAX_K) raises a ``LineupError`` naming
 FILE:LINE, and no output is written — so a fixed file can simply be run again. Queries are embedded in one
-batch per kind, then searched one by one.
+batch per kind, then searched in one store request per 1,024 queries.
 
 Results are one row per (query, rank): ``query_id, rank, score, image, person_id, camera_id, point_id``.
 """
@@ -32,6 +32,7 @@ from retrieval.engine import MAX_K, check_filter
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 RESULT_FIELDS = ["query_id", "rank", "score", "image", "person_id", "camera_id", "point_id"]
+SEARCH_BATCH = 1024  # queries per store request
 
 
 @dataclass
@@ -221,12 +222,16 @@ def run_batch(
         if idx:
             vectors.update(zip(idx, encode([item(queries[i]) for i in idx], batch_size=batch_size)))
     rows = []
-    for i, q in enumerate(queries):
-        for rank, hit in enumerate(engine.search_vector(vectors[i], q.k, q.filter), 1):
-            p = hit.payload
-            rows.append({"query_id": q.id, "rank": rank, "score": round(hit.score, 6), "image": p.get("image"),
-                         "person_id": p.get("person_id"), "camera_id": p.get("camera_id"), "point_id": hit.id})
+    for start in range(0, len(queries), SEARCH_BATCH):  # one store round trip per SEARCH_BATCH queries
+        chunk = queries[start : start + SEARCH_BATCH]
+        found = engine.search_vectors(np.stack([vectors[start + j] for j in range(len(chunk))]),
+                                      [q.k for q in chunk], [q.filter for q in chunk])
+        for q, hits in zip(chunk, found):
+            for rank, hit in enumerate(hits, 1):
+                p = hit.payload
+                rows.append({"query_id": q.id, "rank": rank, "score": round(hit.score, 6), "image": p.get("image"),
+                             "person_id": p.get("person_id"), "camera_id": p.get("camera_id"), "point_id": hit.id})
         if progress:
-            progress(1)
+            progress(len(chunk))
     write_results(rows, out_path)
     return len(queries)

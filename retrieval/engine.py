@@ -216,7 +216,9 @@ class SearchEngine:
         self._ensure(create=False)
         return self.store.search(self.collection, vector, _check_k(k), check_filter(filter), with_vectors)
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, filter: dict | None = None) -> list[list[Hit]]:
+    def search_vectors(self, vectors: np.ndarray, k: int | Sequence[int] = 10,
+                       filter: dict | Sequence[dict | None] | None = None) -> list[list[Hit]]:
+        """One store request for all rows; ``k`` / ``filter`` shared, or one per row (``Store.search_batch``)."""
         self._ensure(create=False)
         return self.store.search_batch(self.collection, vectors, _check_k(k), check_filter(filter))
 

@@ -8,19 +8,26 @@
 
 Collections record what made their vectors (model, adapter, dim, prompts hash); reopening one with another
 embedder raises ``LineupError`` instead of silently mixing spaces. Point ids are ``uuid5`` of the image path,
-so ingests are idempotent and resumable (``existing_ids``). Filters are plain dicts:
+so ingests are idempotent and resumable (``existing_ids``, ``bulk_ingest``). Filters are plain dicts:
 ``{"camera_id": 3, "split": "test"}`` (a list value means "any of").
+
+Bulk loads (``bulk_ingest``) write large upsert batches through the engine's write-ahead log, so every
+returned batch survives a killed process and is searchable at once by exact scan of the unindexed
+segments; the HNSW graph (and int8 codes) are built once, by ``optimize``, when the load ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
+import sys
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,6 +36,7 @@ from mllm_embed.errors import LineupError
 log = logging.getLogger(__name__)
 
 INDEXED_FIELDS = {"person_id": "integer", "camera_id": "integer", "split": "keyword"}
+FIELD_KINDS = ("integer", "keyword", "bool", "float")
 META_FILE = "lineup_meta.json"
 MEMORY = ":memory:"
 
@@ -55,25 +63,32 @@ def point_id(image_path: str | Path) -> str:
 class StoreConfig:
     """How a collection is indexed and searched (runtime choices, not part of the collection meta)."""
 
-    hnsw_m: int = field(default=16, metadata={"help": "HNSW edges per node"})
+    hnsw_m: int = field(default=16, metadata={"help": "HNSW edges per node (0: no graph, search scans)"})
     hnsw_ef_construct: int = field(default=128, metadata={"help": "HNSW candidates while building"})
     hnsw_ef: int = field(default=128, metadata={"help": "HNSW candidates while searching"})
     exact: bool = field(default=False, metadata={"help": "exact (brute-force) search instead of HNSW"})
-    quantization: str | None = field(default=None, metadata={"help": "None or 'int8' scalar quantization"})
+    quantization: str | None = field(
+        default=None, metadata={"help": "None, 'int8' (scalar) or 'binary' (1 bit/dim) codes, rescored on floats"}
+    )
+    oversampling: float = field(default=2.0, metadata={"help": "quantized candidates per hit rescored on floats"})
     full_scan_threshold_kb: int = field(default=10_000, metadata={"help": "below this size search scans"})
     indexing_threshold_kb: int | None = field(
         default=None, metadata={"help": "segments above this size get an HNSW graph (None = Qdrant default)"}
     )
-    upsert_batch: int = field(default=512, metadata={"help": "points per upsert request"})
+    upsert_batch: int = field(default=4096, metadata={"help": "points per upsert request (one WAL record)"})
     search_threads: int | None = field(default=None, metadata={"help": "edge search threads (None = auto)"})
     indexing_threads: int = field(default=0, metadata={"help": "edge HNSW build threads (0 = auto)"})
 
     def __post_init__(self) -> None:
-        if self.quantization not in (None, "int8"):
-            raise ValueError(f"quantization must be None or 'int8', got {self.quantization!r}")
-        for name in ("hnsw_m", "hnsw_ef_construct", "hnsw_ef", "upsert_batch"):
+        if self.quantization not in (None, "int8", "binary"):
+            raise ValueError(f"quantization must be None, 'int8' or 'binary', got {self.quantization!r}")
+        if self.hnsw_m < 0:
+            raise ValueError(f"hnsw_m must be >= 0, got {self.hnsw_m}")
+        for name in ("hnsw_ef_construct", "hnsw_ef", "upsert_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.oversampling < 1:
+            raise ValueError(f"oversampling must be >= 1, got {self.oversampling}")
 
 
 @dataclass
@@ -158,10 +173,14 @@ class Store(ABC):
         self,
         name: str,
         vectors: np.ndarray,
-        k: int = 10,
-        filter: dict[str, Any] | None = None,
+        k: int | Sequence[int] = 10,
+        filter: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
         with_vectors: bool = False,
     ) -> list[list[Hit]]:
+        """Top-k hits of each row of ``vectors`` in one request to the engine (one round trip).
+
+        ``k`` and ``filter`` apply to every query, or give one per query (a sequence as long as ``vectors``).
+        """
         self._require(name)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim(name):
@@ -169,9 +188,50 @@ class Store(ABC):
                 f"query of shape {vectors.shape} does not fit collection '{name}' ({self.dim(name)}-d): "
                 "search with the embedder the collection was built with"
             )
-        if k < 1:
-            raise LineupError(f"k must be >= 1, got {k}")
-        return self._search(name, vectors, k, filter, with_vectors)
+        ks = [int(k)] * len(vectors) if np.ndim(k) == 0 else [int(x) for x in k]
+        filters = [filter] * len(vectors) if filter is None or isinstance(filter, dict) else list(filter)
+        if len(ks) != len(vectors) or len(filters) != len(vectors):
+            raise ValueError(f"{len(vectors)} queries but {len(ks)} k values and {len(filters)} filters")
+        if min(ks, default=1) < 1:
+            raise LineupError(f"k must be >= 1, got {min(ks)}")
+        return self._search(name, vectors, ks, filters, with_vectors)
+
+    def bulk_ingest(
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        payloads: Sequence[dict[str, Any]],
+        progress: Callable[[int], None] | None = None,
+        optimize: bool = True,
+    ) -> int:
+        """Load many points quickly and resumably; returns how many were added.
+
+        Ids already stored are skipped (uuid5 ids: re-running after a kill adds only what is missing, never a
+        duplicate). The rest go in ``config.upsert_batch``-point upserts, each with its payload (written once,
+        never patched afterwards), then one flush and, with ``optimize``, one index build for the whole load.
+        Until that build the points are searched by exact scan.
+        """
+        ids = list(ids)
+        if not len(ids) == len(vectors) == len(payloads):
+            raise ValueError(f"ids ({len(ids)}), vectors ({len(vectors)}), payloads ({len(payloads)}) differ")
+        step = self.config.upsert_batch
+        todo: list[int] = []
+        for start in range(0, len(ids), step):
+            chunk = ids[start : start + step]
+            present = self.existing_ids(name, chunk)
+            todo.extend(start + i for i, pid in enumerate(chunk) if pid not in present)
+        if progress and len(todo) < len(ids):
+            progress(len(ids) - len(todo))
+        for start in range(0, len(todo), step):
+            rows = todo[start : start + step]
+            self.upsert(name, [ids[i] for i in rows], vectors[rows], [payloads[i] for i in rows])
+            if progress:
+                progress(len(rows))
+        self.flush(name)
+        if optimize and todo:
+            self.optimize(name)
+        return len(todo)
 
     # --- backend primitives --------------------------------------------------------------------------
     @abstractmethod
@@ -188,7 +248,7 @@ class Store(ABC):
 
     @abstractmethod
     def _search(
-        self, name: str, vectors: np.ndarray, k: int, filter: dict | None, with_vectors: bool
+        self, name: str, vectors: np.ndarray, ks: list[int], filters: list[dict | None], with_vectors: bool
     ) -> list[list[Hit]]: ...
 
     @abstractmethod
@@ -209,6 +269,20 @@ class Store(ABC):
 
     @abstractmethod
     def delete_collection(self, name: str) -> None: ...
+
+    def index_payload_field(self, name: str, key: str, kind: str = "keyword") -> None:
+        """Create a payload index on ``key`` (a dotted path such as ``attributes.bag`` works) so filters on it
+        stay fast and filtered HNSW search keeps its recall. ``kind``: integer, keyword, bool or float."""
+        self._require(name)
+        if kind not in FIELD_KINDS:
+            raise LineupError(f"payload index kind {kind!r} is not one of {', '.join(FIELD_KINDS)}")
+        self._index_field(name, key, kind)
+
+    @abstractmethod
+    def _index_field(self, name: str, key: str, kind: str) -> None: ...
+
+    def flush(self, name: str) -> None:
+        """Make every upsert so far durable in the collection's segments (no-op where the server does it)."""
 
     def optimize(self, name: str) -> None:
         """Build indexes after a bulk ingest (no-op where the backend does it in the background)."""
@@ -234,6 +308,7 @@ class EdgeStore(Store):
             raise LineupError(f"index path {self.root} is a file: pass a folder for --index")
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, Any] = {}
+        self._building: dict[str, BackgroundBuild] = {}
 
     def _meta_path(self, name: str) -> Path:
         return self.root / check_collection_name(name) / META_FILE
@@ -252,6 +327,8 @@ class EdgeStore(Store):
         quant = None
         if cfg.quantization == "int8":
             quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        elif cfg.quantization == "binary":
+            quant = qe.BinaryQuantizationConfig(always_ram=True)
         return qe.EdgeConfig(
             vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) if dim else None,
             hnsw_config=qe.HnswIndexConfig(
@@ -266,13 +343,18 @@ class EdgeStore(Store):
     def _create(self, name: str, dim: int, meta: dict[str, Any]) -> None:
         import qdrant_edge as qe
 
-        shard = qe.EdgeShard.create(str(self.root / name / "shard"), self._edge_config(dim))
-        schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword}
+        self._shards[name] = qe.EdgeShard.create(str(self.root / name / "shard"), self._edge_config(dim))
         for key, kind in INDEXED_FIELDS.items():
-            shard.update(qe.UpdateOperation.create_field_index(key, schema[kind]))
-        shard.flush()
+            self._index_field(name, key, kind)
+        self._shards[name].flush()
         self._meta_path(name).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        self._shards[name] = shard
+
+    def _index_field(self, name: str, key: str, kind: str) -> None:
+        import qdrant_edge as qe
+
+        schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword,
+                  "bool": qe.PayloadSchemaType.Bool, "float": qe.PayloadSchemaType.Float}[kind]
+        self._shard(name).update(qe.UpdateOperation.create_field_index(key, schema))
 
     def _shard(self, name: str):
         if name not in self._shards:
@@ -303,28 +385,38 @@ class EdgeStore(Store):
         ]
         return qe.Filter(must=conds)
 
+    def _writable(self, name: str):
+        if name in self._building:
+            raise LineupError(
+                f"collection '{name}' is building its index in the background: wait for it before writing"
+            )
+        return self._shard(name)
+
     def _upsert(self, name: str, ids: list[str], vectors: np.ndarray, payloads: list[dict]) -> None:
         import qdrant_edge as qe
 
-        points = [qe.Point(i, v.tolist(), p) for i, v, p in zip(ids, vectors, payloads)]
-        self._shard(name).update(qe.UpdateOperation.upsert_points(points))
+        # UUID objects and one tolist() per batch: the binding converts them several times faster than str / rows
+        points = [qe.Point(uuid.UUID(i), v, p) for i, v, p in zip(ids, vectors.tolist(), payloads)]
+        self._writable(name).update(qe.UpdateOperation.upsert_points(points))
 
     def _params(self):
         import qdrant_edge as qe
 
-        quant = qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.config.quantization else None
+        quant = None
+        if self.config.quantization:
+            quant = qe.QuantizationSearchParams(rescore=True, oversampling=self.config.oversampling)
         return qe.SearchParams(hnsw_ef=self.config.hnsw_ef, exact=self.config.exact, quantization=quant)
 
-    def _search(self, name, vectors, k, filter, with_vectors):
+    def _search(self, name, vectors, ks, filters, with_vectors):
         import qdrant_edge as qe
 
-        flt, params = self._filter(filter), self._params()
+        params, built = self._params(), {}
         requests = [
             qe.QueryRequest(
-                query=qe.Query.Nearest(v.tolist()), limit=k, filter=flt, params=params,
+                query=qe.Query.Nearest(v), limit=k, filter=_cached_filter(self._filter, f, built), params=params,
                 with_payload=True, with_vector=with_vectors,
             )
-            for v in vectors
+            for v, k, f in zip(vectors.tolist(), ks, filters)
         ]
         results = self._shard(name).query_batch(qe.QueryBatchRequest(requests))
         return [[_hit(p, p.score) for p in res] for res in results]
@@ -360,17 +452,48 @@ class EdgeStore(Store):
     def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
         import qdrant_edge as qe
 
-        self._shard(name).update(qe.UpdateOperation.set_payload([id], payload))
+        self._writable(name).update(qe.UpdateOperation.set_payload([id], payload))
+
+    def flush(self, name: str) -> None:
+        self._shard(name).flush()
 
     def optimize(self, name: str) -> None:
-        shard = self._shard(name)
+        """Build the index in this process; the engine holds the GIL meanwhile, so this process's searches wait
+        (``build_in_background`` keeps them going)."""
+        shard = self._writable(name)
         shard.flush()
         shard.optimize()
 
-    def delete_collection(self, name: str) -> None:
-        import shutil
+    def build_in_background(self, name: str) -> "BackgroundBuild":
+        """Start the index build in a child process, on a copy of the collection, and return at once.
 
+        This process keeps searching the original meanwhile (exact scan of its unindexed segments); writes are
+        refused until ``BackgroundBuild.wait()`` swaps the indexed copy in. The copy doubles the collection's
+        disk use while the build runs.
+        """
+        shard = self._writable(name)
+        shard.flush()
+        src, copy = self.root / name / "shard", self.root / name / "shard.building"
+        shutil.rmtree(copy, ignore_errors=True)
+        subprocess.run(["cp", "-r", "--sparse=always", str(src), str(copy)], check=True)  # keeps files sparse
+        proc = subprocess.Popen([sys.executable, "-c", _BUILD_CHILD, str(copy)], stderr=subprocess.PIPE, text=True)
+        self._building[name] = BackgroundBuild(self, name, proc, copy)
+        return self._building[name]
+
+    def _swap_in(self, name: str, copy: Path) -> None:
+        shard = self._shards.pop(name, None)
+        if shard is not None:
+            shard.close()
+        src, old = self.root / name / "shard", self.root / name / "shard.old"
+        src.rename(old)
+        copy.rename(src)
+        shutil.rmtree(old, ignore_errors=True)
+        self._building.pop(name, None)
+
+    def delete_collection(self, name: str) -> None:
         check_collection_name(name)
+        if name in self._building:
+            self._building[name].cancel()
         shard = self._shards.pop(name, None)
         if shard is not None:
             shard.close()
@@ -378,10 +501,55 @@ class EdgeStore(Store):
         shutil.rmtree(self.root / name, ignore_errors=True)
 
     def close(self) -> None:
+        for build in list(self._building.values()):
+            build.wait()
         for shard in self._shards.values():
             shard.flush()
             shard.close()
         self._shards.clear()
+
+
+_BUILD_CHILD = """
+import sys
+import qdrant_edge
+
+shard = qdrant_edge.EdgeShard.load(sys.argv[1])
+shard.optimize()
+shard.close()
+"""
+
+
+class BackgroundBuild:
+    """An index build running in a child process (``EdgeStore.build_in_background``)."""
+
+    def __init__(self, store: EdgeStore, name: str, proc: subprocess.Popen, copy: Path) -> None:
+        self.store, self.name, self.proc, self.copy = store, name, proc, copy
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self) -> None:
+        """Block until the build ends, then serve the indexed copy (raises LineupError if the build failed)."""
+        err = self.proc.communicate()[1]
+        if self.proc.returncode != 0:
+            self.store._building.pop(self.name, None)
+            shutil.rmtree(self.copy, ignore_errors=True)
+            raise LineupError(f"index build of collection '{self.name}' failed: {err.strip()[-300:]}")
+        self.store._swap_in(self.name, self.copy)
+
+    def cancel(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.store._building.pop(self.name, None)
+        shutil.rmtree(self.copy, ignore_errors=True)
+
+
+def _cached_filter(build: Callable[[dict | None], Any], filter: dict | None, built: dict[str, Any]) -> Any:
+    """Engine filter of a dict, built once per distinct filter of a batch."""
+    key = json.dumps(filter, sort_keys=True, default=str)
+    if key not in built:
+        built[key] = build(filter)
+    return built[key]
 
 
 def _hit(point: Any, score: float) -> Hit:
@@ -426,6 +594,8 @@ class ClientStore(Store):
             quant = m.ScalarQuantization(
                 scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, quantile=0.99, always_ram=True)
             )
+        elif cfg.quantization == "binary":
+            quant = m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
         self.client.create_collection(
             name,
             vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
@@ -435,10 +605,17 @@ class ClientStore(Store):
             quantization_config=quant,
             metadata=meta,
         )
-        if self.url != MEMORY:  # local mode has no payload indexes (it warns and ignores them)
-            schema = {"integer": m.PayloadSchemaType.INTEGER, "keyword": m.PayloadSchemaType.KEYWORD}
-            for key, kind in INDEXED_FIELDS.items():
-                self.client.create_payload_index(name, key, field_schema=schema[kind])
+        for key, kind in INDEXED_FIELDS.items():
+            self._index_field(name, key, kind)
+
+    def _index_field(self, name: str, key: str, kind: str) -> None:
+        if self.url == MEMORY:  # local mode has no payload indexes (it warns and ignores them)
+            return
+        from qdrant_client import models as m
+
+        schema = {"integer": m.PayloadSchemaType.INTEGER, "keyword": m.PayloadSchemaType.KEYWORD,
+                  "bool": m.PayloadSchemaType.BOOL, "float": m.PayloadSchemaType.FLOAT}[kind]
+        self.client.create_payload_index(name, key, field_schema=schema)
 
     @staticmethod
     def _filter(filter: dict[str, Any] | None):
@@ -464,19 +641,22 @@ class ClientStore(Store):
         points = [m.PointStruct(id=i, vector=v.tolist(), payload=p) for i, v, p in zip(ids, vectors, payloads)]
         self.client.upsert(name, points=points, wait=True)
 
-    def _search(self, name, vectors, k, filter, with_vectors):
+    def _search(self, name, vectors, ks, filters, with_vectors):
         from qdrant_client import models as m
 
-        quant = m.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.config.quantization else None
+        quant = None
+        if self.config.quantization:
+            quant = m.QuantizationSearchParams(rescore=True, oversampling=self.config.oversampling)
         params = None  # local mode always scans exactly (and warns when given search params)
         if self.url != MEMORY:
             params = m.SearchParams(hnsw_ef=self.config.hnsw_ef, exact=self.config.exact, quantization=quant)
-        flt = self._filter(filter)
+        built: dict[str, Any] = {}
         requests = [
             m.QueryRequest(
-                query=v.tolist(), limit=k, filter=flt, params=params, with_payload=True, with_vector=with_vectors
+                query=v, limit=k, filter=_cached_filter(self._filter, f, built), params=params, with_payload=True,
+                with_vector=with_vectors,
             )
-            for v in vectors
+            for v, k, f in zip(vectors.tolist(), ks, filters)
         ]
         responses = self.client.query_batch_points(name, requests=requests)
         return [[_hit(p, p.score) for p in r.points] for r in responses]

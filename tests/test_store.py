@@ -108,3 +108,143 @@ def test_open_store_arguments():
         open_store()
     with pytest.raises(ValueError, match="quantization"):
         StoreConfig(quantization="int4")
+    with pytest.raises(ValueError, match="hnsw_m"):
+        StoreConfig(hnsw_m=-1)
+
+
+def test_search_batch_takes_one_k_and_filter_per_query(store):
+    ids, vecs, payloads = _points()
+    store.ensure_collection("people", 16, {"model": "m1"})
+    store.bulk_ingest("people", ids, vecs, payloads)
+    filters = [None, {"camera_id": 1}, {"split": "train", "person_id": [4, 5, 6]}]
+    found = store.search_batch("people", vecs[[2, 2, 2]], k=[3, 60, 60], filter=filters)
+    assert len(found[0]) == 3 and found[0][0].id == ids[2]
+    assert len(found[1]) == 20 and all(h.payload["camera_id"] == 1 for h in found[1])
+    want = {ids[i] for i, p in enumerate(payloads) if p["split"] == "train" and p["person_id"] in (4, 5, 6)}
+    assert {h.id for h in found[2]} == want
+    for flt, hits in zip(filters, found):  # each list equals the same query run alone
+        assert [h.id for h in hits] == [h.id for h in store.search("people", vecs[2], len(hits), flt)]
+    with pytest.raises(ValueError, match="3 queries"):
+        store.search_batch("people", vecs[:3], k=[1, 2])
+
+
+_INGEST_CHILD = """
+import sys, time
+import numpy as np
+from retrieval.store import StoreConfig, open_store, point_id
+
+root, n = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(3)
+vecs = rng.normal(size=(n, 32)).astype(np.float32)
+ids = [point_id(f"img/{i:05d}.png") for i in range(n)]
+payloads = [{"image": f"img/{i:05d}.png", "person_id": i // 4, "camera_id": i % 5} for i in range(n)]
+store = open_store(path=root, config=StoreConfig(upsert_batch=100))
+store.ensure_collection("g", 32, {"model": "m"})
+
+def progress(k):
+    print(k, flush=True)
+    time.sleep(0.05)  # slow enough for the parent to kill it mid-load
+
+store.bulk_ingest("g", ids, vecs, payloads, progress=progress)
+print("done", flush=True)
+"""
+
+
+def test_bulk_ingest_resumes_after_kill_without_duplicates(tmp_path):
+    """A bulk load killed (SIGKILL) mid-way resumes: every point present once, with its vector and payload."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    n, root = 2000, tmp_path / "index"
+    script = tmp_path / "child.py"
+    script.write_text(_INGEST_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen([sys.executable, str(script), str(root), str(n)], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    acked = 0
+    for line in child.stdout:
+        acked += int(line)
+        if acked >= 500:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(n, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = [point_id(f"img/{i:05d}.png") for i in range(n)]
+    payloads = [{"image": f"img/{i:05d}.png", "person_id": i // 4, "camera_id": i % 5} for i in range(n)]
+    with open_store(path=root, config=StoreConfig(upsert_batch=100)) as s:
+        survived = s.count("g")
+        assert acked <= survived < n  # every acknowledged batch survived the kill (write-ahead log)
+        added = s.bulk_ingest("g", ids, vecs, payloads)
+        assert added == n - survived
+        assert s.count("g") == n
+        stored = list(s.scroll("g", with_vectors=True, batch=500))
+        assert len(stored) == n and {h.id for h in stored} == set(ids)
+        by_id = {h.id: h for h in stored}
+        for i in (0, acked - 1, n - 1):
+            np.testing.assert_allclose(by_id[ids[i]].vector, vecs[i], atol=1e-5)
+            assert by_id[ids[i]].payload == payloads[i]
+        assert s.search("g", vecs[1234], k=1)[0].id == ids[1234]
+        assert s.bulk_ingest("g", ids, vecs, payloads) == 0  # a third run adds nothing
+
+
+def test_payload_filters_use_payload_indexes_at_scale(tmp_path):
+    """Filtered HNSW search on indexed payload fields keeps recall against an exact filtered scan."""
+    rng = np.random.default_rng(4)
+    n, d = 3000, 32
+    centers = _unit(rng, n // 10, d)
+    vecs = centers[np.arange(n) // 10] + 0.3 / np.sqrt(d) * rng.normal(size=(n, d)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    payloads = [{"image": f"{i}.png", "person_id": i // 10, "camera_id": i % 6, "split": "test" if i % 3 else "train",
+                 "attributes": {"bag": "backpack" if i % 4 == 0 else "none"}} for i in range(n)]
+    ids = [point_id(p["image"]) for p in payloads]
+    cfg = StoreConfig(hnsw_m=16, hnsw_ef_construct=32, hnsw_ef=64, indexing_threshold_kb=10, full_scan_threshold_kb=10)
+    with EdgeStore(tmp_path / "idx", cfg) as s:
+        s.ensure_collection("g", d, {"model": "m"})
+        s.index_payload_field("g", "attributes.bag", "keyword")
+        with pytest.raises(LineupError, match="kind"):
+            s.index_payload_field("g", "attributes.bag", "colour")
+        assert s.bulk_ingest("g", ids, vecs, payloads) == n
+        info = s._shard("g").info()
+        assert info.indexed_vectors_count == n
+        assert {"person_id", "camera_id", "split", "attributes.bag"} <= set(info.payload_schema)
+        assert info.payload_schema["camera_id"].points == n
+        flt = {"camera_id": [1, 2], "attributes.bag": "backpack"}
+        keep = np.array([p["camera_id"] in (1, 2) and p["attributes"]["bag"] == "backpack" for p in payloads])
+        queries = vecs[rng.choice(n, 40, replace=False)]
+        found = s.search_batch("g", queries, k=10, filter=flt)
+        recall = []
+        for q, hits in zip(queries, found):
+            assert all(h.payload["camera_id"] in (1, 2) and h.payload["attributes"]["bag"] == "backpack" for h in hits)
+            scores = np.where(keep, vecs @ q, -np.inf)
+            truth = {ids[i] for i in np.argsort(-scores)[:10]}
+            recall.append(len(truth & {h.id for h in hits}) / 10)
+        assert np.mean(recall) >= 0.9
+
+
+def test_background_build_keeps_searches_going(tmp_path):
+    """build_in_background: exact-scan searches work while a child process builds the HNSW graph on a copy;
+    writes are refused until wait() swaps the indexed copy in."""
+    ids, vecs, payloads = _points(3000, d=32, seed=5)
+    cfg = StoreConfig(hnsw_m=16, hnsw_ef_construct=64, indexing_threshold_kb=10, full_scan_threshold_kb=10)
+    with EdgeStore(tmp_path / "idx", cfg) as s:
+        s.ensure_collection("g", 32, {"model": "m"})
+        s.bulk_ingest("g", ids, vecs, payloads, optimize=False)
+        assert s._shard("g").info().indexed_vectors_count == 0
+        build = s.build_in_background("g")
+        assert s.search("g", vecs[17], k=1)[0].id == ids[17]  # served by exact scan meanwhile
+        assert not build.done()  # (the child has not even finished importing the engine yet)
+        with pytest.raises(LineupError, match="background"):
+            s.upsert("g", ids[:1], vecs[:1], payloads[:1])
+        build.wait()
+        info = s._shard("g").info()
+        assert info.indexed_vectors_count == 3000 and s.count("g") == 3000
+        assert [b[0].id for b in s.search_batch("g", vecs[:50], k=1)] == ids[:50]
+        assert not (tmp_path / "idx" / "g" / "shard.building").exists()
+        s.upsert("g", ids[:1], vecs[:1], payloads[:1])  # writable again
