@@ -336,15 +336,19 @@ def evaluate_split(embedder, data: str | Path, split: str = "val", data_format: 
 def _lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
-    pattern = rf".*language_model.*\.({'|'.join(cfg.lora_target_modules)})"
+    # the language model is `language_model` (LLaVA family, Qwen2-VL) or `text_model` (Idefics3 / SmolVLM)
+    pattern = rf".*(language_model|text_model).*\.({'|'.join(cfg.lora_target_modules)})"
     if cfg.token_embeddings == "lora":
-        pattern += r"|.*language_model.*\.embed_tokens"
-    if cfg.lora_vision in ("projector", "all"):  # LLaVA: multi_modal_projector; Qwen2-VL: visual.merger
-        pattern += r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.\d+"
-    if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA) and Qwen2-VL's visual blocks
-        pattern += r"|.*vision_tower.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)|.*visual\.blocks.*\.(qkv|proj|fc1|fc2)"
+        pattern += r"|.*(language_model|text_model).*\.embed_tokens"
+    if cfg.lora_vision in ("projector", "all"):  # LLaVA: multi_modal_projector; Qwen2-VL: merger; Idefics3: connector
+        pattern += (r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.\d+"
+                    r"|.*connector\.modality_projection\.proj")
+    if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA, Idefics3) and Qwen2-VL / Qwen2.5-VL visual blocks
+        pattern += (r"|.*(vision_tower|vision_model).*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
+                    r"|.*visual\.blocks.*\.(qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj)")
     full = (["embed_tokens"] if cfg.token_embeddings == "full" else []) + (
-        ["vision_tower", "multi_modal_projector", "visual"] if cfg.lora_vision == "full" else [])  # Qwen2-VL: visual
+        ["vision_tower", "multi_modal_projector", "visual", "vision_model", "connector"]
+        if cfg.lora_vision == "full" else [])
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=pattern,
                       modules_to_save=full or None)
 
