@@ -341,7 +341,7 @@ def _lora_config(cfg: TrainConfig):
     if cfg.token_embeddings == "lora":
         pattern += r"|.*(language_model|text_model).*\.embed_tokens"
     if cfg.lora_vision in ("projector", "all"):  # LLaVA: multi_modal_projector; Qwen2-VL: merger; Idefics3: connector
-        pattern += (r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.\d+"
+        pattern += (r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.[02]"
                     r"|.*connector\.modality_projection\.proj")
     if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA, Idefics3) and Qwen2-VL / Qwen2.5-VL visual blocks
         pattern += (r"|.*(vision_tower|vision_model).*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"

@@ -1,0 +1,79 @@
+"""Every family a published MLLM embedder is built on, end to end on a scaled-down random-weight checkpoint
+(mllm_embed.scaled): `--model FOLDER` → one stage-1 and one stage-2 epoch through `lineup train` → adapter
+reload → embed text / image / image+modification → `answer()` → `lineup index` → `lineup search`."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from cli.main import main
+from mllm_embed.scaled import list_scaled
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """12 identities × 2 images at 128×64: 8 train identities, 12 train triplets."""
+    from finetune.data.world import WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("family_world")
+    generate_world(out, WorldConfig(identities=12, images_per_id=2, seed=3, height=128, width=64))
+    return out
+
+
+def _needs(family: str):
+    if family == "smolvlm" and importlib.util.find_spec("num2words") is None:
+        pytest.skip("SmolVLM's processor needs num2words: pip install num2words")
+
+
+@pytest.mark.parametrize("family", list_scaled())
+def test_family_trains_reloads_indexes_and_searches(family, small_world, tmp_path, capsys):
+    _needs(family)
+    from finetune.data.loaders import load_person_dataset
+    from mllm_embed import load_embedder
+    from mllm_embed.scaled import build_scaled
+    from mllm_embed.tiny import world_texts
+
+    base = build_scaled(family, world_texts(small_world), tmp_path / "base")
+    project = ["--project", str(tmp_path / "project")]
+    common = ["--model", str(base), "--world", str(small_world), "--eval-split", "", *project]
+    assert main(["train", "stage1", *common, "--out", str(tmp_path / "s1"), "--epochs", "1",
+                 "--ids-per-batch", "4", "--images-per-id", "2"]) == 0
+    assert main(["train", "stage2", *common, "--adapter", str(tmp_path / "s1" / "adapter"),
+                 "--out", str(tmp_path / "s2"), "--epochs", "1", "--batch-size", "4", "--stage1-mix", "0.5",
+                 "--ids-per-batch", "4"]) == 0
+    adapter = tmp_path / "s2" / "adapter"
+
+    embedder = load_embedder(base, adapter=adapter, device="cpu")
+    assert embedder.family.model_types and base.name == "base"
+    test = [r for r in load_person_dataset(small_world) if r["split"] == "test"]
+    image = test[0]["image"]
+    vectors = [embedder.encode_text(["a woman in a red coat", "a man"]), embedder.encode_images([image, test[1]["image"]]),
+               embedder.encode_composed([(image, "with a blue bag")])]
+    for v in vectors:
+        assert v.dtype == np.float32 and v.shape[1] == embedder.dim
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    again = load_embedder(base, adapter=adapter, device="cpu").encode_images([image])
+    np.testing.assert_allclose(again, vectors[1][:1], atol=1e-5)  # the saved adapter reloads exactly
+    bare = load_embedder(base, device="cpu").encode_images([image])
+    assert not np.allclose(bare, again, atol=1e-4)  # and it is what changed the embedding
+    assert isinstance(embedder.answer(image, "What color is the shirt?"), str)
+
+    qdrant = ["--qdrant-path", str(tmp_path / "qdrant"), "--model", str(base), "--adapter", str(adapter), *project]
+    assert main(["index", *qdrant, "--dataset", str(small_world)]) == 0
+    capsys.readouterr()
+    assert main(["search", *qdrant, "--image", image, "-k", "2", "--no-preview"]) == 0
+    first = next(line for line in capsys.readouterr().out.splitlines() if line.lstrip("│ ").startswith("1 "))
+    assert image.rsplit("/", 1)[1] in first and "1.000" in first  # the photo finds itself
+    assert main(["search", *qdrant, "--image", image, "--modify", "with a blue bag", "--no-preview"]) == 0
+    assert main(["search", *qdrant, "--text", "a woman in a red coat", "--no-preview"]) == 0
+
+
+def test_unknown_scaled_family_lists_the_valid_ones(tmp_path):
+    from mllm_embed.errors import LineupError
+    from mllm_embed.scaled import build_scaled
+
+    with pytest.raises(LineupError, match="qwen2_vl"):
+        build_scaled("phi3_v", ["a"], tmp_path)
