@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["t2i", "i2i", "composed", "verify", "noise", "all"], default="all",
                    help="all: every task but noise (NAM's wrong-word detection AUC; synthetic worlds only)")
     p.add_argument("--nam-layer", type=int, default=-1, help="with --task noise: the hidden layer NAM compares")
+    p.add_argument("--split", default="test",
+                   help="split to evaluate (CIRR / FashionIQ: 'test' means val, their test targets are hidden)")
     p.add_argument("--thi", choices=["off", "auto", "simulated"], default="off", help="THI evaluation mode")
     p.add_argument("--thi-rounds", type=int, default=3)
     p.add_argument("--plots", type=Path, help="with --task verify: folder for ROC and histogram PNGs")

@@ -188,6 +188,13 @@ def _attach_noisy_captions(data_dir: Path, rows: list[dict]) -> None:
         r["noisy_caption"], r["noisy_words"] = noisy.get(str(Path(r["image"]).resolve()), (None, []))
 
 
+def _composed_benchmark(cfg: TrainConfig) -> bool:
+    from finetune.data.loaders import composed_benchmark_format
+
+    return cfg.data_format in ("cirr", "fashioniq") or (cfg.data_format == "auto" and
+                                                         composed_benchmark_format(cfg.data) is not None)
+
+
 def _triplets(cfg: TrainConfig, split: str, required: bool) -> list[dict]:
     from finetune.data.loaders import load_triplets
 
@@ -207,13 +214,15 @@ class _Data:
 
     def __init__(self, stage: str, cfg: TrainConfig):
         self.cfg = cfg
-        self.records = _records(cfg, "train")
-        if not self.records:
+        # a composed benchmark (CIRR, FashionIQ) has triplets only: stage 2 trains on them without stage-1 replay
+        triplets_only = stage == "stage2" and _composed_benchmark(cfg)
+        self.records = [] if triplets_only else _records(cfg, "train")
+        if not self.records and not triplets_only:
             raise LineupError(f"{cfg.data}: no train split records; check the dataset's split column")
         self.by_id: dict[int, list[int]] = {}
         for i, r in enumerate(self.records):
             self.by_id.setdefault(int(r["person_id"]), []).append(i)
-        if len(self.by_id) < cfg.ids_per_batch:
+        if self.records and len(self.by_id) < cfg.ids_per_batch:
             raise LineupError(f"{cfg.data}: {len(self.by_id)} train identities < ids_per_batch={cfg.ids_per_batch}; "
                               "lower ids_per_batch")
         self.triplets = _triplets(cfg, "train", required=stage == "stage2")
@@ -252,7 +261,7 @@ class _Data:
         perm = rng.permutation(len(self.triplets))
         b = self.cfg.batch_size
         batches = [("stage2", tuple(perm[s:s + b].tolist())) for s in range(0, len(perm) - 1, b) if len(perm[s:s + b]) > 1]
-        n1 = round(len(batches) * self.cfg.stage1_mix / (1 - self.cfg.stage1_mix))
+        n1 = round(len(batches) * self.cfg.stage1_mix / (1 - self.cfg.stage1_mix)) if self.records else 0
         if n1:
             pool = self._stage1_batches(rng)
             extra = iter(pool[i % len(pool)] for i in range(n1))
@@ -491,7 +500,8 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
     optimizer = accelerator.prepare(optimizer)  # the scheduler counts our steps, not accelerate's
     masker = nam.NoiseAwareMasker(cfg.mask_rate, cfg.mask_mode)
-    eval_records = _records(cfg, cfg.eval_split) if cfg.eval_split else []
+    # composed benchmarks: no per-epoch person evaluation; `lineup eval --task composed` runs their protocol
+    eval_records = _records(cfg, cfg.eval_split) if cfg.eval_split and not _composed_benchmark(cfg) else []
     eval_triplets = _triplets(cfg, cfg.eval_split, required=False) if eval_records else []
 
     step, metrics_path = 0, out / METRICS_FILE
