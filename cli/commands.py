@@ -38,7 +38,8 @@ def _embedder(args, project: Project):
     elif adapter == "none":
         adapter = None
     with console.status(f"loading {model}" + (f" + adapter {adapter}" if adapter else "")):
-        return load_embedder(model, adapter=adapter, device=args.device, quantization=args.quantization)
+        return load_embedder(model, adapter=adapter, device=args.device, quantization=args.quantization,
+                             prompt_style=args.prompt_style)
 
 
 def _store(args, project: Project):
@@ -203,7 +204,8 @@ def cmd_train(args, project: Project) -> int:
     try:
         cfg = TrainConfig(base_model=base, data=str(args.dataset or _world(args, project)),
                           output_dir=str(args.out or project.run(args.stage)), init_adapter=init,
-                          quantization=args.quantization, **dataclass_overrides(TrainConfig, args, TRAIN_EXPLICIT))
+                          quantization=args.quantization, prompt_style=args.prompt_style,
+                          **dataclass_overrides(TrainConfig, args, TRAIN_EXPLICIT))
     except ValueError as err:
         raise LineupError(f"{err} — see `lineup train --help`") from None
     adapter = run_training(args.stage, cfg)

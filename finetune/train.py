@@ -28,6 +28,7 @@ from finetune import augment, nam
 from finetune.losses import (IDENTITY_LOSSES, Temperature, caption_word_positives, contrastive_loss, identity_loss,
                              word_grounding_loss, word_patch_loss)
 from mllm_embed import load_embedder
+from mllm_embed.config import PROMPT_STYLES
 from mllm_embed.embedder import IMAGE, TEXT, load_image
 from mllm_embed.errors import LineupError
 
@@ -36,15 +37,6 @@ logger = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2")
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
-COMMON_INSTRUCTION = "Summarize the person in one word:"
-PROMPT_STYLES = {
-    # MLLMReID's common instruction: one continuation instruction shared by every modality
-    "common": {"image_prompt": "<image>\n" + COMMON_INSTRUCTION, "text_prompt": "{text}\n" + COMMON_INSTRUCTION,
-               "composed_prompt": "<image>\nChange: {modification}.\n" + COMMON_INSTRUCTION},
-    "default": {},  # the embedder's own (E5-V style, one per modality)
-}
-
-
 @dataclass
 class TrainConfig:
     """One fine-tuning run (stage 1 or stage 2). Paths: base model, dataset folder, output folder."""
@@ -105,7 +97,12 @@ class TrainConfig:
     rda_prob: float = field(default=0.0, metadata={"help": "chance to RDA-reorganise a caption"})
     rewrites: str | None = field(default=None, metadata={"help": "JSON {caption: [rewrites]} from LLM-DA (after TFF)"})
     bss_ratio: float = field(default=0.5, metadata={"help": "BSS: chance to train on a rewrite when one exists"})
-    prompt_style: str = field(default="default", metadata={"help": "embedding prompts: default or common"})
+    prompt_style: str | None = field(default=None, metadata={
+        "help": f"embedding prompt preset, one of {sorted(PROMPT_STYLES)} (None: the base's defaults, or the "
+                "init adapter's prompts)"})
+    merge_init: bool = field(default=False, metadata={
+        "help": "stage 2, LamRA-style: merge init_adapter into the base weights and train a new LoRA on top "
+                "(default: continue training init_adapter)"})
     precision: str = field(default="no", metadata={"help": "mixed precision for accelerate: no, bf16, fp16"})
     quantization: str | None = field(default=None, metadata={"help": "base quantization: None, 4bit (QLoRA) or 8bit"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
@@ -140,7 +137,10 @@ class TrainConfig:
             ("noisy_caption_prob", 0 <= self.noisy_caption_prob <= 1, "must be in [0, 1]"),
             ("rda_prob", 0 <= self.rda_prob <= 1, "must be in [0, 1]"),
             ("bss_ratio", 0 <= self.bss_ratio <= 1, "must be in [0, 1]"),
-            ("prompt_style", self.prompt_style in PROMPT_STYLES, f"must be one of {sorted(PROMPT_STYLES)}"),
+            ("prompt_style", self.prompt_style in (None, *PROMPT_STYLES), f"must be None or one of {sorted(PROMPT_STYLES)}"),
+            ("merge_init", not self.merge_init or self.init_adapter, "needs init_adapter (the adapter to merge)"),
+            ("merge_init", not (self.merge_init and self.quantization),
+             "cannot merge into a quantized base (the merge would round the LoRA into 4/8-bit weights)"),
             ("precision", self.precision in ("no", "bf16", "fp16"), "must be no, bf16 or fp16"),
             ("quantization", self.quantization in (None, "4bit", "8bit"), "must be None, 4bit or 8bit"),
             ("optimizer", self.optimizer in ("adamw", "adamw8bit"), "must be adamw or adamw8bit"),
@@ -366,9 +366,13 @@ def _build_embedder(cfg: TrainConfig, device):
     torch.manual_seed(cfg.seed)
     embedder = load_embedder(cfg.base_model, adapter=cfg.init_adapter, device=str(device),
                              quantization=cfg.quantization)
-    for name, value in PROMPT_STYLES[cfg.prompt_style].items():
-        setattr(embedder.config, name, value)
-    if cfg.init_adapter is None:
+    if cfg.prompt_style:
+        embedder.config = embedder.config.with_style(cfg.prompt_style)
+    if cfg.merge_init:
+        from mllm_embed.merge import merge_loaded_adapter
+
+        merge_loaded_adapter(embedder)
+    if cfg.init_adapter is None or cfg.merge_init:
         embedder.add_adapter(_lora_config(cfg))
     else:  # load_embedder opens adapters for inference: make the LoRA weights trainable again
         for name, p in embedder.model.named_parameters():

@@ -29,6 +29,7 @@ def embedder_meta(embedder: Any) -> dict[str, Any]:
         "adapter": str(adapter) if adapter else "",
         "prompts": hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:12],
         "dim": int(embedder.dim),
+        "prompt_style": getattr(cfg, "prompt_style", "") or "",
     }
 
 

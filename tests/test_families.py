@@ -77,3 +77,86 @@ def test_unknown_scaled_family_lists_the_valid_ones(tmp_path):
 
     with pytest.raises(LineupError, match="qwen2_vl"):
         build_scaled("phi3_v", ["a"], tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ prompt styles
+
+
+def test_prompt_styles_build_the_published_formats(tiny_base):
+    from mllm_embed import load_embedder
+    from mllm_embed.config import PROMPT_STYLES, EmbedderConfig
+
+    for style in PROMPT_STYLES:
+        assert EmbedderConfig.from_style(style).prompt_style == style  # every preset passes validation
+    decode = lambda e, kind, items: e.tokenizer.decode(e.batch(kind, items)["input_ids"][0])  # noqa: E731
+    gme = load_embedder(tiny_base, prompt_style="gme", device="cpu")
+    text = decode(gme, "text", ["a man in a red coat"])
+    assert text.startswith("<|im_start|>system\nFind an image that matches the given text.<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\n<|endoftext|>")  # GME appends <|endoftext|>, pools it
+    assert "You are a helpful assistant." in decode(gme, "image", [_image()])
+    vlm2vec = load_embedder(tiny_base, prompt_style="vlm2vec", device="cpu")
+    text = decode(vlm2vec, "text", ["a man"])
+    assert text == "Find me an everyday image that matches the given caption: a man"  # raw text, no chat turns
+    e5v = load_embedder(tiny_base, prompt_style="e5v", device="cpu")
+    assert decode(e5v, "text", ["a man"]).endswith("a man\nSummary above sentence in one word:<|im_end|>\n"
+                                                   "<|im_start|>assistant\n")
+    v = [e.encode_text(["a man in a red coat"]) for e in (gme, vlm2vec, e5v)]
+    assert not np.allclose(v[0], v[1]) and not np.allclose(v[1], v[2])  # the preset changes the embedding
+
+
+def _image():
+    from PIL import Image
+
+    return Image.new("RGB", (64, 128), (200, 30, 30))
+
+
+def test_a_collection_refuses_queries_with_another_prompt_style(tiny_base, tiny_adapter, tmp_path):
+    from mllm_embed import load_embedder
+    from mllm_embed.errors import LineupError
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
+
+    image = tmp_path / "p.png"
+    _image().save(image)
+    with open_store(path=tmp_path / "q") as store:
+        SearchEngine(load_embedder(tiny_base, prompt_style="e5v", device="cpu"), store, "g").index_images(
+            [{"image": str(image)}])
+        other = SearchEngine(load_embedder(tiny_base, prompt_style="gme", device="cpu"), store, "g")
+        assert store.get_meta("g")["prompt_style"] == "e5v"
+        with pytest.raises(LineupError, match="was built with prompt"):
+            other.search_text("a man")
+    with pytest.raises(LineupError, match="trained with --prompt-style lineup"):
+        load_embedder(tiny_base, adapter=tiny_adapter, prompt_style="gme")
+
+
+# --------------------------------------------------------------------------------- LamRA-style merge-init
+
+
+def test_stage2_merge_init_and_continue_both_train_and_reload(tiny_base, tiny_world, tiny_adapter, tmp_path):
+    from peft import PeftModel
+
+    from mllm_embed import load_embedder
+    from mllm_embed.errors import LineupError
+
+    common = ["--model", str(tiny_base), "--world", str(tiny_world), "--adapter", str(tiny_adapter),
+              "--max-steps", "2", "--eval-split", "", "--project", str(tmp_path)]
+    assert main(["train", "stage2", *common, "--out", str(tmp_path / "merged"), "--merge-init"]) == 0
+    assert main(["train", "stage2", *common, "--out", str(tmp_path / "continued")]) == 0
+    merged, continued = tmp_path / "merged" / "adapter", tmp_path / "continued" / "adapter"
+    assert (merged / "merged" / "0" / "adapter_model.safetensors").exists()
+    assert not (continued / "merged").exists()
+
+    image = [_image()]
+    got = load_embedder(tiny_base, adapter=merged, device="cpu").encode_images(image)
+    # by hand: base + stage 1 merged into the weights, then the new stage-2 LoRA
+    by_hand = load_embedder(tiny_base, adapter=tiny_adapter, device="cpu")
+    by_hand.model = PeftModel.from_pretrained(by_hand.model.merge_and_unload(), str(merged)).eval()
+    np.testing.assert_allclose(got, by_hand.encode_images(image), atol=1e-5)
+    stage1 = load_embedder(tiny_base, adapter=tiny_adapter, device="cpu").encode_images(image)
+    cont = load_embedder(tiny_base, adapter=continued, device="cpu").encode_images(image)
+    assert not np.allclose(got, stage1, atol=1e-4) and not np.allclose(cont, stage1, atol=1e-4)
+
+    weights = merged / "merged" / "0" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(LineupError, match="does not match the hash"):
+        load_embedder(tiny_base, adapter=merged)
