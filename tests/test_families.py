@@ -160,3 +160,22 @@ def test_stage2_merge_init_and_continue_both_train_and_reload(tiny_base, tiny_wo
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(LineupError, match="does not match the hash"):
         load_embedder(tiny_base, adapter=merged)
+
+
+def test_gpu_check_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py --device cpu: every section runs (throughput, stage-1 step with sdpa and with
+    gradient checkpointing, QLoRA 4-bit) and the JSON holds positive figures."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    out = gpu_check.main(["--device", "cpu", "--batch", "2", "--n", "4", "--ids", "2", "--repeats", "1",
+                          "--out", str(tmp_path / "gpu.json")])
+    results = out["results"]
+    assert [r.get("error") for r in results.values()] == [None] * 4
+    assert results["throughput"]["images"]["embedder_per_s"] > 0 and results["throughput"]["texts"]["overhead"] > 0
+    assert all(results[s]["seconds_per_step"] > 0 for s in ("stage1_sdpa", "stage1_checkpointing", "qlora_4bit"))
+    assert (tmp_path / "gpu.json").exists()
