@@ -108,9 +108,23 @@ class MLLMEmbedder:
         for slot in ("{text}", "{modification}", "{question}"):
             content = content.replace(slot, _SLOT)
         if self.config.use_chat_template and self.tokenizer.chat_template:
-            turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-            content = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            content = self._chat(system, content)
         return content + suffix
+
+    def _chat(self, system: str, content: str) -> str:
+        """The chat template around one user turn. Content goes in as a list of text parts, the form the hub's
+        multimodal templates (LLaVA-NeXT, Idefics3, Qwen2-VL) read; a template that only takes strings gets one."""
+        for wrap in (lambda text: [{"type": "text", "text": text}], lambda text: text):
+            turns = ([{"role": "system", "content": wrap(system)}] if system else []) + [
+                {"role": "user", "content": wrap(content)}]
+            try:
+                text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 — jinja errors of a template written for the other form
+                continue
+            if content in text:
+                return text
+        raise LineupError("the tokenizer's chat template drops the prompt; set use_chat_template=False "
+                          "(e.g. --prompt-style vlm2vec)")
 
     def _encode_piece(self, text: str) -> list[int]:
         """Token ids of a literal prompt piece (cached: the same few pieces recur in every input)."""
