@@ -5,6 +5,7 @@ reload → embed text / image / image+modification → `answer()` → `lineup in
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -47,7 +48,8 @@ def test_family_trains_reloads_indexes_and_searches(family, small_world, tmp_pat
     adapter = tmp_path / "s2" / "adapter"
 
     embedder = load_embedder(base, adapter=adapter, device="cpu")
-    assert embedder.family.model_types and base.name == "base"
+    model_type = json.loads((base / "config.json").read_text())["model_type"]
+    assert model_type == family and model_type in embedder.family.model_types
     test = [r for r in load_person_dataset(small_world) if r["split"] == "test"]
     image = test[0]["image"]
     vectors = [embedder.encode_text(["a woman in a red coat", "a man"]), embedder.encode_images([image, test[1]["image"]]),
