@@ -181,3 +181,19 @@ def test_gpu_check_smoke_on_cpu(tmp_path):
     assert results["throughput"]["images"]["embedder_per_s"] > 0 and results["throughput"]["texts"]["overhead"] > 0
     assert all(results[s]["seconds_per_step"] > 0 for s in ("stage1_sdpa", "stage1_checkpointing", "qlora_4bit"))
     assert (tmp_path / "gpu.json").exists()
+
+
+def test_prompts_survive_hub_style_chat_templates(tiny_base):
+    """Hub multimodal templates (llava-hf, Idefics3) read typed content parts and drop plain strings; older
+    templates concatenate strings and fail on parts. The prompt must come through both."""
+    from mllm_embed import load_embedder
+
+    emb = load_embedder(tiny_base, device="cpu")
+    parts_only = ("{% for m in messages %}{{ m['role'].upper() }}: {% for c in m['content'] | "
+                  "selectattr('type', 'equalto', 'text') %}{{ c['text'] }}{% endfor %} {% endfor %}ASSISTANT:")
+    strings_only = "{% for m in messages %}[{{ m['role'] + ']' + m['content'] }}{% endfor %}>"
+    for template, expected in ((parts_only, "USER: a man\nSummarize the person described in one word: ASSISTANT:"),
+                               (strings_only, "[user]a man\nSummarize the person described in one word:>")):
+        emb.tokenizer.chat_template = template
+        emb._pieces.clear()
+        assert emb.tokenizer.decode(emb.batch("text", ["a man"])["input_ids"][0]) == expected
