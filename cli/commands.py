@@ -44,7 +44,8 @@ def _embedder(args, project: Project):
     elif adapter == "none":
         adapter = None
     with console.status(f"loading {model}" + (f" + adapter {adapter}" if adapter else "")):
-        return load_embedder(model, adapter=adapter, device=args.device, quantization=args.quantization)
+        return load_embedder(model, adapter=adapter, device=args.device, quantization=args.quantization,
+                             prompt_style=args.prompt_style)
 
 
 def _store(args, project: Project):
@@ -330,7 +331,8 @@ def cmd_train(args, project: Project) -> int:
     try:
         cfg = TrainConfig(base_model=base, data=str(args.dataset or _world(args, project)),
                           output_dir=str(args.out or project.run(args.stage)), init_adapter=init,
-                          quantization=args.quantization, **dataclass_overrides(TrainConfig, args, TRAIN_EXPLICIT))
+                          quantization=args.quantization, prompt_style=args.prompt_style,
+                          **dataclass_overrides(TrainConfig, args, TRAIN_EXPLICIT))
     except ValueError as err:
         raise LineupError(f"{err} — see `lineup train --help`") from None
     adapter = run_training(args.stage, cfg)
@@ -428,7 +430,7 @@ def cmd_eval(args, project: Project) -> int:
     embedder = _embedder(args, project)
     tasks = TASKS if args.task == "all" else (args.task,)
     with progress_bar("evaluating", total=None) as advance:
-        results = evaluate_dataset(embedder, path, tasks, EvalConfig(nam_layer=args.nam_layer), plots=args.plots,
+        results = evaluate_dataset(embedder, path, tasks, EvalConfig(split=args.split, nam_layer=args.nam_layer), plots=args.plots,
                                    progress=advance)
     if args.thi != "off":
         results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds)

@@ -65,6 +65,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="LoRA adapter folder (default: the project's stage2, else stage1 adapter; 'none' for the bare base)")
     p.add_argument("--quantization", choices=["4bit", "8bit"], default=None, help="load the base with bitsandbytes")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    from mllm_embed.config import PROMPT_STYLES
+
+    p.add_argument("--prompt-style", choices=sorted(PROMPT_STYLES), default=None,
+                   help="embedding prompt preset of a published embedder (README: Prompt styles); default: the "
+                        "adapter's prompts, else lineup")
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -102,8 +107,8 @@ def dataclass_overrides(cls, args: argparse.Namespace, skip: set[str]) -> dict:
 
 
 # TrainConfig fields that `lineup train` sets from its own flags (--model, --world/--dataset, --out, --adapter,
-# --quantization) rather than from generated ones.
-TRAIN_EXPLICIT = {"base_model", "data", "output_dir", "init_adapter", "quantization"}
+# --quantization, --prompt-style) rather than from generated ones.
+TRAIN_EXPLICIT = {"base_model", "data", "output_dir", "init_adapter", "quantization", "prompt_style"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["t2i", "i2i", "composed", "verify", "noise", "all"], default="all",
                    help="all: every task but noise (NAM's wrong-word detection AUC; synthetic worlds only)")
     p.add_argument("--nam-layer", type=int, default=-1, help="with --task noise: the hidden layer NAM compares")
+    p.add_argument("--split", default="test",
+                   help="split to evaluate (CIRR / FashionIQ: 'test' means val, their test targets are hidden)")
     p.add_argument("--thi", choices=["off", "auto", "simulated"], default="off", help="THI evaluation mode")
     p.add_argument("--thi-rounds", type=POSITIVE, default=3)
     p.add_argument("--plots", type=Path, help="with --task verify: folder for ROC and histogram PNGs")

@@ -28,6 +28,7 @@ from finetune import augment, nam
 from finetune.losses import (IDENTITY_LOSSES, Temperature, caption_word_positives, contrastive_loss, identity_loss,
                              word_grounding_loss, word_patch_loss)
 from mllm_embed import load_embedder
+from mllm_embed.config import PROMPT_STYLES
 from mllm_embed.embedder import IMAGE, TEXT, load_image
 from mllm_embed.errors import LineupError
 from mllm_embed.files import atomic_output
@@ -37,15 +38,6 @@ logger = logging.getLogger(__name__)
 STAGES = ("stage1", "stage2")
 STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
-COMMON_INSTRUCTION = "Summarize the person in one word:"
-PROMPT_STYLES = {
-    # MLLMReID's common instruction: one continuation instruction shared by every modality
-    "common": {"image_prompt": "<image>\n" + COMMON_INSTRUCTION, "text_prompt": "{text}\n" + COMMON_INSTRUCTION,
-               "composed_prompt": "<image>\nChange: {modification}.\n" + COMMON_INSTRUCTION},
-    "default": {},  # the embedder's own (E5-V style, one per modality)
-}
-
-
 @dataclass
 class TrainConfig:
     """One fine-tuning run (stage 1 or stage 2). Paths: base model, dataset folder, output folder."""
@@ -109,7 +101,12 @@ class TrainConfig:
     rda_prob: float = field(default=0.0, metadata={"help": "chance to RDA-reorganise a caption"})
     rewrites: str | None = field(default=None, metadata={"help": "JSON {caption: [rewrites]} from LLM-DA (after TFF)"})
     bss_ratio: float = field(default=0.5, metadata={"help": "BSS: chance to train on a rewrite when one exists"})
-    prompt_style: str = field(default="default", metadata={"help": "embedding prompts: default or common"})
+    prompt_style: str | None = field(default=None, metadata={
+        "help": f"embedding prompt preset, one of {sorted(PROMPT_STYLES)} (None: the base's defaults, or the "
+                "init adapter's prompts)"})
+    merge_init: bool = field(default=False, metadata={
+        "help": "stage 2, LamRA-style: merge init_adapter into the base weights and train a new LoRA on top "
+                "(default: continue training init_adapter)"})
     precision: str = field(default="no", metadata={"help": "mixed precision for accelerate: no, bf16, fp16"})
     quantization: str | None = field(default=None, metadata={"help": "base quantization: None, 4bit (QLoRA) or 8bit"})
     optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
@@ -144,7 +141,10 @@ class TrainConfig:
             ("noisy_caption_prob", 0 <= self.noisy_caption_prob <= 1, "must be in [0, 1]"),
             ("rda_prob", 0 <= self.rda_prob <= 1, "must be in [0, 1]"),
             ("bss_ratio", 0 <= self.bss_ratio <= 1, "must be in [0, 1]"),
-            ("prompt_style", self.prompt_style in PROMPT_STYLES, f"must be one of {sorted(PROMPT_STYLES)}"),
+            ("prompt_style", self.prompt_style in (None, *PROMPT_STYLES), f"must be None or one of {sorted(PROMPT_STYLES)}"),
+            ("merge_init", not self.merge_init or self.init_adapter, "needs init_adapter (the adapter to merge)"),
+            ("merge_init", not (self.merge_init and self.quantization),
+             "cannot merge into a quantized base (the merge would round the LoRA into 4/8-bit weights)"),
             ("precision", self.precision in ("no", "bf16", "fp16"), "must be no, bf16 or fp16"),
             ("quantization", self.quantization in (None, "4bit", "8bit"), "must be None, 4bit or 8bit"),
             ("optimizer", self.optimizer in ("adamw", "adamw8bit"), "must be adamw or adamw8bit"),
@@ -192,6 +192,13 @@ def _attach_noisy_captions(data_dir: Path, rows: list[dict]) -> None:
         r["noisy_caption"], r["noisy_words"] = noisy.get(str(Path(r["image"]).resolve()), (None, []))
 
 
+def _composed_benchmark(cfg: TrainConfig) -> bool:
+    from finetune.data.loaders import composed_benchmark_format
+
+    return cfg.data_format in ("cirr", "fashioniq") or (cfg.data_format == "auto" and
+                                                         composed_benchmark_format(cfg.data) is not None)
+
+
 def _triplets(cfg: TrainConfig, split: str, required: bool) -> list[dict]:
     from finetune.data.loaders import load_triplets
 
@@ -211,13 +218,15 @@ class _Data:
 
     def __init__(self, stage: str, cfg: TrainConfig):
         self.cfg = cfg
-        self.records = _records(cfg, "train")
-        if not self.records:
+        # a composed benchmark (CIRR, FashionIQ) has triplets only: stage 2 trains on them without stage-1 replay
+        triplets_only = stage == "stage2" and _composed_benchmark(cfg)
+        self.records = [] if triplets_only else _records(cfg, "train")
+        if not self.records and not triplets_only:
             raise LineupError(f"{cfg.data}: no train split records; check the dataset's split column")
         self.by_id: dict[int, list[int]] = {}
         for i, r in enumerate(self.records):
             self.by_id.setdefault(int(r["person_id"]), []).append(i)
-        if len(self.by_id) < cfg.ids_per_batch:
+        if self.records and len(self.by_id) < cfg.ids_per_batch:
             raise LineupError(f"{cfg.data}: {len(self.by_id)} train identities < ids_per_batch={cfg.ids_per_batch}; "
                               "lower ids_per_batch")
         self.triplets = _triplets(cfg, "train", required=stage == "stage2")
@@ -281,7 +290,7 @@ class _Data:
         perm = rng.permutation(len(self.triplets))
         b = self.cfg.batch_size
         batches = [("stage2", tuple(perm[s:s + b].tolist())) for s in range(0, len(perm) - 1, b) if len(perm[s:s + b]) > 1]
-        n1 = round(len(batches) * self.cfg.stage1_mix / (1 - self.cfg.stage1_mix))
+        n1 = round(len(batches) * self.cfg.stage1_mix / (1 - self.cfg.stage1_mix)) if self.records else 0
         if n1:
             pool = self._stage1_batches(rng)
             extra = iter(pool[i % len(pool)] for i in range(n1))
@@ -365,15 +374,19 @@ def evaluate_split(embedder, data: str | Path, split: str = "val", data_format: 
 def _lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
-    pattern = rf".*language_model.*\.({'|'.join(cfg.lora_target_modules)})"
+    # the language model is `language_model` (LLaVA family, Qwen2-VL) or `text_model` (Idefics3 / SmolVLM)
+    pattern = rf".*(language_model|text_model).*\.({'|'.join(cfg.lora_target_modules)})"
     if cfg.token_embeddings == "lora":
-        pattern += r"|.*language_model.*\.embed_tokens"
-    if cfg.lora_vision in ("projector", "all"):  # LLaVA: multi_modal_projector; Qwen2-VL: visual.merger
-        pattern += r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.\d+"
-    if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA) and Qwen2-VL's visual blocks
-        pattern += r"|.*vision_tower.*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)|.*visual\.blocks.*\.(qkv|proj|fc1|fc2)"
+        pattern += r"|.*(language_model|text_model).*\.embed_tokens"
+    if cfg.lora_vision in ("projector", "all"):  # LLaVA: multi_modal_projector; Qwen2-VL: merger; Idefics3: connector
+        pattern += (r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.[02]"
+                    r"|.*connector\.modality_projection\.proj")
+    if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA, Idefics3) and Qwen2-VL / Qwen2.5-VL visual blocks
+        pattern += (r"|.*(vision_tower|vision_model).*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
+                    r"|.*visual\.blocks.*\.(qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj)")
     full = (["embed_tokens"] if cfg.token_embeddings == "full" else []) + (
-        ["vision_tower", "multi_modal_projector", "visual"] if cfg.lora_vision == "full" else [])  # Qwen2-VL: visual
+        ["vision_tower", "multi_modal_projector", "visual", "vision_model", "connector"]
+        if cfg.lora_vision == "full" else [])
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=pattern,
                       modules_to_save=full or None)
 
@@ -382,9 +395,13 @@ def _build_embedder(cfg: TrainConfig, device):
     torch.manual_seed(cfg.seed)
     embedder = load_embedder(cfg.base_model, adapter=cfg.init_adapter, device=str(device),
                              quantization=cfg.quantization)
-    for name, value in PROMPT_STYLES[cfg.prompt_style].items():
-        setattr(embedder.config, name, value)
-    if cfg.init_adapter is None:
+    if cfg.prompt_style:
+        embedder.config = embedder.config.with_style(cfg.prompt_style)
+    if cfg.merge_init:
+        from mllm_embed.merge import merge_loaded_adapter
+
+        merge_loaded_adapter(embedder)
+    if cfg.init_adapter is None or cfg.merge_init:
         embedder.add_adapter(_lora_config(cfg))
     else:  # load_embedder opens adapters for inference: make the LoRA weights trainable again
         for name, p in embedder.model.named_parameters():
@@ -542,7 +559,8 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
     optimizer = accelerator.prepare(optimizer)  # the scheduler counts our steps, not accelerate's
     masker = nam.NoiseAwareMasker(cfg.mask_rate, cfg.mask_mode)
-    eval_records = _records(cfg, cfg.eval_split) if cfg.eval_split else []
+    # composed benchmarks: no per-epoch person evaluation; `lineup eval --task composed` runs their protocol
+    eval_records = _records(cfg, cfg.eval_split) if cfg.eval_split and not _composed_benchmark(cfg) else []
     eval_triplets = _triplets(cfg, cfg.eval_split, required=False) if eval_records else []
 
     step, metrics_path = 0, out / METRICS_FILE

@@ -29,6 +29,11 @@ class EmbedderConfig:
         default="<image>\nChange: {modification}. Summarize the changed person in one word:",
         metadata={"help": "prompt for image + modification; must contain <image> and {modification}"})
     common_prompt: str = field(default="", metadata={"help": "text prepended to every embedding prompt"})
+    image_system: str = field(default="", metadata={"help": "system turn for image inputs (chat template only)"})
+    text_system: str = field(default="", metadata={"help": "system turn for text queries (chat template only)"})
+    composed_system: str = field(default="", metadata={"help": "system turn for image + modification queries"})
+    suffix: str = field(default="", metadata={"help": "text appended after every (templated) embedding prompt"})
+    prompt_style: str = field(default="lineup", metadata={"help": "the preset these prompts came from (PROMPT_STYLES)"})
     vqa_prompt: str = field(default="<image>\n{question}",
                             metadata={"help": "prompt for answer(image, question); <image> and {question}"})
     caption_question: str = field(default="Describe the person.",
@@ -45,6 +50,9 @@ class EmbedderConfig:
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings"})
     base_model: str = field(default="", metadata={"help": "name or path of the base model"})
     base_fingerprint: str = field(default="", metadata={"help": "architecture/identity hash of the base"})
+    merged_adapters: list = field(default_factory=list, metadata={
+        "help": "adapters merged into the base before this one (LamRA-style stage 2): [{path, sha256}], "
+                "paths relative to the adapter folder (mllm_embed.merge)"})
 
     def __post_init__(self):
         required = {"image_prompt": (IMAGE_MARKER,), "text_prompt": ("{text}",),
@@ -57,13 +65,30 @@ class EmbedderConfig:
         if self.pooling != "last":
             raise ValueError(f"EmbedderConfig.pooling={self.pooling!r}: only 'last' is supported")
 
+    @classmethod
+    def from_style(cls, style: str, **fields_) -> EmbedderConfig:
+        """The config of a prompt preset (`PROMPT_STYLES`), plus the given fields (e.g. base_model)."""
+        if style not in PROMPT_STYLES:
+            raise LineupError(f"prompt style {style!r}: unknown; choose one of {sorted(PROMPT_STYLES)}")
+        return cls(**{**PROMPT_STYLES[style], "prompt_style": style, **fields_})
+
+    def with_style(self, style: str) -> EmbedderConfig:
+        """This config with its embedding prompts replaced by a preset's (base model and judge questions kept)."""
+        keep = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _STYLE_FIELDS}
+        return EmbedderConfig.from_style(style, **keep)
+
+    def system_for(self, kind: str) -> str:
+        """The system turn of an input kind: image, text or composed."""
+        return {"image": self.image_system, "text": self.text_system, "composed": self.composed_system}[kind]
+
     def match_prompt(self, text: str) -> str:
         """`match_question` asked about `text`."""
         return self.match_question.replace("{text}", text)
 
     def prompt_texts(self) -> list[str]:
         """The literal prompt text (for tokenizer training)."""
-        return [self.common_prompt, self.image_prompt, self.text_prompt, self.composed_prompt,
+        return [self.common_prompt, self.image_system, self.text_system, self.composed_system, self.suffix,
+                self.image_prompt, self.text_prompt, self.composed_prompt,
                 self.vqa_prompt, self.caption_question, self.match_question, self.verify_question]
 
     def save(self, directory: str | Path) -> Path:
@@ -81,6 +106,35 @@ class EmbedderConfig:
                               "MLLMEmbedder.save_adapter") from exc
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Prompt-and-pooling presets of published MLLM embedders (all pool the last token's final hidden state).
+# Sources: E5-V (Jiang et al. 2024, github.com/kongds/E5-V: "Summary above image/sentence in one word:", composed
+# "Modify this image with ..., describe modified image in one word:"); VLM2Vec / MMEB (Jiang et al. 2024,
+# github.com/TIGER-AI-Lab/VLM2Vec: raw instruction text, no chat template, the MSCOCO t2i / CIRR instructions);
+# GME (Zhang et al. 2024, gme_inference.py of Alibaba-NLP/gme-Qwen2-VL-2B-Instruct: the instruction as the system
+# turn, "You are a helpful assistant." for candidates, "<|endoftext|>" appended); MLLMReID (Yang et al. 2024: one
+# common instruction for every modality).
+COMMON_INSTRUCTION = "Summarize the person in one word:"
+PROMPT_STYLES: dict[str, dict] = {
+    "lineup": {},  # EmbedderConfig's defaults: E5-V-style, person-specific, one prompt per modality
+    "common": {"image_prompt": "<image>\n" + COMMON_INSTRUCTION, "text_prompt": "{text}\n" + COMMON_INSTRUCTION,
+               "composed_prompt": "<image>\nChange: {modification}.\n" + COMMON_INSTRUCTION},
+    "e5v": {"image_prompt": "<image>\nSummary above image in one word:",
+            "text_prompt": "{text}\nSummary above sentence in one word:",
+            "composed_prompt": '<image>\nModify this image with "{modification}", describe modified image in one word:'},
+    "vlm2vec": {"use_chat_template": False, "image_prompt": "<image> Represent the given image.",
+                "text_prompt": "Find me an everyday image that matches the given caption: {text}",
+                "composed_prompt": "<image> Given an image, find a similar everyday image with the described "
+                                   "changes: {modification}"},
+    "gme": {"image_system": "You are a helpful assistant.",
+            "text_system": "Find an image that matches the given text.",
+            "composed_system": "Retrieve an image that matches the reference image changed as the text says.",
+            "image_prompt": "<image>", "text_prompt": "{text}", "composed_prompt": "<image>{modification}",
+            "suffix": "<|endoftext|>"},
+}
+_STYLE_FIELDS = {"common_prompt", "image_prompt", "text_prompt", "composed_prompt", "image_system", "text_system",
+                 "composed_system", "suffix", "use_chat_template", "prompt_style"}
 
 
 PRECISIONS = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",

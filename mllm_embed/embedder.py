@@ -100,21 +100,37 @@ class MLLMEmbedder:
         self.config = config
         self.dim = model.config.get_text_config().hidden_size
         self._pieces: dict[str, list[int]] = {}
+        self.merged_sources: list[Path] = []  # adapters folded into the base weights (mllm_embed.merge)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     # ---------------------------------------------------------------- building inputs
-    def _prompt(self, template: str) -> str:
-        """Fill the chat template around a user prompt, keeping the image and slot as sentinels."""
+    def _prompt(self, template: str, system: str = "", suffix: str = "") -> str:
+        """Fill the chat template (with an optional system turn) around a user prompt, keeping the image and slot
+        as sentinels; `suffix` follows the templated text (GME's "<|endoftext|>")."""
         content = self.config.common_prompt + template.replace(IMAGE_MARKER, _IMAGE)
         for slot in ("{text}", "{modification}", "{question}"):
             content = content.replace(slot, _SLOT)
         if self.config.use_chat_template and self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                      add_generation_prompt=True)
-        return content
+            content = self._chat(system, content)
+        return content + suffix
+
+    def _chat(self, system: str, content: str) -> str:
+        """The chat template around one user turn. Content goes in as a list of text parts, the form the hub's
+        multimodal templates (LLaVA-NeXT, Idefics3, Qwen2-VL) read; a template that only takes strings gets one."""
+        for wrap in (lambda text: [{"type": "text", "text": text}], lambda text: text):
+            turns = ([{"role": "system", "content": wrap(system)}] if system else []) + [
+                {"role": "user", "content": wrap(content)}]
+            try:
+                text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 — jinja errors of a template written for the other form
+                continue
+            if content in text:
+                return text
+        raise LineupError("the tokenizer's chat template drops the prompt; set use_chat_template=False "
+                          "(e.g. --prompt-style vlm2vec)")
 
     def _encode_piece(self, text: str) -> list[int]:
         """Token ids of a literal prompt piece (cached: the same few pieces recur in every input)."""
@@ -179,7 +195,7 @@ class MLLMEmbedder:
             for i, text in enumerate(items):
                 if not isinstance(text, str) or not text.strip():
                     raise LineupError(f"texts[{i}] is empty; every text query needs at least one word")
-            prompt = self._prompt(self.config.text_prompt)
+            prompt = self._prompt(self.config.text_prompt, self.config.text_system, self.config.suffix)
             return self._collate([self._tokens(prompt, t.strip(), None) for t in items], {})
         if kind == "image":
             images, texts, template = list(items), [None] * len(items), self.config.image_prompt
@@ -190,7 +206,7 @@ class MLLMEmbedder:
         else:
             raise LineupError(f"kind={kind!r}: unknown batch kind; choose image, text or composed")
         vision = self.family.images([load_image(img) for img in images])
-        prompt = self._prompt(template)
+        prompt = self._prompt(template, self.config.system_for(kind), self.config.suffix)
         rows = [self._tokens(prompt, t, p) for t, p in zip(texts, vision.placeholders)]
         return self._collate(rows, vision.tensors)
 
@@ -310,6 +326,9 @@ class MLLMEmbedder:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(directory)
+        from mllm_embed.merge import store_merged
+
+        self.config.merged_adapters = store_merged(self.merged_sources, directory)
         self.config.save(directory)
         return directory
 
@@ -342,8 +361,10 @@ def _quantization_config(quantization: str | None, dtype, family: type[Family]):
 
 
 def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, device: str | None = None,
-                  dtype=None, quantization: str | None = None) -> MLLMEmbedder:
-    """Load a base MLLM (local folder or hub name) and optionally a peft adapter saved by `save_adapter`."""
+                  dtype=None, quantization: str | None = None, prompt_style: str | None = None) -> MLLMEmbedder:
+    """Load a base MLLM (local folder or hub name) and optionally a peft adapter saved by `save_adapter`.
+    `prompt_style` picks a prompt preset (`config.PROMPT_STYLES`) for a bare base; an adapter keeps the prompts it
+    was trained with, and a different preset for it is refused."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     name = str(name_or_path)
@@ -378,9 +399,12 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
     family.prepare(model)
     fingerprint = base_fingerprint(model_config, path)
     if adapter is None:
-        config = EmbedderConfig(base_model=name, base_fingerprint=fingerprint)
+        config = EmbedderConfig.from_style(prompt_style or "lineup", base_model=name, base_fingerprint=fingerprint)
     else:
         config = EmbedderConfig.load(adapter)
+        if prompt_style and prompt_style != config.prompt_style:
+            raise LineupError(f"{adapter}: adapter was trained with --prompt-style {config.prompt_style}, not "
+                              f"{prompt_style}; drop --prompt-style or use --adapter none")
         if config.base_fingerprint and config.base_fingerprint != fingerprint:
             raise LineupError(f"{adapter}: adapter was trained on base {config.base_model!r}, not on {name!r}; "
                               f"load it with that base model")
@@ -388,7 +412,10 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
 
         from peft import PeftModel
 
+        from mllm_embed.merge import apply_merged
+
         try:
+            model, merged = apply_merged(model, Path(adapter), config.merged_adapters)
             with warnings.catch_warnings():  # peft's note that tied embeddings are not re-tied (we never merge)
                 warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`", category=UserWarning)
                 model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
@@ -397,4 +424,7 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
                               "incomplete or damaged — copy it again or retrain") from None
         model.eval()
     logger.info("loaded %s embedder from %s", family_cls.name, name)
-    return MLLMEmbedder(model, family, config, adapter=str(Path(adapter).resolve()) if adapter else None, base=name)
+    embedder = MLLMEmbedder(model, family, config, adapter=str(Path(adapter).resolve()) if adapter else None,
+                            base=name)
+    embedder.merged_sources = merged if adapter is not None else []
+    return embedder

@@ -6,8 +6,11 @@ embedder. A family only knows its image placeholder tokens and the tensors its v
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mllm_embed.errors import LineupError
 
@@ -113,7 +116,112 @@ class Qwen2VLFamily(Family):
         return {"mm_token_type_ids": (input_ids == self.tokenizer.convert_tokens_to_ids("<|image_pad|>")).int()}
 
 
-FAMILIES: dict[str, type[Family]] = {f.name: f for f in (LlavaFamily, Qwen2VLFamily)}
+# model_type -> processor class name; the processors that also take videos get video_processor=None when
+# their video processor (torchvision) is unavailable: an image embedder never needs it
+PROCESSORS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor",
+              "llava_next": "LlavaNextProcessor", "llava_onevision": "LlavaOnevisionProcessor",
+              "idefics3": "Idefics3Processor", "smolvlm": "SmolVLMProcessor"}
+
+
+def processor_class(model_type: str):
+    import transformers
+
+    if model_type not in PROCESSORS:
+        raise LineupError(f"model_type={model_type!r}: no processor class known; supported: {sorted(PROCESSORS)}")
+    return getattr(transformers, PROCESSORS[model_type])
+
+
+def _without_video(cls):
+    """`cls` accepting video_processor=None (transformers type-checks every attribute, and resolving the video
+    processor class needs torchvision)."""
+    if "video_processor" not in inspect.signature(cls.__init__).parameters:
+        return cls
+
+    class NoVideo(cls):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument is None and "video" in argument_name:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    NoVideo.__name__ = cls.__name__
+    return NoVideo
+
+
+def _processor_without_video(path: str):
+    """The family's processor from its saved tokenizer and PIL image processor, without the video processor
+    (which needs torchvision). Fails with the install hint when no PIL image processor exists."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+    except (ImportError, ValueError) as exc:
+        raise LineupError(f"{path}: the {model_type} image processor needs torchvision ({exc}); "
+                          "pip install torchvision matching your torch") from exc
+    cls = _without_video(processor_class(model_type))
+    kwargs = json.loads((Path(path) / "processor_config.json").read_text()) \
+        if (Path(path) / "processor_config.json").exists() else {}
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("processor_class", "image_processor", "video_processor")}
+    if "video_processor" in inspect.signature(cls.__init__).parameters:
+        kwargs["video_processor"] = None
+    return cls(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(path), **kwargs)
+
+
+class ProcessorFamily(Family):
+    """Families whose image tokens depend on the image (tiling, any-resolution, pixel shuffle): the real
+    processor expands one image marker per image and the expansion is taken as that image's placeholder
+    tokens, so token counts always match what the model computes (LLaVA-NeXT, LLaVA-OneVision,
+    Idefics3 / SmolVLM)."""
+
+    marker = "<image>"
+    nested_images = False  # Idefics3 / SmolVLM take one list of images per text
+
+    def __init__(self, path: str):
+        try:
+            super().__init__(path)
+        except (ImportError, ValueError, OSError, TypeError) as exc:
+            logger.info("%s processor unavailable (%s); building it without a video processor", self.name, exc)
+            self.processor = _processor_without_video(path)
+            self.tokenizer = self.processor.tokenizer
+            self.image_processor = self.processor.image_processor
+
+    def images(self, images):
+        out = self.processor(text=[self.marker] * len(images), images=[[im] for im in images]
+                             if self.nested_images else images, return_tensors="pt", padding=True)
+        rows = [ids[mask.bool()].tolist() for ids, mask in zip(out["input_ids"], out["attention_mask"])]
+        bos = self.tokenizer.bos_token_id
+        rows = [r[1:] if bos is not None and r and r[0] == bos else r for r in rows]
+        tensors = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        return ImageInputs(tensors, rows)
+
+
+class LlavaNextFamily(ProcessorFamily):
+    """LLaVA-NeXT / LLaVA-1.6 (E5-V's llama3-llava-next-8b, VLM2Vec, UniME): any-resolution tiles."""
+
+    name = "llava_next"
+    model_types = ("llava_next",)
+    skip_quantization = ("vision_tower", "multi_modal_projector", "image_newline", "lm_head")
+
+
+class LlavaOnevisionFamily(ProcessorFamily):
+    """LLaVA-OneVision (UniME): SigLIP tower, any-resolution tiles, Qwen2 language model."""
+
+    name = "llava_onevision"
+    model_types = ("llava_onevision",)
+    skip_quantization = ("vision_tower", "multi_modal_projector", "image_newline", "lm_head")
+
+
+class Idefics3Family(ProcessorFamily):
+    """Idefics3 / SmolVLM: SigLIP tower, pixel-shuffle connector, Llama language model."""
+
+    name = "idefics3"
+    model_types = ("idefics3", "smolvlm")
+    skip_quantization = ("vision_model", "connector", "lm_head")
+    nested_images = True
+
+
+FAMILIES: dict[str, type[Family]] = {f.name: f for f in (LlavaFamily, Qwen2VLFamily, LlavaNextFamily,
+                                                          LlavaOnevisionFamily, Idefics3Family)}
 
 
 def family_for(model_type: str) -> type[Family]:

@@ -35,6 +35,7 @@ def embedder_meta(embedder: Any) -> dict[str, Any]:
         "adapter_sha256": weights_sha256(adapter) if adapter else "",
         "prompts": hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:12],
         "dim": int(embedder.dim),
+        "prompt_style": getattr(cfg, "prompt_style", "") or "",
     }
 
 

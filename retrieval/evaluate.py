@@ -34,7 +34,8 @@ import numpy as np
 
 from mllm_embed.embedder import side_by_side
 from mllm_embed.errors import LineupError
-from retrieval.metrics import rank_metrics, recall_at_k, roc_auc, verification_metrics
+from retrieval.metrics import (composed_recall, rank_metrics, recall_at_k, recall_subset_at_k, roc_auc,
+                               verification_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,76 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
         out.update({f"exact_{k}": v for k, v in recall_at_k(sim[rows], np.array(cols), ks=ks).items()})
         out["exact_queries"] = len(exact)
     return out
+
+
+# --- composed benchmarks (CIRR, FashionIQ) with their official protocols -----------------------------
+def _benchmark_sim(embedder, bench: dict, batch_size: int, progress: Progress):
+    """(similarity (queries, gallery), gallery column of each name) for a loaded benchmark split."""
+    names = [n for n, _ in bench["gallery"]]
+    column = {n: j for j, n in enumerate(names)}
+    path = dict(bench["gallery"])
+    gallery = embedder.encode_images([p for _, p in bench["gallery"]], batch_size=batch_size, progress=progress)
+    queries = embedder.encode_composed([(path[q["reference"]], q["caption"]) for q in bench["queries"]],
+                                       batch_size=batch_size, progress=progress)
+    return queries @ gallery.T, column
+
+
+def evaluate_cirr(embedder, path: str | Path, split: str = "val", batch_size: int = 16,
+                  progress: Progress = None) -> dict:
+    """CIRR's protocol: gallery = every image of the split's image_splits file, the reference removed from each
+    query's ranking; Recall@1/5/10/50 over it and Recall_subset@1/2/3 over the query's img_set members (the
+    reference left out); ``R_avg`` = (R@5 + Rsubset@1) / 2, the figure CIRR papers rank by."""
+    from finetune.data.loaders import load_cirr_benchmark
+
+    bench = load_cirr_benchmark(path, split)
+    sim, column = _benchmark_sim(embedder, bench, batch_size, progress)
+    queries = bench["queries"]
+    target = np.array([column[q["target"]] for q in queries])
+    reference = np.array([column[q["reference"]] for q in queries])
+    out = composed_recall(sim, target, reference, ks=(1, 5, 10, 50))
+    subsets = [[column[m] for m in q["members"] if m != q["reference"] and m in column] for q in queries]
+    out.update(recall_subset_at_k(sim, target, subsets, ks=(1, 2, 3)))
+    out["R_avg"] = (out["R@5"] + out["Rsubset@1"]) / 2
+    out.update(queries=len(queries), gallery=len(column), skipped_missing_images=bench["skipped_missing_images"])
+    return out
+
+
+def evaluate_fashioniq(embedder, path: str | Path, split: str = "val", categories: Sequence[str] | None = None,
+                       batch_size: int = 16, progress: Progress = None) -> dict:
+    """FashionIQ's protocol: per category, gallery = that category's image_splits names (the reference is not
+    removed), R@10 and R@50; ``average R@10`` / ``average R@50`` over the categories present."""
+    from finetune.data.loaders import FASHIONIQ_CATEGORIES, load_fashioniq_benchmark
+
+    root = Path(path)
+    categories = categories or [c for c in FASHIONIQ_CATEGORIES
+                                if (root / "captions" / f"cap.{c}.{split}.json").is_file()]
+    if not categories:
+        raise LineupError(f"{root}: no captions/cap.<dress|shirt|toptee>.{split}.json — is this FashionIQ?")
+    out: dict[str, float] = {}
+    for category in categories:
+        bench = load_fashioniq_benchmark(root, category, split)
+        sim, column = _benchmark_sim(embedder, bench, batch_size, progress)
+        recall = recall_at_k(sim, np.array([column[q["target"]] for q in bench["queries"]]), ks=(10, 50))
+        out.update({f"{category} {k}": v for k, v in recall.items()})
+        out[f"{category} queries"] = len(bench["queries"])
+    for k in ("R@10", "R@50"):
+        out[f"average {k}"] = float(np.mean([out[f"{c} {k}"] for c in categories]))
+    return out
+
+
+def evaluate_composed_benchmark(embedder, path: str | Path, split: str = "val", batch_size: int = 16,
+                                progress: Progress = None) -> dict:
+    """`evaluate_cirr` or `evaluate_fashioniq`, by the folder's layout (`split` "test": "val", since both
+    benchmarks hide their test targets)."""
+    from finetune.data.loaders import composed_benchmark_format
+
+    fmt = composed_benchmark_format(path)
+    split = "val" if split == "test" else split
+    if fmt == "cirr":
+        return evaluate_cirr(embedder, path, split, batch_size, progress)
+    if fmt == "fashioniq":
+        return evaluate_fashioniq(embedder, path, split, batch_size=batch_size, progress=progress)
+    raise LineupError(f"{path}: not a CIRR or FashionIQ folder (captions/ + image_splits/)")
 
 
 # --- verification -----------------------------------------------------------------------------------
@@ -263,6 +334,13 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
     unknown = set(tasks) - set(TASKS) - set(WORLD_TASKS)
     if unknown:
         raise LineupError(f"unknown eval task(s) {sorted(unknown)}; choose from {list(TASKS + WORLD_TASKS)}")
+    from finetune.data.loaders import composed_benchmark_format
+
+    if composed_benchmark_format(path):  # CIRR / FashionIQ: composed retrieval only, with their own protocol
+        if set(tasks) - {"composed"} and set(tasks) != set(TASKS):
+            raise LineupError(f"{path}: a composed-retrieval benchmark has no person ids or captions per image; "
+                              "use --task composed")
+        return {"composed": evaluate_composed_benchmark(embedder, path, config.split, config.batch_size, progress)}
     records = load_split(path, config.split)
     vecs = encode_gallery(embedder, records, config.batch_size, progress) if set(tasks) & set(TASKS) else None
     kw = dict(image_vecs=vecs, batch_size=config.batch_size, ks=config.ks)

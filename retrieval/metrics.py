@@ -105,3 +105,40 @@ def roc_auc(scores, labels) -> float:
     avg_rank = start + (counts + 1) / 2.0  # 1-based average rank of each distinct score
     rank_sum = avg_rank[inverse][y].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def composed_recall(sim, target_index, exclude_index=None, ks=(1, 5, 10, 50)) -> dict:
+    """Recall@K (in %) of composed queries against one gallery: query i hits at k when gallery item
+    target_index[i] is among its k best, gallery item exclude_index[i] (the reference image; -1 for none) removed
+    first (CIRR's protocol). Ties keep gallery order. Returns {"R@1", ...} for the given ks."""
+    sim = np.array(sim, dtype=np.float64)
+    if exclude_index is not None:
+        exclude = np.asarray(exclude_index)
+        if exclude.shape != (sim.shape[0],):
+            raise ValueError(f"exclude_index {exclude.shape} needs shape ({sim.shape[0]},)")
+        rows = np.flatnonzero(exclude >= 0)
+        if np.any(exclude[rows] == np.asarray(target_index)[rows]):
+            raise ValueError("a query's excluded (reference) item is its target")
+        sim[rows, exclude[rows]] = -np.inf
+    return recall_at_k(sim, target_index, ks=ks)
+
+
+def recall_subset_at_k(sim, target_index, subset_index, ks=(1, 2, 3)) -> dict:
+    """CIRR's Recall_subset@K (in %): each query is ranked only against its own subset of gallery items
+    (`subset_index[i]`: gallery indices of its img_set members, the reference already left out); a hit at k
+    when its target is among the subset's k best. Ties keep the subset's order. Returns {"Rsubset@1", ...}."""
+    sim = np.asarray(sim, dtype=np.float64)
+    target = np.asarray(target_index)
+    if len(subset_index) != sim.shape[0] or target.shape != (sim.shape[0],):
+        raise ValueError("subset_index and target_index need one entry per query (row of sim)")
+    hits = {k: 0 for k in ks}
+    for i, members in enumerate(subset_index):
+        members = list(members)
+        if target[i] not in members:
+            raise ValueError(f"query {i}: its target is not in its subset")
+        order = np.argsort(-sim[i, members], kind="stable")
+        rank = [members[j] for j in order].index(target[i])
+        for k in ks:
+            hits[k] += int(rank < k)
+    n = max(1, sim.shape[0])
+    return {f"Rsubset@{k}": 100.0 * hits[k] / n for k in ks}

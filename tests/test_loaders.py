@@ -178,3 +178,26 @@ def test_fashioniq_round_trip(tmp_path):
     _write(tmp_path / "captions" / "cap.dress.train.json", [{"candidate": "B001", "target": "B002"}])
     with pytest.raises(LineupError, match="cap.dress.train.json: item 0 has no 'captions' field — is this a FashionIQ"):
         load_triplets(tmp_path)
+
+
+def test_fashioniq_benchmark_gallery_is_the_category_split(tmp_path):
+    from finetune.data.loaders import composed_benchmark_format, load_fashioniq_benchmark
+
+    assert composed_benchmark_format(tmp_path) is None
+    for name in ("B001", "B002"):
+        _png(tmp_path / "images" / f"{name}.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "B003.jpg")  # .jpg distributions are found too
+    _write(tmp_path / "image_splits" / "split.dress.val.json", ["B001", "B002", "B003", "B404"])
+    _write(tmp_path / "captions" / "cap.dress.val.json", [
+        {"candidate": "B001", "target": "B003", "captions": ["is blue.", "is short"]},
+        {"candidate": "B001", "target": "B404", "captions": ["a", "b"]}])  # target file missing: skipped
+    assert composed_benchmark_format(tmp_path) == "fashioniq"
+    bench = load_fashioniq_benchmark(tmp_path, "dress")
+    assert [n for n, _ in bench["gallery"]] == ["B001", "B002", "B003"] and bench["skipped_missing_images"] == 1
+    assert bench["queries"] == [{"reference": "B001", "caption": "is blue and is short", "target": "B003"}]
+    with pytest.raises(LineupError, match="choose one of"):
+        load_fashioniq_benchmark(tmp_path, "shoes")
+    _write(tmp_path / "captions" / "cap.dress.test.json", [{"candidate": "B001", "captions": ["a", "b"]}])
+    _write(tmp_path / "image_splits" / "split.dress.test.json", ["B001"])
+    with pytest.raises(LineupError, match="hides its targets"):
+        load_fashioniq_benchmark(tmp_path, "dress", "test")

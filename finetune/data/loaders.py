@@ -336,3 +336,108 @@ def load_vqa(path) -> datasets.Dataset:
         fields = {k: _get(q, k, i, ann.name, "world", str) for k in ("question", "answer", "attribute", "split")}
         rows.append({"image": str(image.resolve()), **fields})
     return _finish(rows, len(items), missing, ann, "world", "world")
+
+
+# ------------------------------------------------------------------------- composed benchmarks (protocols)
+
+FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
+
+
+def composed_benchmark_format(path) -> str | None:
+    """"cirr" or "fashioniq" when `path` is a folder in that benchmark's distributed layout, else None."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return None
+    if list(path.glob("captions/cap.rc2.*.json")):
+        return "cirr"
+    if list(path.glob("captions/cap.*.*.json")) and list(path.glob("image_splits/split.*.*.json")):
+        return "fashioniq"
+    return None
+
+
+def _image_list(split_file: Path, label: str):
+    if not split_file.is_file():
+        raise LineupError(f"{split_file}: not found — the {label} protocol's gallery is this image_splits file")
+    return _read_json(split_file, label)
+
+
+def load_cirr_benchmark(path, split: str = "val") -> dict:
+    """CIRR's official protocol inputs for one split (`val` or `train`; `test1` hides its targets — its
+    results go to the CIRR evaluation server).
+
+    Returns {"gallery": [(name, absolute path)] — every image of `image_splits/split.rc2.<split>.json` whose file
+    exists, "queries": [{"reference", "caption", "target", "members"}] (image names; `members` = the query's
+    img_set), "skipped_missing_images": int}. Queries whose reference or target image is missing are skipped.
+    """
+    root = Path(path).expanduser()
+    cap_file = root / "captions" / f"cap.rc2.{split}.json"
+    if not cap_file.is_file():
+        found = sorted(p.name.split(".")[2] for p in root.glob("captions/cap.rc2.*.json"))
+        raise LineupError(f"{cap_file}: not found — CIRR splits here: {found}")
+    names = _image_list(root / "image_splits" / f"split.rc2.{split}.json", "CIRR")
+    if not isinstance(names, dict):
+        raise LineupError(f"split.rc2.{split}.json: expected a JSON object name -> relative path — is this CIRR?")
+    gallery, missing = [], 0
+    for name, rel in names.items():
+        image = _find_image(root, rel, ("", "img_raw"))
+        if image is None:
+            missing += 1
+        else:
+            gallery.append((name, str(image)))
+    present = {n for n, _ in gallery}
+    queries = []
+    for i, item in enumerate(_as_list(_read_json(cap_file, "CIRR"), cap_file.name, "CIRR")):
+        if "target_hard" not in item:
+            raise LineupError(f"{cap_file.name}: item {i} has no 'target_hard' — CIRR's test1 split hides its "
+                              "targets (submit to the CIRR evaluation server); evaluate --split val")
+        query = {"reference": _get(item, "reference", i, cap_file.name, "CIRR", str),
+                 "caption": _get(item, "caption", i, cap_file.name, "CIRR", str),
+                 "target": _get(item, "target_hard", i, cap_file.name, "CIRR", str),
+                 "members": _get(_get(item, "img_set", i, cap_file.name, "CIRR"), "members", i, cap_file.name,
+                                 "CIRR", list)}
+        if query["reference"] in present and query["target"] in present:
+            queries.append(query)
+    if not queries:
+        raise LineupError(f"{root}: no CIRR {split} query has both images on disk — point at the folder holding "
+                          "captions/, image_splits/ and the images (img_raw/ or dev/, train/)")
+    if missing:
+        log.warning("%s: %d of %d CIRR %s gallery images are missing", root, missing, len(names), split)
+    return {"gallery": gallery, "queries": queries, "skipped_missing_images": missing}
+
+
+def load_fashioniq_benchmark(path, category: str, split: str = "val") -> dict:
+    """FashionIQ's protocol inputs for one category and split: {"gallery": [(name, path)] — the names of
+    `image_splits/split.<category>.<split>.json` found under images/ (.png, else .jpg), "queries":
+    [{"reference", "caption" (the two captions joined with " and "), "target"}], "skipped_missing_images"}."""
+    root = Path(path).expanduser()
+    if category not in FASHIONIQ_CATEGORIES:
+        raise LineupError(f"FashionIQ category {category!r}: choose one of {FASHIONIQ_CATEGORIES}")
+    names = _image_list(root / "image_splits" / f"split.{category}.{split}.json", "FashionIQ")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise LineupError(f"split.{category}.{split}.json: expected a JSON list of image names — is this FashionIQ?")
+    gallery, missing = [], 0
+    for name in names:
+        image = _find_image(root / "images", f"{name}.png", ("",)) or _find_image(root / "images", f"{name}.jpg", ("",))
+        if image is None:
+            missing += 1
+        else:
+            gallery.append((name, str(image)))
+    present = {n for n, _ in gallery}
+    cap_file = root / "captions" / f"cap.{category}.{split}.json"
+    queries = []
+    for i, item in enumerate(_as_list(_read_json(cap_file, "FashionIQ"), cap_file.name, "FashionIQ")):
+        if "target" not in item:
+            raise LineupError(f"{cap_file.name}: item {i} has no 'target' — FashionIQ's test split hides its "
+                              "targets; evaluate --split val")
+        captions = _get(item, "captions", i, cap_file.name, "FashionIQ", list)
+        query = {"reference": _get(item, "candidate", i, cap_file.name, "FashionIQ", str),
+                 "caption": " and ".join(c.strip().rstrip(".") for c in captions),
+                 "target": _get(item, "target", i, cap_file.name, "FashionIQ", str)}
+        if query["reference"] in present and query["target"] in present:
+            queries.append(query)
+    if not queries:
+        raise LineupError(f"{root}: no FashionIQ {category} {split} query has both images under images/")
+    if missing:
+        log.warning("%s: %d of %d FashionIQ %s %s gallery images are missing", root, missing, len(names), category,
+                    split)
+    return {"gallery": gallery, "queries": queries, "skipped_missing_images": missing}
