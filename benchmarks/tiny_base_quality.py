@@ -1,8 +1,11 @@
 """Build a tiny base (`lineup bootstrap` without the CLI) and measure what stage 0 taught it.
 
     OMP_NUM_THREADS=2 python benchmarks/tiny_base_quality.py [--size tiny] [--identities 200] [--epochs 3]
+    OMP_NUM_THREADS=2 python benchmarks/tiny_base_quality.py --model mllm_embed/bases/tiny --seed 0 \
+        --out benchmarks/results/shipped_base_quality.json
 
-Generates a world, builds the base, runs stage 0 on the train split, then reports VQA accuracy per
+Generates a world, builds the base, runs stage 0 on the train split (or, with --model, takes a finished base
+and scores it on a world it never saw), then reports VQA accuracy per
 attribute on held-out identities (test split) against the majority-answer baseline, and zero-shot
 text->image Rank-1 / mAP (test captions vs test images, no fine-tuning), and the balanced accuracy of the two
 yes/no judges (text-image match, same person side by side) on balanced test pairs. Prints tables and writes
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--images-per-id", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=Stage0Config.epochs)
     ap.add_argument("--judge-pairs", type=int, default=200, help="test pairs per yes/no judge")
+    ap.add_argument("--model", type=Path, help="score this finished base instead of building one")
+    ap.add_argument("--seed", type=int, default=0, help="world seed")
     ap.add_argument("--workdir", type=Path, help="keep the world and base here (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tiny_base_quality.json")
     args = ap.parse_args()
@@ -62,12 +67,18 @@ def main() -> None:
     started = time.time()
     world = work / "world"
     if not (world / "world.json").exists():
-        generate_world(world, WorldConfig(identities=args.identities, images_per_id=args.images_per_id, seed=0))
-    base = build_tiny_base(world, work / "base", size=args.size)
-    build_s = time.time() - started
-    cfg = Stage0Config(epochs=args.epochs)
-    pretrain(base, world, cfg)
-    stage0 = json.loads((base / "stage0_done.json").read_text())
+        generate_world(world, WorldConfig(identities=args.identities, images_per_id=args.images_per_id,
+                                          seed=args.seed))
+    if args.model:
+        base, build_s = args.model, 0.0
+        stage0 = json.loads((base / "stage0_done.json").read_text())
+        cfg = Stage0Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stage0["config"].items()})
+    else:
+        base = build_tiny_base(world, work / "base", size=args.size)
+        build_s = time.time() - started
+        cfg = Stage0Config(epochs=args.epochs)
+        pretrain(base, world, cfg)
+        stage0 = json.loads((base / "stage0_done.json").read_text())
     emb = load_embedder(base)
 
     vqa = [json.loads(line) for line in (world / "vqa.jsonl").read_text().splitlines()]
@@ -86,7 +97,8 @@ def main() -> None:
     judge = Judgements(split_people(world, "test"), emb.config)
     judges = {"match": judge_accuracy(emb, judge.match(args.judge_pairs, random.Random(0))),
               "same_person": judge_accuracy(emb, judge.same(args.judge_pairs, random.Random(1)))}
-    result = {"size": args.size, "world": {"identities": args.identities, "images_per_id": args.images_per_id},
+    result = {"size": args.size, "model": str(args.model or ""),
+              "world": {"identities": args.identities, "images_per_id": args.images_per_id, "seed": args.seed},
               "build_s": round(build_s, 1), "stage0_s": stage0["seconds"], "stage0_loss": stage0["loss_curve"],
               "val_vqa": stage0.get("val_vqa", {}).get("accuracy"), "test_vqa": per_attr,
               "test_vqa_mean_trained": float(np.mean([v["accuracy"] for v in per_attr.values() if v["trained"]])),

@@ -23,11 +23,12 @@ class DemoConfig:
     images_per_id: int = field(default=6, metadata={"help": "images per identity"})
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
     stage0_epochs: int | None = field(default=None, metadata={"help": "stage-0 epochs (None: the recipe's)"})
-    stage1_epochs: int = field(default=100, metadata={"help": "stage-1 epochs (about 14 steps each at 160 identities)"})
+    stage1_epochs: int = field(default=30, metadata={"help": "stage-1 epochs (about 14 steps each at 160 identities)"})
+    hard_negatives: bool = field(default=True, metadata={"help": "one-edit neighbours share stage-1 batches (TrainConfig)"})
     # the from-scratch base never trained its word vectors to meet image features; a real checkpoint's were
     token_embeddings: str = field(default="full", metadata={"help": "stage 1: frozen, lora or full (TrainConfig)"})
     word_patch_weight: float = field(default=0.5, metadata={"help": "stage-1 word–patch alignment loss weight (TrainConfig)"})
-    stage2_epochs: int = field(default=5, metadata={"help": "stage-2 epochs (each also replays two stage-1 batches per triplet batch)"})
+    stage2_epochs: int = field(default=3, metadata={"help": "stage-2 epochs (each also replays two stage-1 batches per triplet batch)"})
     thi_rounds: int = field(default=3, metadata={"help": "THI rounds evaluated"})
     thi_queries: int = field(default=60, metadata={"help": "THI evaluation queries"})
 
@@ -85,7 +86,7 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
             run_training(stage, TrainConfig(base_model=str(project.model), data=str(project.world),
                                             output_dir=str(project.run(stage)), init_adapter=init,
                                             epochs=epochs, save_every=20, resume=True,
-                                            token_embeddings=cfg.token_embeddings,
+                                            token_embeddings=cfg.token_embeddings, hard_negatives=cfg.hard_negatives,
                                             word_patch_weight=cfg.word_patch_weight if stage == "stage1" else 0.0))
         console.print(f"adapter: {project.adapter(stage)}")
 

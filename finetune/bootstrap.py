@@ -25,8 +25,10 @@ def recipe(size: str) -> tuple[VisionPretrainConfig, Stage0Config]:
     """The vision pre-training and stage-0 settings each base size is built with."""
     if size == "test":
         return VisionPretrainConfig.for_tests(), Stage0Config.for_tests()
-    # the tower already sees after vision pre-training: stage 0 teaches every question with it frozen
-    return VisionPretrainConfig(), Stage0Config(attributes=(), questions_per_image=4, train_vision=False)
+    # the tower already sees after vision pre-training: stage 0 teaches every question (and the caption-image match
+    # judge) with it frozen
+    return VisionPretrainConfig(), Stage0Config(epochs=3, attributes=(), questions_per_image=4, match_pairs=0.5,
+                                                train_vision=False)
 
 
 def bootstrap_base(world_dir: str | Path, out_dir: str | Path, size: str = "tiny", stage0_epochs: int | None = None,

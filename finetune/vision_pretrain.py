@@ -38,7 +38,10 @@ DONE_FILE = "vision_pretrain.json"
 class VisionPretrainConfig:
     """Vision pre-training settings."""
 
-    steps: int = field(default=400, metadata={"help": "optimizer steps"})
+    steps: int = field(default=900, metadata={"help": "optimizer steps per cycle"})
+    cycles: int = field(default=3, metadata={
+        "help": "warm restarts: each cycle runs its own warmup + cosine schedule with fresh attribute heads on the "
+                "tower the previous cycle left (a from-scratch ViT learns colours in the first, shapes later)"})
     identities_per_batch: int = field(default=12, metadata={"help": "P: identities per batch"})
     images_per_identity: int = field(default=4, metadata={"help": "K: images of each identity per batch"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (warmup, cosine decay)"})
@@ -50,7 +53,7 @@ class VisionPretrainConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
     def __post_init__(self):
-        for name in ("steps", "identities_per_batch", "images_per_identity"):
+        for name in ("steps", "cycles", "identities_per_batch", "images_per_identity"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VisionPretrainConfig.{name} must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0 or self.identity_weight < 0:
@@ -58,7 +61,7 @@ class VisionPretrainConfig:
 
     @classmethod
     def for_tests(cls) -> VisionPretrainConfig:
-        return cls(steps=15, identities_per_batch=4, images_per_identity=2, warmup_steps=3, eval_images=32)
+        return cls(steps=15, cycles=1, identities_per_batch=4, images_per_identity=2, warmup_steps=3, eval_images=32)
 
 
 def _people(world_dir: Path, splits: tuple[str, ...]) -> list[dict]:
@@ -136,67 +139,72 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
     for i, r in enumerate(train):
         by_pid[r["person_id"]].append(i)
 
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     tower = _Tower(model)
     hidden = model.config.get_text_config().hidden_size
-    heads = _AttributeHeads(hidden, [len(ATTRIBUTES[k]) for k in keys])
-    params = list(tower.parameters()) + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def schedule(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-    def attribute_loss(tokens: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return sum(torch.nn.functional.cross_entropy(logits, y[:, a]) for a, logits in enumerate(heads(tokens)))
-
-    def batch() -> list[int]:
-        """P identities × K images (with replacement when a person has fewer than K)."""
-        chosen = rng.sample(sorted(by_pid), min(cfg.identities_per_batch, len(by_pid)))
-        return [rng.choice(by_pid[p]) if len(by_pid[p]) < cfg.images_per_identity else i
-                for p in chosen for i in rng.sample(by_pid[p], min(len(by_pid[p]), cfg.images_per_identity))]
-
-    curve = []
-    tower.train()
-    for step in range(cfg.steps):
-        idx = torch.tensor(batch())
-        x = pixels[idx]
-        flip = torch.rand(len(idx)) < 0.5  # mirror images: bags and poses appear on both sides
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        tokens = tower(x)
-        loss = attribute_loss(tokens, labels[idx])
-        if cfg.identity_weight:
-            loss = loss + cfg.identity_weight * supcon_loss(torch.nn.functional.normalize(tokens.mean(1), dim=-1),
-                                                            pids[idx], cfg.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        curve.append(round(loss.item(), 4))
-        if progress:
-            progress(1)
-        if step % 25 == 0:
-            logger.info("vision pre-training step %d/%d: loss %.3f", step, cfg.steps, curve[-1])
-
-    result = {"steps": cfg.steps, "train_images": len(train), "loss_curve": curve[:: max(1, cfg.steps // 50)],
-              "final_loss": sum(curve[-20:]) / len(curve[-20:]), "config": asdict(cfg)}
     held_out = _people(world_dir, ("val", "test"))
-    rng.shuffle(held_out)
-    held_out = held_out[: cfg.eval_images]
-    if held_out:
-        tower.eval()
-        x, y = tensors(held_out)
-        with torch.no_grad():
-            logits = [torch.cat(parts) for parts in zip(*(heads(tower(x[s:s + 128])) for s in range(0, len(x), 128)))]
-            acc = {k: float((logits[a].argmax(1) == y[:, a]).float().mean()) for a, k in enumerate(keys)}
-        result["held_out_attribute_accuracy"] = acc
-        result["held_out_mean_accuracy"] = sum(acc.values()) / len(acc)
-        logger.info("vision pre-training: held-out attribute accuracy %.3f", result["held_out_mean_accuracy"])
+    held_pixels, held_labels = tensors(held_out[: cfg.eval_images]) if held_out and cfg.eval_images else (None, None)
+
+    def cycle(seed: int) -> dict:
+        """One warmup + cosine schedule with fresh heads; the tower carries over from the previous cycle."""
+        torch.manual_seed(seed)
+        rng = random.Random(seed)
+        heads = _AttributeHeads(hidden, [len(ATTRIBUTES[k]) for k in keys])
+        params = list(tower.parameters()) + list(heads.parameters())
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        def schedule(step: int) -> float:
+            if step < cfg.warmup_steps:
+                return (step + 1) / cfg.warmup_steps
+            return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+        def batch() -> list[int]:
+            """P identities × K images (with replacement when a person has fewer than K)."""
+            chosen = rng.sample(sorted(by_pid), min(cfg.identities_per_batch, len(by_pid)))
+            return [rng.choice(by_pid[p]) if len(by_pid[p]) < cfg.images_per_identity else i
+                    for p in chosen for i in rng.sample(by_pid[p], min(len(by_pid[p]), cfg.images_per_identity))]
+
+        curve = []
+        tower.train()
+        for step in range(cfg.steps):
+            idx = torch.tensor(batch())
+            x = pixels[idx]
+            flip = torch.rand(len(idx)) < 0.5  # mirror images: bags and poses appear on both sides
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            tokens = tower(x)
+            y = labels[idx]
+            loss = sum(torch.nn.functional.cross_entropy(logits, y[:, a]) for a, logits in enumerate(heads(tokens)))
+            if cfg.identity_weight:
+                loss = loss + cfg.identity_weight * supcon_loss(torch.nn.functional.normalize(tokens.mean(1), dim=-1),
+                                                                pids[idx], cfg.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            curve.append(round(loss.item(), 4))
+            if progress:
+                progress(1)
+            if step % 25 == 0:
+                logger.info("vision pre-training cycle %d step %d/%d: loss %.3f", seed - cfg.seed, step, cfg.steps,
+                            curve[-1])
+        out = {"loss_curve": curve[:: max(1, cfg.steps // 50)], "final_loss": sum(curve[-20:]) / len(curve[-20:])}
+        if held_pixels is not None:
+            tower.eval()
+            with torch.no_grad():
+                logits = [torch.cat(parts) for parts in zip(*(heads(tower(held_pixels[s:s + 128]))
+                                                              for s in range(0, len(held_pixels), 128)))]
+            acc = {k: float((logits[a].argmax(1) == held_labels[:, a]).float().mean()) for a, k in enumerate(keys)}
+            out |= {"held_out_attribute_accuracy": acc, "held_out_mean_accuracy": sum(acc.values()) / len(acc)}
+            logger.info("vision pre-training cycle %d: held-out attribute accuracy %.3f", seed - cfg.seed,
+                        out["held_out_mean_accuracy"])
+        return out
+
+    cycles = [cycle(cfg.seed + c) for c in range(cfg.cycles)]
+    result = {"steps": cfg.steps * cfg.cycles, "train_images": len(train), "held_out_images": len(held_out),
+              "cycles": cycles, **{k: v for k, v in cycles[-1].items() if k.startswith("held_out")},
+              "config": asdict(cfg)}
     model.save_pretrained(model_dir)
     result["seconds"] = round(time.time() - started, 1)
     (model_dir / DONE_FILE).write_text(json.dumps(result, indent=2))

@@ -1,0 +1,38 @@
+"""README's demo tables from a demo report: `lineup demo` writes PROJECT/reports/demo.json; its committed copy is
+benchmarks/results/demo.json.
+
+    python benchmarks/demo_tables.py [benchmarks/results/demo.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cli.ui import metrics_table  # noqa: E402
+
+TASKS = (("t2i", "text → image"), ("i2i", "image → image (cross-camera)"),
+         ("composed", "image + modification → image (identity level; exact image: exact_*)"))
+
+
+def main() -> None:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "demo.json")
+    report = json.loads(path.read_text())
+    console = Console(width=100, color_system=None)
+    for task, title in TASKS:
+        rows = {name: {k: v for k, v in report["eval"][name][task].items() if not k.startswith("exact_R@")
+                       or k == "exact_R@10"} for name in ("base", "stage1", "stage2") if task in report["eval"][name]}
+        console.print(metrics_table(title, rows))
+    console.print(metrics_table("THI rounds (stage 2; simulated user, MLLM-cached answers)",
+                                {f"round {m['round']}": {k: v for k, v in m.items() if k != "round"}
+                                 for m in report["thi"]}))
+    console.print(f"{report['seconds']:.0f} s in all")
+
+
+if __name__ == "__main__":
+    main()
