@@ -54,7 +54,7 @@ class THIConfig:
     answer_weight: float = field(default=0.3, metadata={"help": "μ: interactive weight of cached-answer agreement"})
     split_k: int = field(default=10, metadata={"help": "interactive: top-K the next question should split"})
     pool: int = field(default=100, metadata={"help": "candidates fetched per (refined) query"})
-    feedback_weight: float = field(default=1.0, metadata={"help": "ν: weight of relevance feedback (interactive)"})
+    feedback_weight: float = field(default=0.3, metadata={"help": "ν: weight of relevance feedback (interactive)"})
     feedback_strategy: str = field(default="sum_scores", metadata={
         "help": "Qdrant query that scores feedback: best_score, sum_scores, context, discover or naive"})
     listen: bool = field(default=True, metadata={
