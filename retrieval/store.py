@@ -221,6 +221,7 @@ class Store(ABC):
         target: np.ndarray | None = None,
         ids: Sequence[str] | None = None,
         with_vectors: bool = False,
+        with_payload: bool = True,
     ) -> list[Hit]:
         """Rank by example vectors, Qdrant's recommend family (``FEEDBACK_STRATEGIES``): ``best_score`` /
         ``sum_scores`` (recommend), ``context`` (pairs positive × negative), ``discover`` (``target`` ranked
@@ -237,7 +238,7 @@ class Store(ABC):
             raise LineupError(f"feedback strategy {strategy!r} needs a target vector (the running query)")
         if not len(pos) and not len(neg):
             raise LineupError("feedback needs at least one example")
-        return self._feedback(name, strategy, pos, neg, k, filter, target, ids, with_vectors)
+        return self._feedback(name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload)
 
     def diverse_search(self, name: str, vector: np.ndarray, k: int = 10, diversity: float = 0.5,
                        candidates: int = 100, filter: dict[str, Any] | None = None) -> list[Hit]:
@@ -246,7 +247,8 @@ class Store(ABC):
         return self._diverse(name, np.asarray(vector, dtype=np.float32), k, diversity, candidates, filter)
 
     @abstractmethod
-    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors) -> list[Hit]: ...
+    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload) -> list[Hit]:
+        ...
 
     @abstractmethod
     def _diverse(self, name, vector, k, diversity, candidates, filter) -> list[Hit]: ...
@@ -417,7 +419,7 @@ class EdgeStore(Store):
 
 
     # --- dialogue -------------------------------------------------------------------------------------
-    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors):
+    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload):
         import qdrant_edge as qe
 
         P, N = [v.tolist() for v in pos], [v.tolist() for v in neg]
@@ -437,7 +439,7 @@ class EdgeStore(Store):
         flt = self._filter(filter)
         if ids is not None:
             flt = qe.Filter(must=[qe.HasIdCondition(set(ids))] + ([flt] if flt else []))
-        request = qe.QueryRequest(query=query, limit=k, filter=flt, params=self._params(), with_payload=True,
+        request = qe.QueryRequest(query=query, limit=k, filter=flt, params=self._params(), with_payload=with_payload,
                                   with_vector=with_vectors)
         return [_hit(p, p.score) for p in self._shard(name).query(request)]
 
@@ -589,7 +591,7 @@ class ClientStore(Store):
 
 
     # --- dialogue -------------------------------------------------------------------------------------
-    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors):
+    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload):
         from qdrant_client import models as m
 
         P, N = [v.tolist() for v in pos], [v.tolist() for v in neg]
@@ -609,7 +611,7 @@ class ClientStore(Store):
         flt = self._filter(filter)
         if ids is not None:
             flt = m.Filter(must=[m.HasIdCondition(has_id=list(ids))] + ([flt] if flt else []))
-        res = self.client.query_points(name, query=query, limit=k, query_filter=flt, with_payload=True,
+        res = self.client.query_points(name, query=query, limit=k, query_filter=flt, with_payload=with_payload,
                                        with_vectors=with_vectors)
         return [_hit(p, p.score) for p in res.points]
 

@@ -110,7 +110,8 @@ class THISession:
 
     Interactive scores stay in [-1, 1]: Ŝ = (λ·S(q, v) + (1−λ)·S(q̂, v) + μ·agreement(v) + ν·feedback(v)) / (1 + μ + ν),
     μ counted once an answer is given and ν once feedback is; feedback(v) ∈ [0, 1] is the Qdrant feedback
-    query's score min–max scaled over the pool.
+    query's score min–max scaled over the pool, run once a positive is given (with the negatives as its
+    negative examples). A point marked unlike is not the person: it scores −1.
     """
 
     def __init__(
@@ -160,10 +161,15 @@ class THISession:
         """Add the top ``pool`` hits of ``vector`` (or the given ``hits``) to the pool (vectors fetched only
         for new members)."""
         first = not self.ids
+        if not first and self._complete:
+            return
         if hits is None:
             hits = self.engine.search_vector(vector, self.config.pool, filter or self.filter, with_vectors=first)
         if not hits and first:
             raise LineupError("the collection has no images matching the filter: index images or relax the filter")
+        if first:  # the pool already holds every point the session can show: it never needs to grow
+            self._complete = len(hits) < self.config.pool or (
+                len(hits) == self.engine.store.count(self.engine.collection, self.filter))
         known = set(self.ids)
         new = [h for h in hits if h.id not in known]
         if new and not first:
@@ -355,8 +361,8 @@ class THISession:
             self._grow(self.q_vec, flt)
         self._grow(text_vec, flt)
         fb = None
-        if rnd.positives or rnd.negatives:
-            fb = self._feedback_scores(rnd.positives, rnd.negatives, text_vec, flt)
+        if rnd.positives:  # negatives alone only drop their own images (below): pushing the ranking away
+            fb = self._feedback_scores(rnd.positives, rnd.negatives, text_vec, flt)  # from a look-alike hurts
         vecs = self.vectors
         scores = cfg.lam * self.base + (1 - cfg.lam) * (vecs @ text_vec) if given else self.base.copy()
         weight = 1.0
@@ -366,11 +372,14 @@ class THISession:
         if fb is not None:
             scores = scores + cfg.feedback_weight * fb
             weight += cfg.feedback_weight
+        scores = scores / weight
+        for point in rnd.negatives:  # "not #4": that image is not the person; it goes to the bottom
+            scores[self._index[point]] = -1.0
         keep = None
         if flt:
             keep = np.array([all(_match(_get(p, k), v) for k, v in flt.items()) for p in self.payloads])
         rnd.refined_query = refined
-        rnd.ranking = self._rank(scores / weight, keep)
+        rnd.ranking = self._rank(scores, keep)
         self.rounds.append(rnd)
         return rnd
 
@@ -384,8 +393,10 @@ class THISession:
             strategy = "sum_scores"
         P = np.stack([self._vecs[self._index[i]] for i in pos]) if pos else np.zeros((0, len(target)))
         N = np.stack([self._vecs[self._index[i]] for i in neg]) if neg else np.zeros((0, len(target)))
-        self._grow(None, hits=store.feedback_search(name, strategy, P, N, self.config.pool, flt, target))
-        hits = store.feedback_search(name, strategy, P, N, len(self.ids), flt, target, ids=self.ids)
+        if not self._complete:
+            self._grow(None, hits=store.feedback_search(name, strategy, P, N, self.config.pool, flt, target))
+        hits = store.feedback_search(name, strategy, P, N, len(self.ids), flt, target,
+                                     ids=None if self._complete else self.ids, with_payload=False)
         raw = np.full(len(self.ids), np.nan)
         for h in hits:
             raw[self._index[h.id]] = h.score
