@@ -113,3 +113,19 @@ def test_transcript_resume_and_interrupt(engine, tmp_path):
     assert again.read_text().count(INPUT) == 5  # everything replayed was written before the interrupt
     with pytest.raises(LineupError, match="no such transcript"):
         read_transcript(tmp_path / "missing.txt")
+
+
+def test_verification_table_fits_80_columns():
+    from rich.console import Console
+
+    from cli.ui import metrics_table
+
+    rows = {"embedding": {"accuracy": 0.82, "precision": 0.82, "recall": 0.82, "f1": 0.82, "auc": 0.88,
+                          "threshold": 0.66, "threshold_source": "best accuracy on these pairs"},
+            "mllm": {"accuracy": 0.5, "precision": 0.0, "recall": 0.0, "f1": 0.0, "auc": 0.5, "yes_rate": 0.0}}
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(metrics_table("verification (same person?)", rows))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text and "best accuracy on these pairs" in text  # no header cut, the note on one line
+    assert "thr" in text and "0.66" in text
