@@ -109,7 +109,8 @@ class THISession:
     listens: a question the description or an earlier answer already answers is never asked (``known``).
 
     Interactive scores stay in [-1, 1]: Ŝ = (λ·S(q, v) + (1−λ)·S(q̂, v) + μ·agreement(v) + ν·feedback(v)) / (1 + μ + ν),
-    μ counted once an answer is given and ν once feedback is; feedback(v) ∈ [0, 1] is the Qdrant feedback
+    μ counted from the first step on (the agreement covers the answers and, listening, what the description
+    said) and ν once feedback is; feedback(v) ∈ [0, 1] is the Qdrant feedback
     query's score min–max scaled over the pool, run once a positive is given (with the negatives as its
     negative examples). A point marked unlike is not the person: it scores −1.
     """
@@ -366,8 +367,9 @@ class THISession:
         vecs = self.vectors
         scores = cfg.lam * self.base + (1 - cfg.lam) * (vecs @ text_vec) if given else self.base.copy()
         weight = 1.0
-        if given:
-            scores = scores + cfg.answer_weight * np.array([agreement(p, given) for p in self.payloads])
+        agreed = given + self._heard(given)
+        if agreed:
+            scores = scores + cfg.answer_weight * np.array([agreement(p, agreed) for p in self.payloads])
             weight += cfg.answer_weight
         if fb is not None:
             scores = scores + cfg.feedback_weight * fb
@@ -382,6 +384,16 @@ class THISession:
         rnd.ranking = self._rank(scores, keep)
         self.rounds.append(rnd)
         return rnd
+
+    def _heard(self, given: list[tuple[dict[str, str], str]]) -> list[tuple[dict[str, str], str]]:
+        """What a listening session read in the description, as answers to the questions it will not ask
+        (they count in the answer agreement from the first step on; round 0 stays the plain text search)."""
+        if self.vocabulary is None or not self.config.listen:
+            return []
+        answered = {q["key"] for q, _ in given}
+        by_key = {q["key"]: q for q in self.bank}
+        return [(by_key[k], v) for k, v in self.vocabulary.implied(self.stated).items()
+                if k in by_key and k not in answered]
 
     def _feedback_scores(self, pos: Sequence[str], neg: Sequence[str], target: np.ndarray,
                          flt: dict[str, Any] | None) -> np.ndarray:
