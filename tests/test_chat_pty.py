@@ -34,7 +34,7 @@ class Terminal:
         os.close(slave)
         self.text = ""
 
-    def expect(self, pattern: str, timeout: float = 120.0) -> str:
+    def expect(self, pattern: str, timeout: float = 300.0) -> str:
         """Read until ``pattern`` (a regex) appears in the output after the last match."""
         start, deadline = len(self.text), time.time() + timeout
         while time.time() < deadline:
@@ -88,7 +88,7 @@ def test_chat_in_a_terminal_feedback_filters_interrupt_resume(project, tmp_path)
     transcript = tmp_path / "chat.txt"
     term = Terminal(["chat", *project, "--no-preview", "--transcript", str(transcript)])
     try:
-        term.expect(r"Describe the person")
+        term.expect(r"Describe the person", timeout=600)  # the model loads first (slow on a shared CPU)
         term.send("a woman with long brown hair in a red coat and black trousers")
         table = term.expect(r"filters: none[\s\S]*?\?")  # the ranked table, then the next question
         asked = table.rsplit("\n", 1)[-1]
@@ -117,7 +117,7 @@ def test_chat_in_a_terminal_feedback_filters_interrupt_resume(project, tmp_path)
     term = Terminal(["chat", *project, "--no-preview", "--resume", str(transcript),
                      "--transcript", str(tmp_path / "again.txt")])
     try:
-        term.expect(r"replayed \d+ inputs from .*: same ranking as recorded")
+        term.expect(r"replayed \d+ inputs from .*: same ranking as recorded", timeout=600)
         term.expect(r"filters: none \| feedback: 1 like, 1 unlike")
         term.send("quit")
         term.expect(r"bye")
