@@ -465,21 +465,44 @@ def show_results(results: dict) -> None:
 
 
 def cmd_chat(args, project: Project) -> int:
+    import time
+
     from rich.prompt import Prompt
 
-    from cli.chat import ChatSession, run_chat
-    from finetune.data.world import QUESTION_BANK
+    from cli.chat import SCORE_NOTE, ChatSession, read_transcript, run_chat
+    from finetune.data.world import ATTRIBUTES, QUESTION_BANK, VALUE_PHRASES, answer_from_attributes
+    from retrieval.dialogue import Vocabulary
 
-    if args.transcript:
-        check_writable(args.transcript, "--transcript")
+    if args.resume:
+        read_transcript(args.resume)  # a bad file fails before the model loads
+    transcript = args.transcript or project.reports / "chat" / time.strftime("%Y%m%d-%H%M%S.txt", time.gmtime())
+    try:
+        Path(transcript).parent.mkdir(parents=True, exist_ok=True)
+        Path(transcript).touch()
+    except OSError as err:
+        raise LineupError(f"cannot write the transcript {transcript} ({err.strerror}): pass --transcript FILE") from err
     with _engine(args, project) as engine:
-        session = ChatSession(engine, QUESTION_BANK, k=args.top_k)
+        count = engine.check()  # the collection and its adapter are checked before the first prompt
+        if count == 0:
+            raise LineupError(f"collection '{args.collection}' is empty: run `lineup index` first")
+        first = next(iter(engine.store.scroll(args.collection, batch=1)), None)
+        if first is not None and not first.payload.get("answers"):
+            console.print("[yellow]no cached answers in this collection: questions cannot pick well — "
+                          "run `lineup index --vqa-cache`[/]")
+        vocabulary = Vocabulary.build(QUESTION_BANK, ATTRIBUTES, VALUE_PHRASES, answer_from_attributes)
+        session = ChatSession(engine, QUESTION_BANK, k=args.top_k, vocabulary=vocabulary)
+        console.print(f"[dim]{count} images in '{args.collection}' · transcript {transcript} · {SCORE_NOTE}[/]",
+                      highlight=False)
 
         def show(step) -> None:
+            header = session.header()
+            if header:
+                console.print(f"[bold]{header}[/]", highlight=False)
             show_hits(step.ranking[: args.top_k], step.label, preview=not args.no_preview)
 
         run_chat(session, read=lambda prompt: Prompt.ask(prompt.strip(), console=console), show=show,
-                 say=console.print, transcript=args.transcript)
+                 say=lambda text: console.print(text, highlight=False, markup=False), transcript=Path(transcript),
+                 resume=args.resume)
     return 0
 
 

@@ -194,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     _add_store(p)
     p.add_argument("-k", "--top-k", type=_top_k, default=5)
-    p.add_argument("--transcript", type=Path, help="write the session transcript to this file")
+    p.add_argument("--transcript", type=Path,
+                   help="write the session transcript here (default: project reports/chat/<time>.txt)")
+    p.add_argument("--resume", type=Path, help="replay a transcript's inputs to its ranking, then go on")
     p.add_argument("--no-preview", action="store_true")
     _add_project(p)
 

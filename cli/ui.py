@@ -38,19 +38,32 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         yield advance
 
 
+SHORT = {"accuracy": "acc", "precision": "prec", "recall": "rec", "threshold": "thr", "yes_rate": "yes rate",
+         "exact_queries": "exact q"}
+
+
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    """rows: {row name: {metric: value}} → one table, metric columns in first-seen order; counts that every
-    row shares (queries, skipped) go into the caption so the metric columns fit a terminal."""
+    """rows: {row name: {metric: value}} → one table, metric columns in first-seen order, short enough for an
+    80-column terminal: counts that every row shares (queries, skipped), counts only one row has and text
+    values (a threshold's source) go into the caption; long metric names are abbreviated (SHORT)."""
     columns: list[str] = []
     for metrics in rows.values():
         columns += [c for c in metrics if c not in columns]
-    values = {c: {m.get(c) for m in rows.values()} for c in columns}
-    shared = [c for c in columns if len(values[c]) == 1 and isinstance(next(iter(values[c])), int)] if len(rows) > 1 else []
-    columns = [c for c in columns if c not in shared]
-    table = Table(title=title, caption=" · ".join(f"{c} {next(iter(values[c]))}" for c in shared) or None)
+    values = {c: [m[c] for m in rows.values() if c in m] for c in columns}
+    notes, noted = [], set()
+    for c in columns:
+        vals = values[c]
+        if all(isinstance(v, str) for v in vals) or (
+                len(rows) > 1 and all(isinstance(v, int) and not isinstance(v, bool) for v in vals)
+                and (len(set(vals)) == 1 or len(vals) == 1)):
+            notes.append(f"{c.replace('_', ' ')} {vals[0]}" if len(set(vals)) == 1 else
+                         ", ".join(f"{c.replace('_', ' ')} ({name}) {m[c]}" for name, m in rows.items() if c in m))
+            noted.add(c)
+    columns = [c for c in columns if c not in noted]
+    table = Table(title=title, caption=" · ".join(notes) or None)
     table.add_column("")
     for c in columns:
-        table.add_column(c, justify="right")
+        table.add_column(SHORT.get(c, c), justify="right")
     for name, metrics in rows.items():
         table.add_row(name, *(_fmt(metrics.get(c)) for c in columns))
     return table

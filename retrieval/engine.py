@@ -209,7 +209,19 @@ class SearchEngine:
                 updated += 1
             if progress:
                 progress(1)
+        self.index_answers(keys)
         return updated
+
+    def check(self) -> int:
+        """Open the collection and check it was built by this embedder (a session's start-up check); returns
+        how many points it holds."""
+        self._ensure(create=False)
+        return self.store.count(self.collection)
+
+    def index_answers(self, keys: Sequence[str]) -> None:
+        """Payload indexes on the cached answers (``answers.<key>``), so dialogue filters on them stay fast."""
+        for key in keys:
+            self.store.index_payload_field(self.collection, f"answers.{key}")
 
     # --- search ------------------------------------------------------------------------------------
     def search_vector(self, vector: np.ndarray, k: int = 10, filter: dict | None = None,

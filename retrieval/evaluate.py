@@ -421,3 +421,66 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
         return evaluate_thi(engine, queries, question_bank, thi_config,
                             answerer_for=answerer_for if thi_config.mode == "interactive" else None,
                             progress=progress)
+
+
+def evaluate_dialogue_dataset(embedder, path: str | Path, question_bank: Sequence[dict[str, str]], vocabulary,
+                              thi_config=None, split: str = "test", gallery_split: str | None = None,
+                              cache: str = "mllm", strategies: Sequence[str] = (), max_queries: int | None = 60,
+                              batch_size: int = 16, progress: Progress = None) -> dict[str, Any]:
+    """The simulated user's whole dialogue on a world split (``retrieval.thi.evaluate_dialogue``), in a
+    temporary embedded store: (a) questions only, (b) + feedback on the shown top 5, (c) + filters from its
+    true attributes; (a) again without listening (questions the description answers are asked too), and (b)
+    once per feedback strategy in ``strategies``.
+
+    Queries: the first caption of the first ``max_queries`` images of ``split``, answers from ground truth
+    (``finetune.data.world.answer_from_attributes``). Gallery: ``split``'s images, or ``gallery_split``'s
+    ("all" = every split: the other people become distractors). cache: "mllm" caches the MLLM's own answers
+    per gallery image (what a deployment has) or "truth".
+    """
+    from finetune.data.world import answer_from_attributes
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
+    from retrieval.thi import VARIANTS, THIConfig, evaluate_dialogue
+
+    thi_config = thi_config or THIConfig()
+    records = load_split(path, split)
+    if gallery_split and gallery_split != split:
+        from finetune.data.loaders import load_person_dataset
+
+        gallery = [r for r in load_person_dataset(path) if gallery_split == "all" or r["split"] == gallery_split]
+    else:
+        gallery = records
+    keys = [q["key"] for q in question_bank]
+
+    def truth(attrs: dict | None) -> dict[str, str]:
+        return {k: answer_from_attributes(attrs, k) for k in keys} if attrs else {}
+
+    by_image = {str(r["image"]): truth(_attrs(r)) for r in gallery}
+    if not all(by_image.values()):
+        raise LineupError(f"{path}: the dialogue benchmark needs ground-truth attributes (a synthetic world)")
+    key_of = {q["question"]: q["key"] for q in question_bank}
+    queries = [{"text": r["captions"][0], "person_id": r["person_id"], "answers": truth(_attrs(r))}
+               for r in records[: max_queries or len(records)] if r["captions"]]
+    answerer_for = lambda query: (lambda q: query["answers"][q["key"]])  # noqa: E731
+    seen = lambda hit: truth(hit.payload.get("attributes"))  # noqa: E731
+    out: dict[str, Any] = {"queries": len(queries), "gallery": len(gallery), "split": split,
+                           "gallery_split": gallery_split or split, "cache": cache, "rounds": thi_config.rounds}
+    with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "dialogue") as store:
+        engine = SearchEngine(embedder, store, "dialogue")
+        engine.index_images(gallery, batch_size=batch_size)
+        engine.cache_answers(question_bank, answer_fn=(lambda img, q: by_image[img][key_of[q]]) if cache == "truth"
+                             else None)
+        cached = [h.payload["answers"] for h in store.scroll("dialogue")]
+        truths = [by_image[h.payload["image"]] for h in store.scroll("dialogue")]
+        out["cache_accuracy"] = 100.0 * float(np.mean([c[k] == t[k] for c, t in zip(cached, truths) for k in keys]))
+
+        def run(variant: str, config) -> dict:
+            return evaluate_dialogue(engine, queries, question_bank, config, answerer_for, variant=variant,
+                                     vocabulary=vocabulary, seen=seen, progress=progress)
+
+        out["variants"] = {v: run(v, thi_config) for v in VARIANTS}
+        from dataclasses import replace
+
+        out["no_listen"] = run("questions", replace(thi_config, listen=False))
+        out["strategies"] = {s: run("feedback", replace(thi_config, feedback_strategy=s)) for s in strategies}
+    return out

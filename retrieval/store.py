@@ -39,6 +39,7 @@ INDEXED_FIELDS = {"person_id": "integer", "camera_id": "integer", "split": "keyw
 FIELD_KINDS = ("integer", "keyword", "bool", "float")
 META_FILE = "lineup_meta.json"
 MEMORY = ":memory:"
+FEEDBACK_STRATEGIES = ("best_score", "sum_scores", "context", "discover", "naive")
 
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -296,6 +297,50 @@ class Store(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # --- dialogue: relevance feedback, diverse top-K, payload indexes on cached answers ----------------
+    def feedback_search(
+        self,
+        name: str,
+        strategy: str,
+        positives: np.ndarray,
+        negatives: np.ndarray,
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+        target: np.ndarray | None = None,
+        ids: Sequence[str] | None = None,
+        with_vectors: bool = False,
+        with_payload: bool = True,
+    ) -> list[Hit]:
+        """Rank by example vectors, Qdrant's recommend family (``FEEDBACK_STRATEGIES``): ``best_score`` /
+        ``sum_scores`` (recommend), ``context`` (pairs positive × negative), ``discover`` (``target`` ranked
+        within the context), ``naive`` (relevance feedback around ``target``: positives score 1, negatives 0).
+        ``ids`` restricts the search to those points (exact scores for a candidate pool)."""
+        self._require(name)
+        if strategy not in FEEDBACK_STRATEGIES:
+            raise LineupError(f"unknown feedback strategy {strategy!r}; valid: {', '.join(FEEDBACK_STRATEGIES)}")
+        pos = np.asarray(positives, dtype=np.float32).reshape(-1, self.dim(name))
+        neg = np.asarray(negatives, dtype=np.float32).reshape(-1, self.dim(name))
+        if strategy in ("context", "discover", "naive") and (not len(pos) or not len(neg)):
+            raise LineupError(f"feedback strategy {strategy!r} needs a positive and a negative example")
+        if strategy in ("discover", "naive") and target is None:
+            raise LineupError(f"feedback strategy {strategy!r} needs a target vector (the running query)")
+        if not len(pos) and not len(neg):
+            raise LineupError("feedback needs at least one example")
+        return self._feedback(name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload)
+
+    def diverse_search(self, name: str, vector: np.ndarray, k: int = 10, diversity: float = 0.5,
+                       candidates: int = 100, filter: dict[str, Any] | None = None) -> list[Hit]:
+        """Top ``k`` by maximal marginal relevance over the ``candidates`` nearest (Qdrant ``Mmr``)."""
+        self._require(name)
+        return self._diverse(name, np.asarray(vector, dtype=np.float32), k, diversity, candidates, filter)
+
+    @abstractmethod
+    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload) -> list[Hit]:
+        ...
+
+    @abstractmethod
+    def _diverse(self, name, vector, k, diversity, candidates, filter) -> list[Hit]: ...
+
 
 # =================================================================================================
 # qdrant-edge-py (embedded)
@@ -509,6 +554,38 @@ class EdgeStore(Store):
         self._shards.clear()
 
 
+    # --- dialogue -------------------------------------------------------------------------------------
+    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload):
+        import qdrant_edge as qe
+
+        P, N = [v.tolist() for v in pos], [v.tolist() for v in neg]
+        pairs = [qe.ContextPair(p, n) for p in P for n in N]
+        if strategy == "best_score":
+            query = qe.Query.RecommendBestScore(qe.RecommendQuery(P, N))
+        elif strategy == "sum_scores":
+            query = qe.Query.RecommendSumScores(qe.RecommendQuery(P, N))
+        elif strategy == "context":
+            query = qe.Query.Context(qe.ContextQuery(pairs))
+        elif strategy == "discover":
+            query = qe.Query.Discover(qe.DiscoverQuery(np.asarray(target, np.float32).tolist(), pairs))
+        else:
+            items = [qe.FeedbackItem(p, 1.0) for p in P] + [qe.FeedbackItem(n, 0.0) for n in N]
+            query = qe.Query.FeedbackNaive(qe.FeedbackNaiveQuery(
+                np.asarray(target, np.float32).tolist(), items, qe.NaiveFeedbackStrategy(1.0, 1.0, 1.0)))
+        flt = self._filter(filter)
+        if ids is not None:
+            flt = qe.Filter(must=[qe.HasIdCondition(set(ids))] + ([flt] if flt else []))
+        request = qe.QueryRequest(query=query, limit=k, filter=flt, params=self._params(), with_payload=with_payload,
+                                  with_vector=with_vectors)
+        return [_hit(p, p.score) for p in self._shard(name).query(request)]
+
+    def _diverse(self, name, vector, k, diversity, candidates, filter):
+        import qdrant_edge as qe
+
+        request = qe.QueryRequest(query=qe.Mmr(vector.tolist(), 1.0 - diversity, max(candidates, k)), limit=k,
+                                  filter=self._filter(filter), params=self._params(), with_payload=True)
+        return [_hit(p, p.score) for p in self._shard(name).query(request)]
+
 _BUILD_CHILD = """
 import sys
 import qdrant_edge
@@ -696,6 +773,38 @@ class ClientStore(Store):
     def close(self) -> None:
         self.client.close()
 
+
+    # --- dialogue -------------------------------------------------------------------------------------
+    def _feedback(self, name, strategy, pos, neg, k, filter, target, ids, with_vectors, with_payload):
+        from qdrant_client import models as m
+
+        P, N = [v.tolist() for v in pos], [v.tolist() for v in neg]
+        pairs = [m.ContextPair(positive=p, negative=n) for p in P for n in N]
+        if strategy in ("best_score", "sum_scores"):
+            query = m.RecommendQuery(recommend=m.RecommendInput(
+                positive=P, negative=N, strategy=m.RecommendStrategy(strategy)))
+        elif strategy == "context":
+            query = m.ContextQuery(context=pairs)
+        elif strategy == "discover":
+            query = m.DiscoverQuery(discover=m.DiscoverInput(target=np.asarray(target).tolist(), context=pairs))
+        else:
+            items = [m.FeedbackItem(example=p, score=1.0) for p in P] + [m.FeedbackItem(example=n, score=0.0) for n in N]
+            query = m.RelevanceFeedbackQuery(relevance_feedback=m.RelevanceFeedbackInput(
+                target=np.asarray(target).tolist(), feedback=items,
+                strategy=m.NaiveFeedbackStrategy(naive=m.NaiveFeedbackStrategyParams(a=1.0, b=1.0, c=1.0))))
+        flt = self._filter(filter)
+        if ids is not None:
+            flt = m.Filter(must=[m.HasIdCondition(has_id=list(ids))] + ([flt] if flt else []))
+        res = self.client.query_points(name, query=query, limit=k, query_filter=flt, with_payload=with_payload,
+                                       with_vectors=with_vectors)
+        return [_hit(p, p.score) for p in res.points]
+
+    def _diverse(self, name, vector, k, diversity, candidates, filter):
+        from qdrant_client import models as m
+
+        query = m.NearestQuery(nearest=vector.tolist(), mmr=m.Mmr(diversity=diversity, candidates_limit=max(candidates, k)))
+        res = self.client.query_points(name, query=query, limit=k, query_filter=self._filter(filter), with_payload=True)
+        return [_hit(p, p.score) for p in res.points]
 
 def open_store(
     path: str | Path | None = None, url: str | None = None, config: StoreConfig | None = None

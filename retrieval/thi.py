@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mllm_embed.errors import LineupError
+from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters
 from retrieval.engine import normalize_answer
 from retrieval.store import Hit
 
@@ -53,12 +54,24 @@ class THIConfig:
     answer_weight: float = field(default=0.3, metadata={"help": "μ: interactive weight of cached-answer agreement"})
     split_k: int = field(default=10, metadata={"help": "interactive: top-K the next question should split"})
     pool: int = field(default=100, metadata={"help": "candidates fetched per (refined) query"})
+    feedback_weight: float = field(default=0.3, metadata={"help": "ν: weight of relevance feedback (interactive)"})
+    feedback_strategy: str = field(default="sum_scores", metadata={
+        "help": "Qdrant query that scores feedback: best_score, sum_scores, context, discover or naive"})
+    listen: bool = field(default=True, metadata={
+        "help": "interactive: never ask a question the description or an earlier answer already answers"})
 
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "interactive"):
             raise ValueError(f"mode must be 'auto' or 'interactive', got {self.mode!r}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        from retrieval.store import FEEDBACK_STRATEGIES
+
+        if self.feedback_strategy not in FEEDBACK_STRATEGIES:
+            raise ValueError(f"feedback_strategy must be one of {', '.join(FEEDBACK_STRATEGIES)}, "
+                             f"got {self.feedback_strategy!r}")
+        if self.feedback_weight < 0 or self.answer_weight < 0:
+            raise ValueError("answer_weight and feedback_weight must be >= 0")
         for name in ("rounds", "split_k", "pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -81,12 +94,25 @@ class Round:
     candidate: Hit | None = None  # auto: the candidate checked this round
     verdict: bool | None = None  # auto: the MLLM's yes/no on it
     anchor: str | None = None  # auto: point id of the accepted anchor
+    kind: str = "question"  # interactive: "question" | "feedback" | "filter"
+    positives: tuple[str, ...] = ()  # interactive: point ids marked relevant so far
+    negatives: tuple[str, ...] = ()
+    filters: tuple[AnswerFilter, ...] = ()  # interactive: the payload filters active after this round
 
 
 class THISession:
     """A THI dialogue over ``engine``'s collection for one text query.
 
     ``rounds[0]`` is the plain ranking; ``step()`` runs one round; ``undo()`` removes the last one.
+    Interactive sessions also take relevance feedback (``feedback``) and payload filters (``add_filter`` /
+    ``drop_filter``), each one round, so ``undo`` treats every step alike. With a ``vocabulary`` the session
+    listens: a question the description or an earlier answer already answers is never asked (``known``).
+
+    Interactive scores stay in [-1, 1]: Ŝ = (λ·S(q, v) + (1−λ)·S(q̂, v) + μ·agreement(v) + ν·feedback(v)) / (1 + μ + ν),
+    μ counted from the first step on (the agreement covers the answers and, listening, what the description
+    said) and ν once feedback is; feedback(v) ∈ [0, 1] is the Qdrant feedback
+    query's score min–max scaled over the pool, run once a positive is given (with the negatives as its
+    negative examples). A point marked unlike is not the person: it scores −1.
     """
 
     def __init__(
@@ -98,6 +124,7 @@ class THISession:
         filter: dict[str, Any] | None = None,
         judge: Judge | None = None,
         vqa: VQA | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> None:
         if not query or not query.strip():
             raise LineupError("empty query: describe the person to start a THI session")
@@ -108,6 +135,8 @@ class THISession:
         self.bank = list(question_bank)
         self.config = config or THIConfig()
         self.filter = filter
+        self.vocabulary = vocabulary
+        self.stated = vocabulary.parse(self.query) if vocabulary is not None else {}
         emb = engine.embedder
         self.vqa = vqa or (lambda image, question: emb.answer(image, question))
         self.judge = judge or (
@@ -115,6 +144,7 @@ class THISession:
             .startswith("yes")
         )
         self.q_vec = emb.encode_text([self.query])[0]
+        self._text_vecs: dict[str, np.ndarray] = {self.query: self.q_vec}
         self.ids: list[str] = []
         self.payloads: list[dict[str, Any]] = []
         self._vecs: list[np.ndarray] = []
@@ -127,12 +157,20 @@ class THISession:
     def vectors(self) -> np.ndarray:
         return self._mat
 
-    def _grow(self, vector: np.ndarray) -> None:
-        """Add the top ``pool`` hits of ``vector`` to the pool (vectors fetched only for new members)."""
+    def _grow(self, vector: np.ndarray | None, filter: dict[str, Any] | None = None,
+              hits: list[Hit] | None = None) -> None:
+        """Add the top ``pool`` hits of ``vector`` (or the given ``hits``) to the pool (vectors fetched only
+        for new members)."""
         first = not self.ids
-        hits = self.engine.search_vector(vector, self.config.pool, self.filter, with_vectors=first)
+        if not first and self._complete:
+            return
+        if hits is None:
+            hits = self.engine.search_vector(vector, self.config.pool, filter or self.filter, with_vectors=first)
         if not hits and first:
             raise LineupError("the collection has no images matching the filter: index images or relax the filter")
+        if first:  # the pool already holds every point the session can show: it never needs to grow
+            self._complete = len(hits) < self.config.pool or (
+                len(hits) == self.engine.store.count(self.engine.collection, self.filter))
         known = set(self.ids)
         new = [h for h in hits if h.id not in known]
         if new and not first:
@@ -143,10 +181,13 @@ class THISession:
             self._vecs.append(h.vector)
         if new or first:
             self._mat = np.stack(self._vecs)
+            self._index = {i: j for j, i in enumerate(self.ids)}
+        if len(self.base if hasattr(self, "base") else ()) < len(self.ids):
+            self.base = self._mat @ self.q_vec
 
-    def _rank(self, scores: np.ndarray) -> list[Hit]:
+    def _rank(self, scores: np.ndarray, keep: np.ndarray | None = None) -> list[Hit]:
         order = np.argsort(-scores, kind="stable")
-        return [Hit(self.ids[i], float(scores[i]), self.payloads[i]) for i in order]
+        return [Hit(self.ids[i], float(scores[i]), self.payloads[i]) for i in order if keep is None or keep[i]]
 
     # --- state ---------------------------------------------------------------------------------------
     @property
@@ -162,6 +203,31 @@ class THISession:
         return {r.question["key"] for r in self.rounds if r.question is not None}
 
     @property
+    def known(self) -> dict[str, str]:
+        """What the description and the answers so far say (closed under the bank's relations): the
+        questions a listening session does not ask."""
+        if self.vocabulary is None or not self.config.listen:
+            return {}
+        return self.vocabulary.implied({**self.stated, **{q["key"]: a for q, a in self.answers}})
+
+    @property
+    def positives(self) -> tuple[str, ...]:
+        return self.rounds[-1].positives
+
+    @property
+    def negatives(self) -> tuple[str, ...]:
+        return self.rounds[-1].negatives
+
+    @property
+    def filters(self) -> tuple[AnswerFilter, ...]:
+        return self.rounds[-1].filters
+
+    @property
+    def active_filter(self) -> dict[str, Any] | None:
+        """The session's base filter merged with the user's answer filters."""
+        return merge_filters(self.filter, self.filters)
+
+    @property
     def anchor(self) -> str | None:
         return next((r.anchor for r in self.rounds if r.anchor), None)
 
@@ -169,7 +235,7 @@ class THISession:
     def done(self) -> bool:
         if self.config.mode == "auto":
             return self.anchor is not None or len(self.rounds) > min(self.config.rounds, len(self.rounds[0].ranking))
-        return len(self.rounds) > self.config.rounds or self.next_question() is None
+        return len(self.asked) >= self.config.rounds or self.next_question() is None
 
     def undo(self) -> Round:
         """Drop the last round (never round 0); returns the round now current."""
@@ -188,15 +254,17 @@ class THISession:
         question = self.next_question()
         return self.answer(question, answerer(question))
 
+    def _text_vec(self, text: str) -> np.ndarray:
+        if text not in self._text_vecs:
+            self._text_vecs[text] = self.engine.embedder.encode_text([text])[0]
+        return self._text_vecs[text]
+
     def _fused(self, refined: str) -> np.ndarray:
         """λ·S(q, v) + (1−λ)·S(q̂, v) over the pool, after growing it by q̂'s own top hits."""
-        vec = self.engine.embedder.encode_text([refined])[0]
+        vec = self._text_vec(refined)
         self._grow(vec)
-        vecs = self.vectors
-        if len(self.base) < len(vecs):  # pool grew: extend S(q, ·) to the new members
-            self.base = vecs @ self.q_vec
         lam = self.config.lam
-        return lam * self.base + (1 - lam) * (vecs @ vec)
+        return lam * self.base + (1 - lam) * (self.vectors @ vec)
 
     def _auto_round(self) -> Round:
         k = len(self.rounds)  # 1-based index of the candidate checked this round
@@ -222,11 +290,10 @@ class THISession:
         return rnd
 
     def next_question(self) -> dict[str, str] | None:
-        """The unasked question whose cached answers split the current top-K most evenly (max entropy).
-
-        Ties go to the wider top-3K split, then to the bank's order.
-        """
-        remaining = [q for q in self.bank if q["key"] not in self.asked]
+        """The unasked, not yet known question whose cached answers split the current top-K most evenly
+        (max entropy). Ties go to the wider top-3K split, then to the bank's order."""
+        skip = self.asked | set(self.known)
+        remaining = [q for q in self.bank if q["key"] not in skip]
         if not remaining:
             return None
         ranking = self.ranking
@@ -234,28 +301,122 @@ class THISession:
         def entropy(q: dict[str, str], n: int) -> float:
             counts = Counter((h.payload.get("answers") or {}).get(q["key"], "?") for h in ranking[:n])
             total = sum(counts.values())
-            return -sum(c / total * math.log(c / total) for c in counts.values())
+            return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
 
         k = self.config.split_k
         return max(remaining, key=lambda q: (round(entropy(q, k), 9), round(entropy(q, 3 * k), 9)))
 
     def answer(self, question: dict[str, str], answer: str | None) -> Round:
         """Apply the user's answer to ``question`` (None / 'skip' / "don't know" leave the ranking as is)."""
-        if self.config.mode != "interactive":
-            raise LineupError("answer() is for interactive THI; auto mode asks the MLLM itself (step())")
-        index = len(self.rounds)
+        self._interactive("answer()")
         norm = None if answer is None else normalize_answer(answer)
         if norm is None or norm in NO_ANSWER:
-            rnd = Round(index, self.ranking, self.rounds[-1].refined_query, question=question, answer=None)
-            self.rounds.append(rnd)
-            return rnd
-        given = self.answers + [(question, norm)]
-        refined = rewrite_query(self.query, given)
-        scores = self._fused(refined)
-        scores = scores + self.config.answer_weight * np.array([agreement(p, given) for p in self.payloads])
-        rnd = Round(index, self._rank(scores), refined, question=question, answer=norm)
+            norm = None
+        given = self.answers + ([(question, norm)] if norm is not None else [])
+        return self._push(Round(len(self.rounds), [], "", question=question, answer=norm), given)
+
+    def feedback(self, positives: Sequence[str] = (), negatives: Sequence[str] = ()) -> Round:
+        """Mark pool points (ids) as like / unlike the wanted person; re-ranks with the Qdrant feedback query
+        (``config.feedback_strategy``) fused with the running text query. A point marked again moves sides."""
+        self._interactive("feedback()")
+        unknown = [i for i in (*positives, *negatives) if i not in self._index]
+        if unknown:
+            raise LineupError(f"feedback on {len(unknown)} point(s) that are not among the candidates shown")
+        pos = tuple(dict.fromkeys([p for p in self.positives if p not in negatives] + list(positives)))
+        neg = tuple(dict.fromkeys([n for n in self.negatives if n not in positives] + list(negatives)))
+        rnd = Round(len(self.rounds), [], "", kind="feedback", positives=pos, negatives=neg, filters=self.filters)
+        return self._push(rnd, self.answers)
+
+    def add_filter(self, f: AnswerFilter) -> Round:
+        """Keep only points whose payload matches ``f`` (e.g. cached answer bag = backpack)."""
+        self._interactive("add_filter()")
+        filters = tuple(x for x in self.filters if x.conditions.keys() != f.conditions.keys()) + (f,)
+        rnd = Round(len(self.rounds), [], "", kind="filter", positives=self.positives, negatives=self.negatives,
+                    filters=filters)
+        return self._push(rnd, self.answers)
+
+    def drop_filter(self, words: Sequence[str]) -> Round:
+        """Remove the filters ``words`` name ("backpack"); every filter when ``words`` is empty."""
+        self._interactive("drop_filter()")
+        kept = tuple(f for f in self.filters if words and not f.matches(words))
+        if len(kept) == len(self.filters):
+            active = ", ".join(f.label for f in self.filters) or "none"
+            raise LineupError(f"no active filter matches '{' '.join(words)}' (active: {active})")
+        rnd = Round(len(self.rounds), [], "", kind="filter", positives=self.positives, negatives=self.negatives,
+                    filters=kept)
+        return self._push(rnd, self.answers)
+
+    def _interactive(self, what: str) -> None:
+        if self.config.mode != "interactive":
+            raise LineupError(f"{what} is for interactive THI; auto mode asks the MLLM itself (step())")
+
+    def _push(self, rnd: Round, given: list[tuple[dict[str, str], str]]) -> Round:
+        """Score the pool for the state ``rnd`` describes (answers ``given``, its feedback and filters)."""
+        if rnd.kind == "question":
+            rnd.positives, rnd.negatives, rnd.filters = self.positives, self.negatives, self.filters
+        cfg = self.config
+        flt = merge_filters(self.filter, rnd.filters)
+        refined = rewrite_query(self.query, given) if given else self.query
+        text_vec = self._text_vec(refined)
+        if rnd.filters:
+            self._grow(self.q_vec, flt)
+        self._grow(text_vec, flt)
+        fb = None
+        if rnd.positives:  # negatives alone only drop their own images (below): pushing the ranking away
+            fb = self._feedback_scores(rnd.positives, rnd.negatives, text_vec, flt)  # from a look-alike hurts
+        vecs = self.vectors
+        scores = cfg.lam * self.base + (1 - cfg.lam) * (vecs @ text_vec) if given else self.base.copy()
+        weight = 1.0
+        agreed = given + self._heard(given)
+        if agreed:
+            scores = scores + cfg.answer_weight * np.array([agreement(p, agreed) for p in self.payloads])
+            weight += cfg.answer_weight
+        if fb is not None:
+            scores = scores + cfg.feedback_weight * fb
+            weight += cfg.feedback_weight
+        scores = scores / weight
+        for point in rnd.negatives:  # "not #4": that image is not the person; it goes to the bottom
+            scores[self._index[point]] = -1.0
+        keep = None
+        if flt:
+            keep = np.array([all(_match(_get(p, k), v) for k, v in flt.items()) for p in self.payloads])
+        rnd.refined_query = refined
+        rnd.ranking = self._rank(scores, keep)
         self.rounds.append(rnd)
         return rnd
+
+    def _heard(self, given: list[tuple[dict[str, str], str]]) -> list[tuple[dict[str, str], str]]:
+        """What a listening session read in the description, as answers to the questions it will not ask
+        (they count in the answer agreement from the first step on; round 0 stays the plain text search)."""
+        if self.vocabulary is None or not self.config.listen:
+            return []
+        answered = {q["key"] for q, _ in given}
+        by_key = {q["key"]: q for q in self.bank}
+        return [(by_key[k], v) for k, v in self.vocabulary.implied(self.stated).items()
+                if k in by_key and k not in answered]
+
+    def _feedback_scores(self, pos: Sequence[str], neg: Sequence[str], target: np.ndarray,
+                         flt: dict[str, Any] | None) -> np.ndarray:
+        """The feedback query's scores over the pool, min–max scaled to [0, 1] (after growing the pool by its
+        own top hits). A strategy that needs both sides falls back to ``sum_scores`` with one side only."""
+        store, name = self.engine.store, self.engine.collection
+        strategy = self.config.feedback_strategy
+        if strategy in ("context", "discover", "naive") and not (pos and neg):
+            strategy = "sum_scores"
+        P = np.stack([self._vecs[self._index[i]] for i in pos]) if pos else np.zeros((0, len(target)))
+        N = np.stack([self._vecs[self._index[i]] for i in neg]) if neg else np.zeros((0, len(target)))
+        if not self._complete:
+            self._grow(None, hits=store.feedback_search(name, strategy, P, N, self.config.pool, flt, target))
+        hits = store.feedback_search(name, strategy, P, N, len(self.ids), flt, target,
+                                     ids=None if self._complete else self.ids, with_payload=False)
+        raw = np.full(len(self.ids), np.nan)
+        for h in hits:
+            raw[self._index[h.id]] = h.score
+        if np.isnan(raw).all():
+            return np.zeros(len(self.ids))
+        lo, hi = np.nanmin(raw), np.nanmax(raw)
+        out = (raw - lo) / (hi - lo) if hi > lo else np.ones_like(raw)
+        return np.nan_to_num(out, nan=0.0)
 
 
 def agreement(payload: dict[str, Any], given: Sequence[tuple[dict[str, str], str]]) -> float:
@@ -283,31 +444,119 @@ def evaluate_thi(
     filter: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Rank-1 / mAP per round and cumulative Hits@10 per round (ChatIR) over ``queries``.
+    """Rank-1 / mAP per round and cumulative Hits@10 per round (ChatIR) over ``queries``: the questions-only
+    dialogue of ``evaluate_dialogue`` (its ``rounds``)."""
+    return evaluate_dialogue(engine, queries, question_bank, config, answerer_for, filter=filter,
+                             progress=progress)["rounds"]
 
-    ``queries``: dicts with ``text`` and the target ``person_id``. ``answerer_for(query)`` gives the
-    answerer of that query (interactive mode): a simulated user from ground truth, or the MLLM looking at
-    the target image. The pool covers the whole (filtered) gallery so mAP is exact; a session that ends
-    early keeps its last ranking in later rounds. Returns one dict per round 0..rounds.
+
+VARIANTS = ("questions", "feedback", "filters")
+
+
+def simulated_feedback(ranking: Sequence[Hit], person_id: Any, shown: int = 5,
+                       marked: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """What a user looking for ``person_id`` says about the ``shown`` top candidates: its person's images are
+    positives, the images of the most confusable shown person (the best-ranked other one) negatives.
+    Points already ``marked`` are not marked again."""
+    top = [h for h in ranking[:shown] if h.id not in marked]
+    pos = [h.id for h in top if h.payload.get("person_id") == person_id]
+    other = next((h.payload.get("person_id") for h in top if h.payload.get("person_id") != person_id), None)
+    neg = [h.id for h in top if other is not None and h.payload.get("person_id") == other]
+    return pos, neg
+
+
+def simulated_filter(ranking: Sequence[Hit], truth: dict[str, str], seen: Callable[[Hit], dict[str, str]],
+                     active: Sequence[AnswerFilter], bank: Sequence[dict[str, str]], shown: int = 10
+                     ) -> AnswerFilter | None:
+    """The filter a user adds after looking at the ``shown`` candidates: on the question whose true answer for
+    its person (``truth``) rules out most of them (``seen(hit)``: what the user sees in a candidate), keeping
+    the points whose cached answer agrees. None when no filter would rule any out."""
+    used = {k for f in active for k in f.conditions}
+    best, best_n = None, 0
+    for q in bank:
+        key = q["key"]
+        if f"answers.{key}" in used or key not in truth:
+            continue
+        n = sum(seen(h).get(key) not in (None, truth[key]) for h in ranking[:shown])
+        if n > best_n:
+            best, best_n = key, n
+    if best is None:
+        return None
+    return AnswerFilter(f"{best.replace('_', ' ')} {truth[best]}", {f"answers.{best}": truth[best]})
+
+
+def evaluate_dialogue(
+    engine: Any,
+    queries: Sequence[dict[str, Any]],
+    question_bank: Sequence[dict[str, str]],
+    config: THIConfig | None = None,
+    answerer_for: Callable[[dict[str, Any]], Answerer] | None = None,
+    variant: str = "questions",
+    vocabulary: Vocabulary | None = None,
+    shown: int = 5,
+    seen: Callable[[Hit], dict[str, str]] | None = None,
+    filter: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """A simulated user's whole dialogue, per round: Rank-1, mAP and cumulative Hits@10 (ChatIR).
+
+    ``queries``: dicts with ``text``, the target ``person_id`` and (variant "filters") ``answers``, the true
+    answer per question key. Each round the user answers the next question (``answerer_for(query)``, interactive
+    mode); variant "feedback" also marks the ``shown`` top candidates (``simulated_feedback``), "filters" also
+    adds one filter from its true answers (``simulated_filter``; ``seen(hit)`` = the true answers of a shown
+    candidate, default its cached ones). Rounds run ``config.rounds`` times even when questions run out.
+    The pool covers the whole (filtered) gallery so mAP is exact.
+
+    Returns ``{"rounds": [{"round", "R1", "mAP", "Hits@10"}, ...], "questions_asked", "questions_redundant",
+    "queries"}``: redundant = asked although the description (or an earlier answer) already gave the answer
+    (needs ``vocabulary``; 0 when the session listens).
     """
     from retrieval.metrics import rank_metrics
 
     config = config or THIConfig()
+    if variant not in VARIANTS:
+        raise LineupError(f"unknown dialogue variant {variant!r}; valid: {', '.join(VARIANTS)}")
     if config.mode == "interactive" and answerer_for is None:
         raise LineupError("interactive THI evaluation needs answerer_for (e.g. a simulated user)")
+    if variant != "questions" and config.mode != "interactive":
+        raise LineupError("feedback and filters are interactive: use THIConfig(mode='interactive')")
+    seen = seen or (lambda hit: hit.payload.get("answers") or {})
     gallery = list(engine.store.scroll(engine.collection))
     if filter:
-        gallery = [h for h in gallery if all(_match(h.payload.get(k), v) for k, v in filter.items())]
+        gallery = [h for h in gallery if all(_match(_get(h.payload, k), v) for k, v in filter.items())]
     column = {h.id: j for j, h in enumerate(gallery)}
     gallery_pids = np.array([h.payload.get("person_id", -1) for h in gallery])
     config = replace(config, pool=max(config.pool, len(gallery)))
     n_rounds = config.rounds
     sims = np.full((n_rounds + 1, len(queries), len(gallery)), -1e9, dtype=np.float64)
+    asked = redundant = 0
     for qi, query in enumerate(queries):
-        session = THISession(engine, query["text"], question_bank, config, filter=filter)
-        rounds = run_session(session, answerer_for(query) if answerer_for else None)
+        session = THISession(engine, query["text"], question_bank, config, filter=filter, vocabulary=vocabulary)
+        if config.mode == "auto":
+            rankings = [r.ranking for r in run_session(session)]
+        else:
+            answerer = answerer_for(query)
+            rankings = [session.ranking]
+            for _ in range(n_rounds):
+                before = session.ranking
+                question = session.next_question() if len(session.asked) < n_rounds else None
+                if question is not None:
+                    session.answer(question, answerer(question))
+                if variant in ("feedback", "filters"):
+                    pos, neg = simulated_feedback(before, query["person_id"], shown,
+                                                  session.positives + session.negatives)
+                    if pos or neg:
+                        session.feedback(pos, neg)
+                if variant == "filters":
+                    f = simulated_filter(before, query.get("answers") or {}, seen, session.filters, question_bank)
+                    if f is not None:
+                        session.add_filter(f)
+                rankings.append(session.ranking)
+            stated = vocabulary.implied(vocabulary.parse(query["text"])) if vocabulary is not None else {}
+            asked += len(session.asked)
+            redundant += len(session.asked & set(stated))
         for r in range(n_rounds + 1):
-            for hit in rounds[min(r, len(rounds) - 1)].ranking:
+            for hit in rankings[min(r, len(rankings) - 1)]:
                 sims[r, qi, column[hit.id]] = hit.score
         if progress:
             progress(1)
@@ -318,7 +567,15 @@ def evaluate_thi(
         top10 = np.argsort(-sims[r], axis=1, kind="stable")[:, :10]
         hit_so_far |= (gallery_pids[top10] == query_pids[:, None]).any(axis=1)
         out.append({"round": r, "R1": m["R1"], "mAP": m["mAP"], "Hits@10": float(100.0 * hit_so_far.mean())})
-    return out
+    return {"rounds": out, "questions_asked": asked, "questions_redundant": redundant, "queries": len(queries)}
+
+
+def _get(payload: dict[str, Any], key: str) -> Any:
+    """A payload value by dotted key ("answers.bag"), as Qdrant reads nested fields."""
+    value: Any = payload
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _match(value: Any, wanted: Any) -> bool:
