@@ -70,6 +70,7 @@ class ControlConfig:
     temperature: float = field(default=0.07, metadata={"help": "initial InfoNCE temperature (learned)"})
     identity_weight: float = field(default=0.5, metadata={"help": "weight of the image-image SupCon term"})
     composed_weight: float = field(default=1.0, metadata={"help": "weight of the composed-triplet term"})
+    word_dropout: float = field(default=0.0, metadata={"help": "training: rate at which caption words are dropped"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, sampling and augmentation"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads"})
 
@@ -203,11 +204,17 @@ class DualEncoder(nn.Module):
     def embed_images(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image(x), dim=-1)
 
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        return F.normalize(self.text(self.tokenizer(texts)), dim=-1)
+    def embed_texts(self, texts: Sequence[str], drop: tuple[float, torch.Generator] | None = None) -> torch.Tensor:
+        """``drop`` = (rate, generator): training only, each word is replaced by padding with that rate."""
+        ids = self.tokenizer(texts)
+        if drop and drop[0]:
+            dropped = ids.masked_fill(torch.rand(ids.shape, generator=drop[1]) < drop[0], 0)
+            ids = torch.where((dropped != 0).any(1, keepdim=True), dropped, ids)  # never drop a whole text
+        return F.normalize(self.text(ids), dim=-1)
 
-    def compose(self, image_vecs: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        return F.normalize(image_vecs + self.embed_texts(texts), dim=-1)
+    def compose(self, image_vecs: torch.Tensor, texts: Sequence[str],
+                drop: tuple[float, torch.Generator] | None = None) -> torch.Tensor:
+        return F.normalize(image_vecs + self.embed_texts(texts, drop), dim=-1)
 
     def parameter_counts(self) -> dict[str, int]:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -253,7 +260,7 @@ def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
     has = positive.any(1)
     lse = torch.logsumexp(logits, dim=1)
     pos = torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)
-    return (lse - pos)[has].mean()
+    return (lse - pos)[has].mean() if has.any() else logits.sum() * 0
 
 
 def _triplet_rows(path: Path) -> list[dict]:
@@ -298,12 +305,13 @@ def train_control(world: str | Path, cfg: ControlConfig | None = None, progress:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, max(0, s - warmup) / max(1, cfg.steps - warmup)))))
     curve = []
+    drop = (cfg.word_dropout, gen)
     model.train()
     for step in range(cfg.steps):
         chosen = rng.sample(people, min(cfg.ids_per_batch, len(people)))
         idx = [i for p in chosen for i in rng.choices(by_pid[p], k=cfg.images_per_id)]
         img = model.embed_images(augment(crops[idx], gen))
-        txt = model.embed_texts([rng.choice(records[i]["captions"]) for i in idx])
+        txt = model.embed_texts([rng.choice(records[i]["captions"]) for i in idx], drop)
         same = pids[idx][:, None] == pids[idx][None, :]
         scale = model.log_scale.clamp(max=math.log(100)).exp()
         sim = scale * img @ txt.T
@@ -314,12 +322,16 @@ def train_control(world: str | Path, cfg: ControlConfig | None = None, progress:
             terms["identity"] = cfg.identity_weight * multi_positive_nce(ii, same & ~eye)
         if triplets and cfg.composed_weight:
             batch = rng.sample(triplets, min(cfg.triplets_per_batch, len(triplets)))
-            targets = [rng.choice(by_pid[t["target_id"]]) for t in batch]
-            both = model.embed_images(augment(crops[[row[t["reference"]] for t in batch] + targets], gen))
-            query = model.compose(both[: len(batch)], [t["modification"] for t in batch])
+            # gallery: an image of each target person and, as hard negatives, another image of each reference
+            # person (the one-edit neighbour the query starts from)
+            gallery = [rng.choice(by_pid[t["target_id"]]) for t in batch]
+            gallery += [rng.choice([i for i in by_pid[t["reference_id"]] if i != row[t["reference"]]]
+                                   or by_pid[t["reference_id"]]) for t in batch]
+            both = model.embed_images(augment(crops[[row[t["reference"]] for t in batch] + gallery], gen))
+            query = model.compose(both[: len(batch)], [t["modification"] for t in batch], drop)
             tid = torch.tensor([t["target_id"] for t in batch])
             terms["composed"] = cfg.composed_weight * multi_positive_nce(
-                scale * query @ both[len(batch):].T, tid[:, None] == tid[None, :])
+                scale * query @ both[len(batch):].T, tid[:, None] == pids[gallery][None, :])
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -367,17 +379,15 @@ def _world_info(world: Path) -> dict:
 def _tables(result: dict):
     from rich.table import Table
 
-    split = result["eval"]["split"]["name"]
-    rows = [(f"seed {result['world']['seed']} (trained)", result["eval"])] + [
-        (f"seed {o['world']['seed']} (no retraining)", o["eval"])
-                                                for o in result["other_worlds"]]
+    rows = [(f"seed {w['world']['seed']} {split}{'' if n else ' (trained on train)'}", res)
+            for n, w in enumerate([result] + result["other_worlds"]) for split, res in w["eval"].items()]
     tables = []
     for key, title, cols in (("t2i", "text → image", ("R1", "R5", "R10", "mAP", "mINP", "queries")),
                              ("i2i", "image → image (cross-camera)", ("R1", "R5", "R10", "mAP", "mINP", "queries")),
                              ("composed", "image + modification → image (identity level; exact image: exact_R@K)",
                               ("R@1", "R@5", "R@10", "mAP", "exact_R@1", "exact_R@10", "queries"))):
         table = Table(title=f"control dual encoder — {title}")
-        table.add_column(f"{split} split of world")
+        table.add_column("world, split")
         for c in cols:
             table.add_column(c, justify="right")
         for name, res in rows:
@@ -399,7 +409,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="world to train on (its train split) and test on (its test split)")
     ap.add_argument("--also", type=Path, nargs="*", default=[Path("/tmp/demo-world-s1")],
                     help="other worlds whose test split is evaluated without retraining (missing ones are skipped)")
-    ap.add_argument("--split", default="test", help="split evaluated (val for tuning; test for the report)")
+    ap.add_argument("--splits", nargs="+", default=["val", "test"],
+                    help="splits evaluated (val to tune on, test to report)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     for f in dataclasses.fields(ControlConfig):
         kw = {"nargs": "+", "type": int} if f.name == "channels" else {"type": type(f.default)}
@@ -416,8 +427,9 @@ def main(argv: list[str] | None = None) -> None:
         result = {"command": "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/control_dual_encoder.py "
                              + " ".join(sys.argv[1:] if argv is None else argv),
                   "world": _world_info(args.world), "config": asdict(cfg), "steps": cfg.steps,
-                  "params": model.parameter_counts(), **log, "eval": evaluate_control(model, args.world, args.split),
-                  "other_worlds": [{"world": _world_info(w), "eval": evaluate_control(model, w, args.split)}
+                  "params": model.parameter_counts(), **log, "eval": {s: evaluate_control(model, args.world, s) for s in args.splits},
+                  "other_worlds": [{"world": _world_info(w), "eval": {s: evaluate_control(model, w, s)
+                                                                     for s in args.splits}}
                                    for w in args.also if (w / "world.json").exists()]}
     except (LineupError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -426,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(table)
     console.print(f"{result['params']['total']:,} parameters (image {result['params']['image']:,}, text "
                   f"{result['params']['text']:,}); {cfg.steps} steps in {result['train_seconds']} s on "
-                  f"{cfg.threads} thread(s) ({result['train_cpu_seconds']} CPU s); text→image chance Rank-1 {result['eval']['split']['chance_R1']:.1f} %")
+                  f"{cfg.threads} thread(s) ({result['train_cpu_seconds']} CPU s); text→image chance Rank-1 {next(iter(result['eval'].values()))['split']['chance_R1']:.1f} %")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {args.out}")

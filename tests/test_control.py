@@ -18,7 +18,7 @@ _spec.loader.exec_module(control)
 
 @pytest.fixture(scope="module")
 def trained(tiny_world):
-    cfg = control.ControlConfig(steps=80, ids_per_batch=12, images_per_id=2, triplets_per_batch=8)
+    cfg = control.ControlConfig(steps=60, ids_per_batch=12, images_per_id=2, triplets_per_batch=6)
     return control.train_control(tiny_world, cfg)
 
 
