@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
         result = {"command": "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/control_dual_encoder.py "
                              + " ".join(sys.argv[1:] if argv is None else argv),
                   "world": _world_info(args.world), "config": asdict(cfg), "steps": cfg.steps,
-                  "params": model.parameter_counts(), **log, "eval": {s: evaluate_control(model, args.world, s) for s in args.splits},
+                  "params": model.parameter_counts(), **log,
+                  "eval": {s: evaluate_control(model, args.world, s) for s in args.splits},
                   "other_worlds": [{"world": _world_info(w), "eval": {s: evaluate_control(model, w, s)
                                                                      for s in args.splits}}
                                    for w in args.also if (w / "world.json").exists()]}
