@@ -11,14 +11,16 @@ R@K and mAP, exact-target R@K). Each ``--also`` world (another seed: new people,
 is evaluated with the same weights, without retraining. Prints rich tables and writes
 benchmarks/results/control_dual_encoder.json.
 
-Design: image tower = a 4-layer strided CNN on person-aspect crops (default 128×64) whose last feature map
+Design: image tower = a 4-layer CNN (4×4 patchify stem, then 3×3 convs) on person-aspect crops (default
+128×64) whose last feature map
 is pooled into horizontal stripes (head / torso / legs / feet keep their place, so "red top, blue trousers"
 differs from "blue top, red trousers"); text tower = a word-level tokenizer built from the train split's
 captions and modifications and a 2-layer pre-norm transformer with masked mean pooling. Loss per step, on a
 batch of P identities × K images with one random caption each: symmetric image–text InfoNCE where every
 caption of the same identity is a positive, an image–image SupCon term (same identity positive), and,
 on a batch of train triplets, InfoNCE between the composed query normalize(image(ref) + text(modification))
-and the target image (positives: images of the target identity). Composed retrieval at test time is that
+and the target image (positives: images of the target identity; another image of the reference person is
+in the gallery as a hard negative). Composed retrieval at test time is that
 same sum of the two towers' embeddings.
 """
 
@@ -427,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
         result = {"command": "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/control_dual_encoder.py "
                              + " ".join(sys.argv[1:] if argv is None else argv),
                   "world": _world_info(args.world), "config": asdict(cfg), "steps": cfg.steps,
-                  "params": model.parameter_counts(), **log, "eval": {s: evaluate_control(model, args.world, s) for s in args.splits},
+                  "params": model.parameter_counts(), **log,
+                  "eval": {s: evaluate_control(model, args.world, s) for s in args.splits},
                   "other_worlds": [{"world": _world_info(w), "eval": {s: evaluate_control(model, w, s)
                                                                      for s in args.splits}}
                                    for w in args.also if (w / "world.json").exists()]}
@@ -438,7 +441,8 @@ def main(argv: list[str] | None = None) -> None:
         console.print(table)
     console.print(f"{result['params']['total']:,} parameters (image {result['params']['image']:,}, text "
                   f"{result['params']['text']:,}); {cfg.steps} steps in {result['train_seconds']} s on "
-                  f"{cfg.threads} thread(s) ({result['train_cpu_seconds']} CPU s); text→image chance Rank-1 {next(iter(result['eval'].values()))['split']['chance_R1']:.1f} %")
+                  f"{cfg.threads} thread(s) ({result['train_cpu_seconds']} CPU s); text→image chance Rank-1 "
+                  + ", ".join(f"{s} {r['split']['chance_R1']:.1f} %" for s, r in result["eval"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"wrote {args.out}")
