@@ -430,8 +430,8 @@ def cmd_eval(args, project: Project) -> int:
     embedder = _embedder(args, project)
     tasks = TASKS if args.task == "all" else (args.task,)
     with progress_bar("evaluating", total=None) as advance:
-        results = evaluate_dataset(embedder, path, tasks, EvalConfig(split=args.split, nam_layer=args.nam_layer), plots=args.plots,
-                                   progress=advance)
+        results = evaluate_dataset(embedder, path, tasks, EvalConfig(split=args.split, nam_layer=args.nam_layer),
+                                   plots=args.plots, progress=advance)
     if args.thi != "off":
         results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds)
     show_results(results)

@@ -152,19 +152,23 @@ def _processor_without_video(path: str):
     (which needs torchvision). Fails with the install hint when no PIL image processor exists."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-    model_type = AutoConfig.from_pretrained(path).model_type
+    model_type = AutoConfig.from_pretrained(path, trust_remote_code=False).model_type
     try:
-        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=False)
     except (ImportError, ValueError) as exc:
         raise LineupError(f"{path}: the {model_type} image processor needs torchvision ({exc}); "
                           "pip install torchvision matching your torch") from exc
     cls = _without_video(processor_class(model_type))
-    kwargs = json.loads((Path(path) / "processor_config.json").read_text()) \
-        if (Path(path) / "processor_config.json").exists() else {}
+    from transformers.utils import cached_file
+
+    # the processor's own settings (patch size, image tokens per tile, …): a local folder or the hub cache
+    saved = cached_file(path, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    kwargs = json.loads(Path(saved).read_text()) if saved else {}
     kwargs = {k: v for k, v in kwargs.items() if k not in ("processor_class", "image_processor", "video_processor")}
     if "video_processor" in inspect.signature(cls.__init__).parameters:
         kwargs["video_processor"] = None
-    return cls(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(path), **kwargs)
+    return cls(image_processor=image_processor, tokenizer=AutoTokenizer.from_pretrained(path, trust_remote_code=False),
+               **kwargs)
 
 
 class ProcessorFamily(Family):
