@@ -46,6 +46,7 @@ VARIANTS = {  # name → StoreConfig fields; hnsw_m 0 = no graph (flat scan of t
     "hnsw-m8-efc32": dict(hnsw_m=8, hnsw_ef_construct=32),
     "hnsw-m16-efc64": dict(hnsw_m=16, hnsw_ef_construct=64),
     "hnsw-m16-efc64-int8": dict(hnsw_m=16, hnsw_ef_construct=64, quantization="int8"),
+    "hnsw-m16-efc64-nofg": dict(hnsw_m=16, hnsw_ef_construct=64, filter_graphs=False),
     "hnsw-m32-efc128": dict(hnsw_m=32, hnsw_ef_construct=128),
     "flat-binary": dict(hnsw_m=0, quantization="binary", oversampling=4.0),
     "flat-int8": dict(hnsw_m=0, quantization="int8", oversampling=2.0),
@@ -261,7 +262,8 @@ def main() -> None:
     ap.add_argument("--adapter", help="adapter folder (--data world)")
     ap.add_argument("--dim", type=int, default=256, help="clustered data dimension")
     ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "hnsw-m16-efc64-nofg"],
+                    choices=list(VARIANTS))
     ap.add_argument("--large-variants", nargs="+", default=["hnsw-m16-efc64", "flat-binary"],
                     choices=list(VARIANTS), help="the variants run at sizes >= 100k (each HNSW build takes minutes)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128, 256])
@@ -294,7 +296,7 @@ def main() -> None:
                                   indexing_threshold_kb=1000, full_scan_threshold_kb=1000)
                 t = time.perf_counter()
                 got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, args.efs)
-                if name == "hnsw-m16-efc64" and n <= args.engine_alone_max:
+                if name in ("hnsw-m16-efc64", "hnsw-m16-efc64-nofg") and n <= args.engine_alone_max:
                     alone = bench_engine_alone(x, Path(tmp), cfg)
                     for r in got:
                         r.update(alone, time_to_index_vs_engine_build=r["time_to_index_s"] / alone["engine_build_s"],
