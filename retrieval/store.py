@@ -13,7 +13,7 @@ so ingests are idempotent and resumable (``existing_ids``, ``bulk_ingest``). Fil
 
 Bulk loads (``bulk_ingest``) write large upsert batches through the engine's write-ahead log, so every
 returned batch survives a killed process and is searchable at once by exact scan of the unindexed
-segments; the HNSW graph (and int8 codes) are built once, by ``optimize``, when the load ends.
+segments; the HNSW graph (and quantized codes) are built once, by ``optimize``, when the load ends.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class StoreConfig:
         default=None, metadata={"help": "segments above this size get an HNSW graph (None = Qdrant default)"}
     )
     filter_graphs: bool = field(
-        default=True, metadata={"help": "extra HNSW links per indexed payload value: better filtered recall, ~2.6x "
+        default=True, metadata={"help": "extra HNSW links per indexed payload value: better filtered recall, ~2.5x "
                                         "build time with camera/split/bag indexed (Edge; set when a field is indexed)"}
     )
     upsert_batch: int = field(default=4096, metadata={"help": "points per upsert request (one WAL record)"})
