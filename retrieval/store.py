@@ -13,7 +13,7 @@ so ingests are idempotent and resumable (``existing_ids``, ``bulk_ingest``). Fil
 
 Bulk loads (``bulk_ingest``) write large upsert batches through the engine's write-ahead log, so every
 returned batch survives a killed process and is searchable at once by exact scan of the unindexed
-segments; the HNSW graph (and int8 codes) are built once, by ``optimize``, when the load ends.
+segments; the HNSW graph (and quantized codes) are built once, by ``optimize``, when the load ends.
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ class StoreConfig:
     full_scan_threshold_kb: int = field(default=10_000, metadata={"help": "below this size search scans"})
     indexing_threshold_kb: int | None = field(
         default=None, metadata={"help": "segments above this size get an HNSW graph (None = Qdrant default)"}
+    )
+    filter_graphs: bool = field(
+        default=True, metadata={"help": "extra HNSW links per indexed payload value: better filtered recall, ~2.5x "
+                                        "build time with camera/split/bag indexed (Edge; set when a field is indexed)"}
     )
     upsert_batch: int = field(default=4096, metadata={"help": "points per upsert request (one WAL record)"})
     search_threads: int | None = field(default=None, metadata={"help": "edge search threads (None = auto)"})
@@ -397,8 +401,10 @@ class EdgeStore(Store):
     def _index_field(self, name: str, key: str, kind: str) -> None:
         import qdrant_edge as qe
 
-        schema = {"integer": qe.PayloadSchemaType.Integer, "keyword": qe.PayloadSchemaType.Keyword,
-                  "bool": qe.PayloadSchemaType.Bool, "float": qe.PayloadSchemaType.Float}[kind]
+        graphs = self.config.filter_graphs
+        schema = {"integer": qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=graphs),
+                  "keyword": qe.KeywordIndexParams(enable_hnsw=graphs), "bool": qe.BoolIndexParams(enable_hnsw=graphs),
+                  "float": qe.FloatIndexParams(enable_hnsw=graphs)}[kind]
         self._shard(name).update(qe.UpdateOperation.create_field_index(key, schema))
 
     def _shard(self, name: str):
