@@ -5,7 +5,7 @@ leaves the reference out of composed results, keeps a transcript and replays it 
 from __future__ import annotations
 
 import pytest
-from _retrieval_fakes import BANK, VOCAB, FakeEmbedder, caption, make_gallery
+from _retrieval_fakes import BANK, VOCAB, FakeEmbedder, make_gallery
 
 from cli.chat import INPUT, ChatSession, read_transcript, run_chat
 from mllm_embed.errors import LineupError
