@@ -476,6 +476,7 @@ def cmd_chat(args, project: Project) -> int:
     if args.resume:
         read_transcript(args.resume)  # a bad file fails before the model loads
     transcript = args.transcript or project.reports / "chat" / time.strftime("%Y%m%d-%H%M%S.txt", time.gmtime())
+    check_writable(transcript, "--transcript")
     try:
         Path(transcript).parent.mkdir(parents=True, exist_ok=True)
         Path(transcript).touch()

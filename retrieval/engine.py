@@ -233,7 +233,9 @@ class SearchEngine:
                        filter: dict | Sequence[dict | None] | None = None) -> list[list[Hit]]:
         """One store request for all rows; ``k`` / ``filter`` shared, or one per row (``Store.search_batch``)."""
         self._ensure(create=False)
-        return self.store.search_batch(self.collection, vectors, _check_k(k), check_filter(filter))
+        ks = _check_k(k) if isinstance(k, numbers.Integral) else [_check_k(x) for x in k]
+        filters = check_filter(filter) if filter is None or isinstance(filter, dict) else [check_filter(f) for f in filter]
+        return self.store.search_batch(self.collection, vectors, ks, filters)
 
     def search_text(self, text: str, k: int = 10, filter: dict | None = None) -> list[Hit]:
         if not text or not text.strip():
