@@ -106,10 +106,15 @@ def test_chat_command_runs_a_dialogue_from_the_terminal(gallery, monkeypatch, tm
     monkeypatch.setattr("rich.prompt.Prompt.ask", ask)
     transcript = tmp_path / "chat.txt"
     assert main(["chat", *gallery["common"], "--transcript", str(transcript), "--no-preview"]) == 0
-    text = transcript.read_text()
-    assert text.count("[answer]") == 2 and "[composed] like #1 but with a red top" in text
-    assert "[undo → answer]" in text and "[describe]" in text and text.rstrip().endswith("bye")
-    assert f"id{record['person_id']}" in text.split("[answer]")[2].splitlines()[0]  # found after two answers
+    lines = transcript.read_text().splitlines()
+    typed = [line[len("you> "):] for line in lines if line.startswith("you> ")]
+    assert typed[0] == record["captions"][0] and typed[3:] == ["like #1 but with a red top", "undo", "quit"]
+    steps = [line for line in lines if line.startswith("[")]
+    assert [s.split("]")[0] for s in steps] == ["[describe", "[answer", "[answer", "[composed", "[answer"]
+    assert steps[4] == steps[2]  # undo restores the step before the composed one, ranking included
+    assert lines[-1] == "bye"
+    top = steps[2].split(" :: ")[1].split()[0]  # ranking after two truthful answers, image names best first
+    assert top.startswith(f"{record['person_id']:05d}_")
 
 
 def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
