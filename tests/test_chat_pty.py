@@ -118,7 +118,7 @@ def test_chat_in_a_terminal_feedback_filters_interrupt_resume(project, tmp_path)
     term = Terminal(["chat", *project, "--no-preview", "--resume", str(transcript),
                      "--transcript", str(tmp_path / "again.txt")])
     try:
-        term.expect(r"replayed \d+ inputs from[\s\S]*?same ranking as recorded", timeout=600)  # rich wraps it
+        term.expect(r"replayed \d+ inputs from[\s\S]*?same\s+ranking\s+as\s+recorded", timeout=600)  # rich wraps it
         term.expect(r"filters: none \| feedback: 1 like, 1 unlike")
         term.send("quit")
         term.expect(r"bye")
