@@ -246,6 +246,17 @@ def vqa_accuracy(embedder, pairs: list[tuple], images: dict | None = None) -> di
             "by_attribute": {k: sum(v) / len(v) for k, v in sorted(hits.items())}}
 
 
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over `warmup_steps`, then cosine decay to 0 at `total_steps` (stage 0, vision pre-training)."""
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | None = None,
              progress: Callable[[int], None] | None = None) -> Path:
     """Full-parameter LM training of the base in `model_dir` on the world's train split; saves in place."""
@@ -293,12 +304,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def schedule(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, total)
     curve = []
     for epoch in range(cfg.epochs):
         losses = []

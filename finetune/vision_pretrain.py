@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections import defaultdict
@@ -110,6 +109,7 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
 
     from finetune.data.world import ATTRIBUTES
     from finetune.losses import supcon_loss
+    from finetune.stage0 import warmup_cosine
     from mllm_embed.embedder import load_image
     from mllm_embed.families import LlavaFamily
 
@@ -151,13 +151,7 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
         heads = _AttributeHeads(hidden, [len(ATTRIBUTES[k]) for k in keys])
         params = list(tower.parameters()) + list(heads.parameters())
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        def schedule(step: int) -> float:
-            if step < cfg.warmup_steps:
-                return (step + 1) / cfg.warmup_steps
-            return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
 
         def batch() -> list[int]:
             """P identities × K images (with replacement when a person has fewer than K)."""
