@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finetune.data.text import words
+
 IDENTITY_LOSSES = ("supcon", "triplet")
 
 
@@ -116,17 +118,14 @@ def caption_word_positives(captions: Sequence[str], word_ids: torch.Tensor, imag
     """(n, L, n) booleans for `word_grounding_loss`: token t of caption a (word index word_ids[a, t], −1 for
     none) is positive for image b when b's text (`image_texts[b]`, e.g. all its captions; default its caption in
     the batch) has the same word, b is a's own image or shows the same person."""
-    def split(text):
-        return [w.strip(".,;:!?").lower() for w in text.split()]
-
-    words = [split(c) for c in captions]
-    known = [set(split(t)) for t in (image_texts or captions)]
-    vocab = {w: i for i, w in enumerate(sorted({w for ws in words for w in ws}))}
+    caption_words = [words(c) for c in captions]
+    known = [set(words(t)) for t in (image_texts or captions)]
+    vocab = {w: i for i, w in enumerate(sorted({w for ws in caption_words for w in ws}))}
     has = torch.zeros(len(captions), len(vocab) + 1, dtype=torch.bool)
     for b, ws in enumerate(known):
         has[b, [vocab[w] for w in ws if w in vocab]] = True
     token_vocab = torch.full(word_ids.shape, len(vocab), dtype=torch.long)  # the last column: no word
-    for a, ws in enumerate(words):
+    for a, ws in enumerate(caption_words):
         ids = word_ids[a].cpu()
         ok = (ids >= 0) & (ids < len(ws))
         token_vocab[a, ok] = torch.tensor([vocab[ws[i]] for i in ids[ok].tolist()], dtype=torch.long)

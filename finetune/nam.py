@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 import torch
 
+from finetune.data import PersonImage, words
 from finetune.losses import word_patch_similarity
 
 MASK_MODES = ("nam", "uniform", "none")
@@ -38,14 +39,15 @@ def word_scores(token_scores: Sequence[float], token_words: Sequence[int | None]
 
 def calibrate(captions: Sequence[str], scores: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Subtract each word type's mean score over the corpus: a word is judged against other occurrences of the
-    same word ("red" on a red shirt vs "red" on a blue one), not against "the" or "person"."""
+    same word ("red" on a red shirt vs "red" on a blue one), not against "the" or "person". Words are
+    `finetune.data.text.words`: "Shirt." and "shirt" are one word type."""
+    split = [words(c) for c in captions]
     by_word: dict[str, list[float]] = defaultdict(list)
-    for caption, s in zip(captions, scores):
-        for word, v in zip(caption.lower().split(), s):
+    for ws, s in zip(split, scores):
+        for word, v in zip(ws, s):
             by_word[word].append(float(v))
     means = {w: float(np.mean(v)) for w, v in by_word.items()}
-    return [np.asarray(s, dtype=float) - np.array([means[w] for w in c.lower().split()])
-            for c, s in zip(captions, scores)]
+    return [np.asarray(s, dtype=float) - np.array([means[w] for w in ws]) for ws, s in zip(split, scores)]
 
 
 def mask_probabilities(noise: np.ndarray, rate: float, mode: str = "nam", sharpness: float = 3.0) -> np.ndarray:
@@ -75,11 +77,11 @@ def mask_probabilities(noise: np.ndarray, rate: float, mode: str = "nam", sharpn
 def mask_caption(caption: str, probabilities: np.ndarray, rng: np.random.Generator,
                  mask_token: str | None = None) -> str:
     """Drop (or replace with `mask_token`) each word with its probability; never returns an empty caption."""
-    words = caption.split()
-    keep = rng.random(len(words)) >= np.asarray(probabilities)[: len(words)]
+    tokens = caption.split()  # word i of `words(caption)`, as written
+    keep = rng.random(len(tokens)) >= np.asarray(probabilities)[: len(tokens)]
     if not keep.any():
         return caption
-    return " ".join(w if k else mask_token for w, k in zip(words, keep) if k or mask_token is not None)
+    return " ".join(w if k else mask_token for w, k in zip(tokens, keep) if k or mask_token is not None)
 
 
 def noise_auc(scores: Sequence[np.ndarray], noisy_words: Sequence[Sequence[int]]) -> float:
@@ -114,7 +116,7 @@ class NoiseAwareMasker:
     def __call__(self, caption: str, rng: np.random.Generator, key: Hashable | None = None) -> str:
         if self.mode == "none":
             return caption
-        n = len(caption.split())
+        n = len(words(caption))
         noise = self.noise.get(key) if self.mode == "nam" and key is not None else None
         if noise is None or len(noise) != n:
             noise = np.zeros(n)
@@ -154,15 +156,15 @@ def estimate_word_noise(embedder, pairs: Sequence[tuple], layer: int = -1, joint
             for row, (_, caption) in enumerate(chunk):
                 is_text = text_kinds[row] == TEXT
                 r = token_noise(text_h[row][is_text] - text_mean, image_h[row][image_kinds[row] == IMAGE] - image_mean)
-                words = text_batch["word_ids"][row][is_text.cpu()].tolist()
-                out.append(word_scores(r.cpu().tolist(), [w if w >= 0 else None for w in words],
-                                       len(caption.split())))
+                token_words = text_batch["word_ids"][row][is_text.cpu()].tolist()
+                out.append(word_scores(r.cpu().tolist(), [w if w >= 0 else None for w in token_words],
+                                       len(words(caption))))
             if progress:
                 progress(len(chunk))
     return out
 
 
-def detection_auc(embedder, records: Sequence[dict], layer: int = -1, joint: bool = True, per_image: int = 2,
+def detection_auc(embedder, records: Sequence[PersonImage], layer: int = -1, joint: bool = True, per_image: int = 2,
                   seed: int = 0) -> float:
     """How well NAM's calibrated word noise ranks injected wrong words above correct ones (AUC, 0.5 = chance)
     on freshly corrupted captions of world `records` (`finetune.data.world.noisy_variants`), calibrated over
@@ -170,6 +172,6 @@ def detection_auc(embedder, records: Sequence[dict], layer: int = -1, joint: boo
     from finetune.data.world import noisy_variants
 
     noisy = noisy_variants(list(records), per_image, seed)
-    pairs = [(image, text) for image, text, _ in noisy] + [(r["image"], c) for r in records for c in r["captions"]]
+    pairs = [(image, text) for image, text, _ in noisy] + [(r.image, c) for r in records for c in r.captions]
     scores = calibrate([c for _, c in pairs], estimate_word_noise(embedder, pairs, layer, joint, batch_size=32))
     return noise_auc(scores[:len(noisy)], [wrong for _, _, wrong in noisy])

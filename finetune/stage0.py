@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from finetune.data import PersonImage, load_split, load_vqa, words
 from mllm_embed import load_embedder
 from mllm_embed.embedder import load_image, side_by_side
 from mllm_embed.errors import LineupError
@@ -85,14 +86,9 @@ class Stage0Config:
 
 def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple], list[tuple]]:
     """(image, question, answer, attribute) VQA pairs and (image, caption) pairs of one split."""
-    from finetune.data.loaders import load_person_dataset, load_vqa
-
-    vqa = load_vqa(world_dir)
-    vqa = vqa.filter(lambda row: row["split"] == split)
-    qa = [(r["image"], r["question"], r["answer"], r["attribute"]) for r in vqa
-          if not cfg.attributes or r["attribute"] in cfg.attributes]
-    people = load_person_dataset(world_dir).filter(lambda row: row["split"] == split)
-    captions = [(r["image"], c) for r in people for c in r["captions"][: cfg.captions_per_image]]
+    qa = [(r.image, r.question, r.answer, r.attribute) for r in load_vqa(world_dir, split)
+          if not cfg.attributes or r.attribute in cfg.attributes]
+    captions = [(r.image, c) for r in load_split(world_dir, split) for c in r.captions[: cfg.captions_per_image]]
     return qa, captions
 
 
@@ -125,15 +121,9 @@ def _differences(a: dict, b: dict) -> int:
     return len(keys) - ({"bag", "bag_color"} <= keys)
 
 
-def split_people(world_dir: Path, split: str) -> list[dict]:
-    """One split's images with attributes, captions and the world's noisy caption (None unless it names a
-    wrong value) for judgement pairs; images without attributes are left out."""
-    from finetune.train import TrainConfig, _records  # the records with parsed attributes and noisy captions
-
-    rows = _records(TrainConfig(base_model="", data=str(world_dir), output_dir=""), split)
-    return [{"image": r["image"], "person_id": r["person_id"], "camera_id": r["camera_id"], "captions": r["captions"],
-             "attributes": r["attributes"], "noisy": r["noisy_caption"] if r["noisy_words"] else None}
-            for r in rows if r["attributes"]]
+def split_people(world_dir: Path, split: str) -> list[PersonImage]:
+    """One split's images that have attributes, for judgement pairs."""
+    return [r for r in load_split(world_dir, split) if r.attributes]
 
 
 def _said(kind: str) -> str:
@@ -147,22 +137,22 @@ class Judgements:
 
     _KINDS = ("yes", "no hard", "yes", "no random")
 
-    def __init__(self, people: list[dict], config):
+    def __init__(self, people: list[PersonImage], config):
         self.people = people
         self.match_prompt, self.verify_question = config.match_prompt, config.verify_question
-        self.by_pid: dict[int, list[dict]] = defaultdict(list)
+        self.by_pid: dict[int, list[PersonImage]] = defaultdict(list)
         for person in people:
-            self.by_pid[person["person_id"]].append(person)
-        attrs = {pid: images[0]["attributes"] for pid, images in self.by_pid.items()}
+            self.by_pid[person.person_id].append(person)
+        attrs = {pid: images[0].attributes for pid, images in self.by_pid.items()}
         self.foreign = {pid: _foreign_words(a) for pid, a in attrs.items()}
         # one-edit neighbours (hard text negatives); family members or same gender + upper colour (hard pairs)
         self.neighbours = {p: [q for q in attrs if q != p and _differences(a, attrs[q]) == 1] for p, a in attrs.items()}
         self.lookalikes = {p: [q for q in attrs if q != p and (_differences(a, attrs[q]) <= 2 or all(
             a[k] == attrs[q][k] for k in ("gender", "upper_color")))] for p, a in attrs.items()}
 
-    def _sample(self, n: int, rng: random.Random) -> list[dict]:
+    def _sample(self, n: int, rng: random.Random) -> list[PersonImage]:
         """n images, every image once before any twice."""
-        out: list[dict] = []
+        out: list[PersonImage] = []
         while self.people and len(out) < n:
             out += rng.sample(self.people, len(self.people))
         return out[:n]
@@ -170,11 +160,11 @@ class Judgements:
     def _other(self, pid: int, rng: random.Random) -> int:
         return rng.choice([q for q in self.by_pid if q != pid])
 
-    def _false_caption(self, person: dict, pids: list[int], rng: random.Random) -> str | None:
+    def _false_caption(self, person: PersonImage, pids: list[int], rng: random.Random) -> str | None:
         """A caption of an image of one of `pids` that names a value `person` lacks (None if none is found)."""
         for _ in range(8 if pids else 0):
-            caption = rng.choice(rng.choice(self.by_pid[rng.choice(pids)])["captions"])
-            if {w.strip(".,;:").lower() for w in caption.split()} & self.foreign[person["person_id"]]:
+            caption = rng.choice(rng.choice(self.by_pid[rng.choice(pids)]).captions)
+            if set(words(caption)) & self.foreign[person.person_id]:
                 return caption
         return None
 
@@ -183,18 +173,19 @@ class Judgements:
         neighbour's caption (no, hard); with a random other identity's caption (no)."""
         out = []
         for i, person in enumerate(self._sample(n, rng)):
-            kind, pid, caption = self._KINDS[i % 4], person["person_id"], None
+            kind, pid, caption = self._KINDS[i % 4], person.person_id, None
             if kind == "yes":
-                caption = rng.choice(person["captions"])
+                caption = rng.choice(person.captions)
             if kind == "no hard":
-                options = [person["noisy"], self._false_caption(person, self.neighbours[pid], rng)]
+                noisy = person.noisy_caption if person.noisy_words else None  # it names a wrong value
+                options = [noisy, self._false_caption(person, self.neighbours[pid], rng)]
                 options = [c for c in options if c]
                 caption = rng.choice(options) if options else None
                 kind = kind if caption else "no random"
             if caption is None and len(self.by_pid) > 1:
                 caption = self._false_caption(person, [self._other(pid, rng) for _ in range(8)], rng)
             if caption:
-                out.append((person["image"], self.match_prompt(caption), _said(kind), kind))
+                out.append((person.image, self.match_prompt(caption), _said(kind), kind))
         return out
 
     def same(self, n: int, rng: random.Random) -> list[tuple]:
@@ -202,10 +193,10 @@ class Judgements:
         same gender and upper colour (no, hard); a random other identity (no)."""
         out = []
         for i, person in enumerate(self._sample(n, rng)):
-            kind, pid = self._KINDS[i % 4], person["person_id"]
+            kind, pid = self._KINDS[i % 4], person.person_id
             if kind == "yes":
                 mine = [p for p in self.by_pid[pid] if p is not person]
-                options = [p for p in mine if p["camera_id"] != person["camera_id"]] or mine
+                options = [p for p in mine if p.camera_id != person.camera_id] or mine
             elif len(self.by_pid) < 2:
                 continue
             else:
@@ -213,7 +204,7 @@ class Judgements:
                 kind = kind if hard else "no random"
                 options = self.by_pid[rng.choice(hard) if hard else self._other(pid, rng)]
             if options:
-                pair = (person["image"], rng.choice(options)["image"])
+                pair = (person.image, rng.choice(options).image)
                 out.append((pair if rng.random() < 0.5 else pair[::-1], self.verify_question, _said(kind), kind))
         return out
 
@@ -275,7 +266,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     judge = Judgements(split_people(world_dir, "train"), embedder.config)
     n_match, n_same = (round(rate * len(judge.people)) for rate in (cfg.match_pairs, cfg.same_pairs))
     images = {path: load_image(path)
-              for path in {p[0] for p in qa} | {c[0] for c in captions} | {p["image"] for p in judge.people}}
+              for path in {p[0] for p in qa} | {c[0] for c in captions} | {p.image for p in judge.people}}
 
     def pixels(image):
         """A loaded image, or two shown side by side."""

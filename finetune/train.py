@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from finetune import augment, nam
+from finetune.data import PersonImage, Triplet, load_split, load_triplets
 from finetune.losses import (IDENTITY_LOSSES, Temperature, caption_word_positives, contrastive_loss, identity_loss,
                              word_grounding_loss, word_patch_loss)
 from mllm_embed import load_embedder
@@ -169,29 +170,6 @@ Callback = Callable[[dict], None] | None
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _records(cfg: TrainConfig, split: str) -> list[dict]:
-    from finetune.data.loaders import load_person_dataset
-
-    rows = [r for r in load_person_dataset(cfg.data, fmt=cfg.data_format).to_list() if r["split"] == split]
-    for r in rows:
-        r["attributes"] = json.loads(r["attributes"]) if r.get("attributes") else None
-    _attach_noisy_captions(Path(cfg.data), rows)
-    return rows
-
-
-def _attach_noisy_captions(data_dir: Path, rows: list[dict]) -> None:
-    """World data only: the noisy caption and its wrong-word indices (ground truth for NAM)."""
-    path = data_dir / "annotations.jsonl"
-    noisy = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            a = json.loads(line)
-            if a.get("noisy_caption"):
-                noisy[str((data_dir / a["image"]).resolve())] = (a["noisy_caption"], a.get("noisy_words") or [])
-    for r in rows:
-        r["noisy_caption"], r["noisy_words"] = noisy.get(str(Path(r["image"]).resolve()), (None, []))
-
-
 def _composed_benchmark(cfg: TrainConfig) -> bool:
     from finetune.data.loaders import composed_benchmark_format
 
@@ -199,17 +177,16 @@ def _composed_benchmark(cfg: TrainConfig) -> bool:
                                                          composed_benchmark_format(cfg.data) is not None)
 
 
-def _triplets(cfg: TrainConfig, split: str, required: bool) -> list[dict]:
-    from finetune.data.loaders import load_triplets
-
+def _triplets(data: str | Path, fmt: str, split: str, required: bool) -> list[Triplet]:
+    """The split's triplets; without `required`, a dataset without triplets gives none."""
     try:
-        rows = [r for r in load_triplets(cfg.data, fmt=cfg.data_format).to_list() if r["split"] == split]
+        rows = load_triplets(data, split, fmt)
     except (LineupError, FileNotFoundError):
         if required:
             raise
         return []
     if required and not rows:
-        raise LineupError(f"{cfg.data}: no {split} triplets for stage 2; use a dataset with composed triplets")
+        raise LineupError(f"{data}: no {split} triplets for stage 2; use a dataset with composed triplets")
     return rows
 
 
@@ -220,19 +197,19 @@ class _Data:
         self.cfg = cfg
         # a composed benchmark (CIRR, FashionIQ) has triplets only: stage 2 trains on them without stage-1 replay
         triplets_only = stage == "stage2" and _composed_benchmark(cfg)
-        self.records = [] if triplets_only else _records(cfg, "train")
+        self.records = [] if triplets_only else load_split(cfg.data, "train", cfg.data_format)
         if not self.records and not triplets_only:
             raise LineupError(f"{cfg.data}: no train split records; check the dataset's split column")
         self.by_id: dict[int, list[int]] = {}
         for i, r in enumerate(self.records):
-            self.by_id.setdefault(int(r["person_id"]), []).append(i)
+            self.by_id.setdefault(r.person_id, []).append(i)
         if self.records and len(self.by_id) < cfg.ids_per_batch:
             raise LineupError(f"{cfg.data}: {len(self.by_id)} train identities < ids_per_batch={cfg.ids_per_batch}; "
                               "lower ids_per_batch")
-        self.triplets = _triplets(cfg, "train", required=stage == "stage2")
+        self.triplets = _triplets(cfg.data, cfg.data_format, "train", required=stage == "stage2")
         self.neighbours: dict[int, set[int]] = {}
         for t in self.triplets:
-            a, b = int(t["reference_id"]), int(t["target_id"])
+            a, b = t.reference_id, t.target_id
             if a in self.by_id and b in self.by_id and a != b:
                 self.neighbours.setdefault(a, set()).add(b)
                 self.neighbours.setdefault(b, set()).add(a)
@@ -244,7 +221,7 @@ class _Data:
                 raise LineupError(f"{cfg.rewrites}: cannot read rewrites JSON ({exc}); expected "
                                   "{caption: [rewrite, ...]}") from exc
         # every caption of a person: the words the word-level word–patch loss counts as shown in their images
-        self.person_text = {pid: " ".join(c for i in idx for c in self.records[i]["captions"])
+        self.person_text = {pid: " ".join(c for i in idx for c in self.records[i].captions)
                             for pid, idx in self.by_id.items()}
         self.image = functools.lru_cache(maxsize=4096)(load_image)  # decoded once, reused every epoch
         self.stage = stage
@@ -303,34 +280,34 @@ class _Data:
     def caption(self, index: int, rng: np.random.Generator, masker: nam.NoiseAwareMasker) -> str:
         """One training caption for record `index`: clean or noisy, maybe a rewrite (BSS), RDA, masked."""
         r, cfg = self.records[index], self.cfg
-        if r["noisy_caption"] and rng.random() < cfg.noisy_caption_prob:
-            text, key = r["noisy_caption"], (index, -1)
+        if r.noisy_caption and rng.random() < cfg.noisy_caption_prob:
+            text, key = r.noisy_caption, (index, -1)
         else:
-            c = int(rng.integers(len(r["captions"])))
-            text, key = r["captions"][c], (index, c)
+            c = int(rng.integers(len(r.captions)))
+            text, key = r.captions[c], (index, c)
         original = text
         text = augment.balanced_choice(text, self.rewrites.get(text, []), cfg.bss_ratio, rng)
         if cfg.rda_prob and rng.random() < cfg.rda_prob:
-            text = augment.rda(text, r["attributes"], rng)
+            text = augment.rda(text, r.attributes, rng)
         return masker(text, rng, key if text == original else None)
 
     def noise_pairs(self) -> tuple[list[tuple], list[tuple]]:
         """(keys, (image, caption) pairs) of every caption the sampler can draw, for NAM estimation."""
         keys, pairs = [], []
         for i, r in enumerate(self.records):
-            texts = [(c, t) for c, t in enumerate(r["captions"])]
-            if r["noisy_caption"] and self.cfg.noisy_caption_prob > 0:
-                texts.append((-1, r["noisy_caption"]))
+            texts = list(enumerate(r.captions))
+            if r.noisy_caption and self.cfg.noisy_caption_prob > 0:
+                texts.append((-1, r.noisy_caption))
             for c, t in texts:
                 keys.append((i, c))
-                pairs.append((r["image"], t))
+                pairs.append((r.image, t))
         return keys, pairs
 
 
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, batch_size: int = 32) -> dict:
+def evaluate(embedder, records: list[PersonImage], triplets: list[Triplet] | None = None, batch_size: int = 32) -> dict:
     """The per-epoch evaluation: the protocols of ``retrieval.evaluate`` on one gallery (the records' images,
     encoded once), flattened into the keys training logs (metrics.jsonl), the benchmarks and the tests read:
 
@@ -350,8 +327,8 @@ def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, 
     kw = {"image_vecs": img, "batch_size": batch_size}
     out = {f"t2i_{k}": v for k, v in evaluate_t2i(embedder, records, **kw).items() if k in ("R1", "mAP")}
     out |= {f"i2i_{k}": v for k, v in evaluate_i2i(embedder, records, **kw).items() if k in ("R1", "mAP")}
-    people = {r["person_id"] for r in records}
-    if any(t["target_id"] in people for t in triplets or []):
+    people = {r.person_id for r in records}
+    if any(t.target_id in people for t in triplets or []):
         comp = evaluate_composed(embedder, records, triplets, **kw)
         out |= {f"comp_{k[len('exact_'):]}": v for k, v in comp.items() if k.startswith("exact_R@")}
         out |= {"comp_id_R1": comp["R@1"], "comp_id_mAP": comp["mAP"]}
@@ -361,11 +338,8 @@ def evaluate(embedder, records: list[dict], triplets: list[dict] | None = None, 
 def evaluate_split(embedder, data: str | Path, split: str = "val", data_format: str = "auto",
                    batch_size: int = 32) -> dict:
     """`evaluate` on one split of a dataset folder."""
-    cfg = TrainConfig(base_model="", data=str(data), output_dir="", data_format=data_format)
-    records = _records(cfg, split)
-    if not records:
-        raise LineupError(f"{data}: no records in split {split!r}")
-    return evaluate(embedder, records, _triplets(cfg, split, required=False), batch_size)
+    records = load_split(data, split, data_format, required=True)
+    return evaluate(embedder, records, _triplets(data, data_format, split, required=False), batch_size)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -493,9 +467,9 @@ def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig,
     """The batch's weighted loss terms by name (their sum is optimised; each is logged)."""
     if kind == "stage1":
         records = [data.records[i] for i in idx]
-        pids = torch.tensor([r["person_id"] for r in records], device=embedder.device)
+        pids = torch.tensor([r.person_id for r in records], device=embedder.device)
         layer = cfg.nam_layer if cfg.word_patch_weight else None
-        img_batch = embedder.batch("image", [data.image(r["image"]) for r in records])
+        img_batch = embedder.batch("image", [data.image(r.image) for r in records])
         captions = [data.caption(i, rng, masker) for i in idx]
         txt_batch = embedder.batch("text", captions)
         img, img_h = embedder.embed_with_states(img_batch, layer)
@@ -505,7 +479,7 @@ def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig,
             txt_mask = txt_batch["token_kinds"].to(embedder.device) == TEXT
             img_mask = img_batch["token_kinds"].to(embedder.device) == IMAGE
             if cfg.word_patch_level == "word":
-                shown = [data.person_text[r["person_id"]] for r in records]
+                shown = [data.person_text[r.person_id] for r in records]
                 positives = caption_word_positives(captions, txt_batch["word_ids"], shown, pids)
                 wp = word_grounding_loss(txt_h, txt_mask, img_h, img_mask, positives, scale)
             else:
@@ -516,9 +490,9 @@ def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig,
                                                                     cfg.identity_temperature, cfg.triplet_margin)
         return terms
     trip = [data.triplets[i] for i in idx]
-    target_pids = torch.tensor([t["target_id"] for t in trip], device=embedder.device)
-    q = embedder.embed(embedder.batch("composed", [(data.image(t["reference"]), t["modification"]) for t in trip]))
-    tgt = embedder.embed(embedder.batch("image", [data.image(t["target"]) for t in trip]))
+    target_pids = torch.tensor([t.target_id for t in trip], device=embedder.device)
+    q = embedder.embed(embedder.batch("composed", [(data.image(t.reference), t.modification) for t in trip]))
+    tgt = embedder.embed(embedder.batch("image", [data.image(t.target) for t in trip]))
     return {"composed": contrastive_loss(q, tgt, scale, target_pids)}
 
 
@@ -560,8 +534,9 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
     optimizer = accelerator.prepare(optimizer)  # the scheduler counts our steps, not accelerate's
     masker = nam.NoiseAwareMasker(cfg.mask_rate, cfg.mask_mode)
     # composed benchmarks: no per-epoch person evaluation; `lineup eval --task composed` runs their protocol
-    eval_records = _records(cfg, cfg.eval_split) if cfg.eval_split and not _composed_benchmark(cfg) else []
-    eval_triplets = _triplets(cfg, cfg.eval_split, required=False) if eval_records else []
+    eval_records = (load_split(cfg.data, cfg.eval_split, cfg.data_format)
+                    if cfg.eval_split and not _composed_benchmark(cfg) else [])
+    eval_triplets = _triplets(cfg.data, cfg.data_format, cfg.eval_split, required=False) if eval_records else []
 
     step, metrics_path = 0, out / METRICS_FILE
     checkpoints = _checkpoints(out) if cfg.resume else []

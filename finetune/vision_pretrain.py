@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from finetune.data import PersonImage, load_split
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -63,13 +64,8 @@ class VisionPretrainConfig:
         return cls(steps=15, cycles=1, identities_per_batch=4, images_per_identity=2, warmup_steps=3, eval_images=32)
 
 
-def _people(world_dir: Path, splits: tuple[str, ...]) -> list[dict]:
-    from finetune.data.loaders import load_person_dataset
-
-    rows = [r for r in load_person_dataset(world_dir).to_list() if r["split"] in splits and r.get("attributes")]
-    for r in rows:
-        r["attributes"] = json.loads(r["attributes"])
-    return rows
+def _people(world_dir: Path, splits: tuple[str, ...]) -> list[PersonImage]:
+    return [r for r in load_split(world_dir, None) if r.split in splits and r.attributes]
 
 
 class _Tower(torch.nn.Module):
@@ -127,17 +123,17 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
     processor = family.image_processor
     keys = list(ATTRIBUTES)
 
-    def tensors(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = torch.cat([processor([load_image(r["image"]) for r in rows[s:s + 256]], return_tensors="pt")
+    def tensors(rows: list[PersonImage]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.cat([processor([load_image(r.image) for r in rows[s:s + 256]], return_tensors="pt")
                             ["pixel_values"] for s in range(0, len(rows), 256)])
-        labels = torch.tensor([[ATTRIBUTES[k].index(r["attributes"][k]) for k in keys] for r in rows])
+        labels = torch.tensor([[ATTRIBUTES[k].index(r.attributes[k]) for k in keys] for r in rows])
         return pixels, labels
 
     pixels, labels = tensors(train)
-    pids = torch.tensor([r["person_id"] for r in train])
+    pids = torch.tensor([r.person_id for r in train])
     by_pid: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(train):
-        by_pid[r["person_id"]].append(i)
+        by_pid[r.person_id].append(i)
 
     tower = _Tower(model)
     hidden = model.config.get_text_config().hidden_size

@@ -1,5 +1,6 @@
-"""Read the synthetic world and real person / composed-retrieval datasets into the same `datasets` columns
-(docs/CONTRACTS.md section 1).
+"""Read the synthetic world and real person / composed-retrieval datasets into the same record types
+(`finetune.data.records`; docs/CONTRACTS.md section 1). `load_split` / `load_triplets` / `load_vqa` are the
+only readers of these files: training, evaluation, the engine's callers and the benchmarks all go through them.
 
 Real layouts (as distributed):
 - CUHK-PEDES: `reid_raw.json` (list of {split, captions, file_path, processed_tokens, id (1-based)}) + `imgs/`
@@ -10,8 +11,8 @@ Real layouts (as distributed):
   `image_splits/split.rc2.<split>.json` (name -> relative path)
 - FashionIQ: `captions/cap.<category>.<split>.json` ({candidate, target, captions[2]}) + `images/<name>.png`
 
-Records whose image file is missing are skipped; the count is logged and kept in the dataset's
-`info.description` (read it with `load_report(ds)`). Malformed files raise LineupError naming file and field.
+Records whose image file is missing are skipped and the count is logged (a warning naming the first).
+Malformed files raise LineupError naming file and field.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
-
+from finetune.data.jsonl import read_jsonl
+from finetune.data.records import PersonImage, Triplet, VqaPair
 from mllm_embed.errors import LineupError
 
 log = logging.getLogger(__name__)
@@ -59,21 +60,6 @@ def _read_json(path: Path, label: str):
         raise LineupError(f"{path}: cannot read ({e.strerror})") from e
 
 
-def read_jsonl(path: Path, missing: str = "run `lineup world` (or generate_world) to create it") -> list[dict]:
-    """Rows of a JSON-lines file; a missing file or a broken line is a LineupError naming it."""
-    if not path.is_file():
-        raise LineupError(f"{path}: not found — {missing}")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise LineupError(f"{path.name}: line {n} is not valid JSON ({e.msg})") from e
-    return rows
-
-
 def _get(item, key: str, i: int, fname: str, label: str, kind=None):
     if not isinstance(item, dict):
         raise LineupError(f"{fname}: item {i} is not a JSON object — is this a {label} file?")
@@ -104,7 +90,7 @@ def _find_image(root: Path, rel: str, subdirs: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _finish(rows: list[dict], total: int, missing: list[str], source: Path, fmt: str, label: str) -> datasets.Dataset:
+def _finish(rows: list, total: int, missing: list[str], source: Path, label: str) -> list:
     if missing:
         log.warning("%s: skipped %d of %d records whose image file is missing (first: %s)", source, len(missing),
                     total, missing[0])
@@ -113,14 +99,11 @@ def _finish(rows: list[dict], total: int, missing: list[str], source: Path, fmt:
     if not rows:
         raise LineupError(f"{source}: none of the {total} images it lists exist (first: {missing[0]}) — point the "
                           f"path at the {label} folder that holds the images")
-    report = {"source": str(source), "format": fmt, "records": len(rows), "skipped_missing_images": len(missing)}
-    info = datasets.DatasetInfo(description=json.dumps(report))
-    return datasets.Dataset.from_list(rows, info=info)
+    return rows
 
 
-def load_report(ds: datasets.Dataset) -> dict:
-    """What a loader recorded: {"source", "format", "records", "skipped_missing_images"}."""
-    return json.loads(ds.info.description or "{}")
+def _in_split(rows: list, split: str | None) -> list:
+    return rows if split in (None, "all") else [r for r in rows if r.split == split]
 
 
 # ------------------------------------------------------------------------------------------- person data
@@ -163,9 +146,20 @@ def _annotation_file(path: Path, fmt: str) -> Path:
     raise LineupError(f"{path}: no {' or '.join(names)} found for fmt={fmt!r}")
 
 
-def load_person_dataset(path, fmt: str = "auto") -> datasets.Dataset:
-    """Person images with captions: columns image (absolute path), person_id, camera_id (-1 unknown), split,
-    captions (list[str]), attributes (JSON string, "" when the format has none)."""
+def load_split(path, split: str | None, fmt: str = "auto", required: bool = False) -> list[PersonImage]:
+    """The person images of one split (None or "all": every split), in the annotation file's order.
+
+    fmt: one of PERSON_FORMATS ("auto" detects it from the folder). required=True: an empty split is a
+    LineupError naming the splits there are."""
+    rows = _load_people(path, fmt)
+    chosen = _in_split(rows, split)
+    if required and not chosen:
+        raise LineupError(f"{path}: split {split!r} is empty — pick another split (here: "
+                          f"{', '.join(sorted({r.split for r in rows}))})")
+    return chosen
+
+
+def _load_people(path, fmt: str) -> list[PersonImage]:
     if fmt not in PERSON_FORMATS:
         raise LineupError(f"unknown person dataset format {fmt!r}; valid: {', '.join(PERSON_FORMATS)}")
     path = Path(path).expanduser()
@@ -188,12 +182,12 @@ def load_person_dataset(path, fmt: str = "auto") -> datasets.Dataset:
             missing.append(rel)
             continue
         cam = re.search(r"_c(\d+)_", Path(rel).name) if fmt == "rstpreid" else None
-        rows.append({"image": str(image), "person_id": pid, "camera_id": int(cam.group(1)) if cam else -1,
-                     "split": split, "captions": captions, "attributes": ""})
-    return _finish(rows, len(items), missing, ann, fmt, spec.label)
+        rows.append(PersonImage(image=str(image), person_id=pid, camera_id=int(cam.group(1)) if cam else -1,
+                                split=split, captions=tuple(captions)))
+    return _finish(rows, len(items), missing, ann, spec.label)
 
 
-def _load_world_people(ann: Path) -> datasets.Dataset:
+def _load_world_people(ann: Path) -> list[PersonImage]:
     rows, missing = [], []
     items = read_jsonl(ann)
     for i, item in enumerate(items):
@@ -202,13 +196,16 @@ def _load_world_people(ann: Path) -> datasets.Dataset:
         if not image.is_file():
             missing.append(rel)
             continue
-        rows.append({"image": str(image.resolve()),
-                     "person_id": _get(item, "person_id", i, ann.name, "world", int),
-                     "camera_id": int(item.get("camera_id", -1)),
-                     "split": _get(item, "split", i, ann.name, "world", str),
-                     "captions": _get(item, "captions", i, ann.name, "world", list),
-                     "attributes": json.dumps(item["attributes"]) if item.get("attributes") else ""})
-    return _finish(rows, len(items), missing, ann, "world", "world")
+        noisy = item.get("noisy_caption") or None
+        rows.append(PersonImage(image=str(image.resolve()),
+                                person_id=_get(item, "person_id", i, ann.name, "world", int),
+                                camera_id=int(item.get("camera_id", -1)),
+                                split=_get(item, "split", i, ann.name, "world", str),
+                                captions=tuple(_get(item, "captions", i, ann.name, "world", list)),
+                                attributes=item.get("attributes") or None,
+                                noisy_caption=noisy,
+                                noisy_words=tuple(item.get("noisy_words") or ()) if noisy else ()))
+    return _finish(rows, len(items), missing, ann, "world")
 
 
 # ------------------------------------------------------------------------------------------------ triplets
@@ -217,9 +214,13 @@ def _world_dir(path: Path, name: str) -> Path:
     return path if path.is_file() else path / name
 
 
-def load_triplets(path, fmt: str = "auto") -> datasets.Dataset:
-    """Composed-retrieval triplets: columns reference, modification, target (absolute paths), reference_id,
-    target_id, split. For CIRR/FashionIQ (no person ids) the ids number the distinct images."""
+def load_triplets(path, split: str | None = None, fmt: str = "auto") -> list[Triplet]:
+    """The composed-retrieval triplets of one split (None or "all": every split), in file order. For
+    CIRR/FashionIQ (no person ids) the ids number the distinct images (over all splits)."""
+    return _in_split(_load_triplets(path, fmt), split)
+
+
+def _load_triplets(path, fmt: str) -> list[Triplet]:
     if fmt not in TRIPLET_FORMATS:
         raise LineupError(f"unknown triplet format {fmt!r}; valid: {', '.join(TRIPLET_FORMATS)}")
     path = Path(path).expanduser()
@@ -240,7 +241,7 @@ def load_triplets(path, fmt: str = "auto") -> datasets.Dataset:
     return _load_fashioniq(path)
 
 
-def _load_world_triplets(ann: Path) -> datasets.Dataset:
+def _load_world_triplets(ann: Path) -> list[Triplet]:
     items = read_jsonl(ann)
     rows, missing = [], []
     for i, t in enumerate(items):
@@ -248,12 +249,12 @@ def _load_world_triplets(ann: Path) -> datasets.Dataset:
         if not (ref.is_file() and tgt.is_file()):
             missing.append(str(ref if not ref.is_file() else tgt))
             continue
-        rows.append({"reference": str(ref.resolve()),
-                     "modification": _get(t, "modification", i, ann.name, "world", str),
-                     "target": str(tgt.resolve()), "reference_id": _get(t, "reference_id", i, ann.name, "world", int),
-                     "target_id": _get(t, "target_id", i, ann.name, "world", int),
-                     "split": _get(t, "split", i, ann.name, "world", str)})
-    return _finish(rows, len(items), missing, ann, "world", "world")
+        rows.append(Triplet(reference=str(ref.resolve()),
+                            modification=_get(t, "modification", i, ann.name, "world", str),
+                            target=str(tgt.resolve()), reference_id=_get(t, "reference_id", i, ann.name, "world", int),
+                            target_id=_get(t, "target_id", i, ann.name, "world", int),
+                            split=_get(t, "split", i, ann.name, "world", str)))
+    return _finish(rows, len(items), missing, ann, "world")
 
 
 class _ImageIds:
@@ -266,7 +267,7 @@ class _ImageIds:
         return self.ids.setdefault(name, len(self.ids))
 
 
-def _load_cirr(root: Path) -> datasets.Dataset:
+def _load_cirr(root: Path) -> list[Triplet]:
     rows, missing, total, ids = [], [], 0, _ImageIds()
     for cap_file in sorted(root.glob("captions/cap.rc2.*.json")):
         split = cap_file.name.split(".")[2]
@@ -292,12 +293,12 @@ def _load_cirr(root: Path) -> datasets.Dataset:
             if ref is None or tgt is None:
                 missing.append(names[ref_name] if ref is None else names[tgt_name])
                 continue
-            rows.append({"reference": str(ref), "modification": caption, "target": str(tgt),
-                         "reference_id": ids(ref_name), "target_id": ids(tgt_name), "split": split})
-    return _finish(rows, total, missing, root, "cirr", "CIRR")
+            rows.append(Triplet(reference=str(ref), modification=caption, target=str(tgt),
+                                reference_id=ids(ref_name), target_id=ids(tgt_name), split=split))
+    return _finish(rows, total, missing, root, "CIRR")
 
 
-def _load_fashioniq(root: Path) -> datasets.Dataset:
+def _load_fashioniq(root: Path) -> list[Triplet]:
     rows, missing, total, ids = [], [], 0, _ImageIds()
     for cap_file in sorted(root.glob("captions/cap.*.*.json")):
         parts = cap_file.name.split(".")
@@ -316,15 +317,15 @@ def _load_fashioniq(root: Path) -> datasets.Dataset:
             if ref is None or tgt is None:
                 missing.append(f"images/{cand if ref is None else tgt_name}.png")
                 continue
-            rows.append({"reference": str(ref), "modification": " and ".join(c.strip().rstrip(".") for c in captions),
-                         "target": str(tgt), "reference_id": ids(cand), "target_id": ids(tgt_name), "split": split})
-    return _finish(rows, total, missing, root, "fashioniq", "FashionIQ")
+            rows.append(Triplet(reference=str(ref), modification=" and ".join(c.strip().rstrip(".") for c in captions),
+                                target=str(tgt), reference_id=ids(cand), target_id=ids(tgt_name), split=split))
+    return _finish(rows, total, missing, root, "FashionIQ")
 
 
 # ----------------------------------------------------------------------------------------------------- VQA
 
-def load_vqa(path) -> datasets.Dataset:
-    """World VQA pairs: columns image (absolute path), question, answer, attribute, split."""
+def load_vqa(path, split: str | None = None) -> list[VqaPair]:
+    """The world's VQA pairs of one split (None or "all": every split), in file order."""
     ann = _world_dir(Path(path).expanduser(), "vqa.jsonl")
     items = read_jsonl(ann)
     rows, missing = [], []
@@ -334,8 +335,8 @@ def load_vqa(path) -> datasets.Dataset:
             missing.append(str(image))
             continue
         fields = {k: _get(q, k, i, ann.name, "world", str) for k in ("question", "answer", "attribute", "split")}
-        rows.append({"image": str(image.resolve()), **fields})
-    return _finish(rows, len(items), missing, ann, "world", "world")
+        rows.append(VqaPair(image=str(image.resolve()), **fields))
+    return _in_split(_finish(rows, len(items), missing, ann, "world"), split)
 
 
 # ------------------------------------------------------------------------- composed benchmarks (protocols)

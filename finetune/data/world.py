@@ -11,13 +11,16 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from finetune.data.jsonl import write_jsonl
+from finetune.data.records import PersonImage
 from finetune.data.render import COLORS, HAIR_COLORS, make_style, render
+from finetune.data.text import word_spans, words
 
 log = logging.getLogger(__name__)
 
@@ -366,18 +369,17 @@ def noisy_caption(attrs: dict, rng: np.random.Generator, template: str) -> tuple
         corrupted.append(attr)
     segs = _render_caption(wrong, template, u)
     text = _fix_case("".join(t for t, _ in segs))
-    # tag per character, then per str.split() word
+    # tag per character, then per word
     tags = [tag for t, tag in segs for _ in t]
     indices = []
-    for i, m in enumerate(re.finditer(r"\S+", text)):
-        word = m.group().strip(".,;:").lower()
-        attrs_here = {tags[j] for j in range(m.start(), m.end())} & set(corrupted)
+    for i, ((start, end), word) in enumerate(zip(word_spans(text), words(text))):
+        attrs_here = {tags[j] for j in range(start, end)} & set(corrupted)
         if any(word not in value_words(a, attrs[a]) and word for a in attrs_here):
             indices.append(i)
     return text, indices, corrupted
 
 
-def noisy_variants(records: list[dict], per_image: int = 2, seed: int = 0) -> list[tuple[str, str, list[int]]]:
+def noisy_variants(records: Sequence[PersonImage], per_image: int = 2, seed: int = 0) -> list[tuple[str, str, list[int]]]:
     """(image, noisy caption, wrong word indices) `per_image` times for each world record (random templates):
     a NAM probe many times larger than the world's own noisy captions."""
     rng = np.random.default_rng(seed)
@@ -385,9 +387,9 @@ def noisy_variants(records: list[dict], per_image: int = 2, seed: int = 0) -> li
     for r in records:
         for _ in range(per_image):
             template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
-            text, wrong, _ = noisy_caption(r["attributes"], rng, template)
+            text, wrong, _ = noisy_caption(r.attributes, rng, template)
             if wrong:
-                out.append((r["image"], text, wrong))
+                out.append((r.image, text, wrong))
     return out
 
 
@@ -547,8 +549,7 @@ def generate_world(out_dir, config: WorldConfig | None = None, progress: Callabl
                                  "target": target, "reference_id": r, "target_id": t, "edit": e,
                                  "split": ref.split})
     for fname, rows in (("annotations.jsonl", annotations), ("triplets.jsonl", triplets), ("vqa.jsonl", vqa)):
-        with open(out / fname, "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in rows)
+        write_jsonl(out / fname, rows)
     split_ids = {s: sorted({i.pid for i in identities if i.split == s}) for s in ("train", "val", "test")}
     meta = {"config": asdict(cfg),
             "counts": {"identities": len(identities), "images": len(annotations), "triplets": len(triplets),
