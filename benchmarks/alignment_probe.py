@@ -25,7 +25,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.train import TrainConfig, _records  # noqa: E402
+from finetune.data import PersonImage, load_split  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 
 ATTRIBUTES = ("gender", "upper_color", "lower_color", "hair_color", "bag")
@@ -47,8 +47,8 @@ def spread(x: np.ndarray) -> float:
     return float(sim[~np.eye(len(x), dtype=bool)].mean())
 
 
-def pixels(records: list[dict]) -> np.ndarray:
-    return np.stack([np.asarray(Image.open(r["image"]).convert("RGB").resize((8, 16)), dtype=np.float32).ravel()
+def pixels(records: list[PersonImage]) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(r.image).convert("RGB").resize((8, 16)), dtype=np.float32).ravel()
                      for r in records]) / 255.0
 
 
@@ -62,16 +62,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "alignment_probe.json"))
     args = ap.parse_args()
     started = time.time()
-    cfg = TrainConfig(base_model="", data=args.world, output_dir="")
-    train, test = _records(cfg, "train")[: args.train], _records(cfg, "test")[: args.test]
-    labels = {a: ([r["attributes"][a] for r in train], [r["attributes"][a] for r in test]) for a in ATTRIBUTES}
+    train, test = load_split(args.world, "train")[: args.train], load_split(args.world, "test")[: args.test]
+    labels = {a: ([r.attributes[a] for r in train], [r.attributes[a] for r in test]) for a in ATTRIBUTES}
     rows = {"majority": {a: max(te.count(v) for v in set(te)) / len(te) for a, (_, te) in labels.items()},
             "pixels 8x16": {a: probe(pixels(train), tr, pixels(test), te) for a, (tr, te) in labels.items()}}
     for adapter in [None, *args.adapter]:
         emb = load_embedder(args.base, adapter=adapter)
         name = "base" if adapter is None else Path(adapter).parent.name or str(adapter)
-        for kind, encode, item in (("image", emb.encode_images, lambda r: r["image"]),
-                                   ("text", emb.encode_text, lambda r: r["captions"][0])):
+        for kind, encode, item in (("image", emb.encode_images, lambda r: r.image),
+                                   ("text", emb.encode_text, lambda r: r.captions[0])):
             x_train, x_test = (encode([item(r) for r in rs]) for rs in (train, test))
             rows[f"{name} {kind}"] = {"mean cosine": spread(x_test),
                                       **{a: probe(x_train, tr, x_test, te) for a, (tr, te) in labels.items()}}

@@ -45,8 +45,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from finetune.data import Triplet, load_split, load_triplets  # noqa: E402
 from mllm_embed.errors import LineupError  # noqa: E402
-from retrieval.evaluate import evaluate_composed, evaluate_i2i, evaluate_t2i, load_split  # noqa: E402
+from retrieval.evaluate import evaluate_composed, evaluate_i2i, evaluate_t2i  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "control_dual_encoder.json"
 Progress = Callable[[int], None] | None
@@ -265,11 +266,9 @@ def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
     return (lse - pos)[has].mean() if has.any() else logits.sum() * 0
 
 
-def _triplet_rows(path: Path) -> list[dict]:
-    from finetune.data.loaders import load_triplets
-
+def _triplet_rows(path: Path, split: str) -> list[Triplet]:
     try:
-        return [dict(t) for t in load_triplets(path)]
+        return load_triplets(path, split)
     except (LineupError, FileNotFoundError):
         return []
 
@@ -282,22 +281,22 @@ def train_control(world: str | Path, cfg: ControlConfig | None = None, progress:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    records = load_split(world, "train")
-    triplets = [t for t in _triplet_rows(Path(world)) if t["split"] == "train"] if cfg.triplets_per_batch else []
-    texts = [c for r in records for c in r["captions"]] + [t["modification"] for t in triplets]
+    records = load_split(world, "train", required=True)
+    triplets = _triplet_rows(Path(world), "train") if cfg.triplets_per_batch else []
+    texts = [c for r in records for c in r.captions] + [t.modification for t in triplets]
     tokenizer = WordTokenizer(texts)
     model = DualEncoder(cfg, tokenizer)
     started, cpu = time.time(), time.process_time()
-    crops = load_crops([r["image"] for r in records], cfg.height, cfg.width)
-    row = {r["image"]: i for i, r in enumerate(records)}
-    pids = torch.tensor([r["person_id"] for r in records])
+    crops = load_crops([r.image for r in records], cfg.height, cfg.width)
+    row = {r.image: i for i, r in enumerate(records)}
+    pids = torch.tensor([r.person_id for r in records])
     by_pid: dict[int, list[int]] = {}
     for i, r in enumerate(records):
-        by_pid.setdefault(r["person_id"], []).append(i)
+        by_pid.setdefault(r.person_id, []).append(i)
     people = sorted(by_pid)
     if len(people) < 2:
         raise LineupError(f"{world}: the train split needs at least 2 identities to train the control")
-    triplets = [t for t in triplets if t["reference"] in row and t["target_id"] in by_pid]
+    triplets = [t for t in triplets if t.reference in row and t.target_id in by_pid]
 
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos" not in n]
     rest = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos" in n]
@@ -313,7 +312,7 @@ def train_control(world: str | Path, cfg: ControlConfig | None = None, progress:
         chosen = rng.sample(people, min(cfg.ids_per_batch, len(people)))
         idx = [i for p in chosen for i in rng.choices(by_pid[p], k=cfg.images_per_id)]
         img = model.embed_images(augment(crops[idx], gen))
-        txt = model.embed_texts([rng.choice(records[i]["captions"]) for i in idx], drop)
+        txt = model.embed_texts([rng.choice(records[i].captions) for i in idx], drop)
         same = pids[idx][:, None] == pids[idx][None, :]
         scale = model.log_scale.clamp(max=math.log(100)).exp()
         sim = scale * img @ txt.T
@@ -326,12 +325,12 @@ def train_control(world: str | Path, cfg: ControlConfig | None = None, progress:
             batch = rng.sample(triplets, min(cfg.triplets_per_batch, len(triplets)))
             # gallery: an image of each target person and, as hard negatives, another image of each reference
             # person (the one-edit neighbour the query starts from)
-            gallery = [rng.choice(by_pid[t["target_id"]]) for t in batch]
-            gallery += [rng.choice([i for i in by_pid[t["reference_id"]] if i != row[t["reference"]]]
-                                   or by_pid[t["reference_id"]]) for t in batch]
-            both = model.embed_images(augment(crops[[row[t["reference"]] for t in batch] + gallery], gen))
-            query = model.compose(both[: len(batch)], [t["modification"] for t in batch], drop)
-            tid = torch.tensor([t["target_id"] for t in batch])
+            gallery = [rng.choice(by_pid[t.target_id]) for t in batch]
+            gallery += [rng.choice([i for i in by_pid[t.reference_id] if i != row[t.reference]]
+                                   or by_pid[t.reference_id]) for t in batch]
+            both = model.embed_images(augment(crops[[row[t.reference] for t in batch] + gallery], gen))
+            query = model.compose(both[: len(batch)], [t.modification for t in batch], drop)
+            tid = torch.tensor([t.target_id for t in batch])
             terms["composed"] = cfg.composed_weight * multi_positive_nce(
                 scale * query @ both[len(batch):].T, tid[:, None] == pids[gallery][None, :])
         loss = sum(terms.values())
@@ -356,14 +355,14 @@ def evaluate_control(model: DualEncoder, world: str | Path, split: str = "test",
     """The project's t2i / i2i / composed protocols on ``world``'s ``split`` (one encoded gallery)."""
     started = time.time()
     embedder = ControlEmbedder(model)
-    records = load_split(world, split)
-    vecs = embedder.encode_images([r["image"] for r in records], batch_size)
+    records = load_split(world, split, required=True)
+    vecs = embedder.encode_images([r.image for r in records], batch_size)
     out = {"t2i": evaluate_t2i(embedder, records, vecs, batch_size),
            "i2i": evaluate_i2i(embedder, records, vecs, batch_size)}
-    triplets = [t for t in _triplet_rows(Path(world)) if t["split"] == split]
+    triplets = _triplet_rows(Path(world), split)
     if triplets:
         out["composed"] = evaluate_composed(embedder, records, triplets, vecs, batch_size)
-    pids = [r["person_id"] for r in records]
+    pids = [r.person_id for r in records]
     out["split"] = {"name": split, "images": len(records), "identities": len(set(pids)),
                     "chance_R1": 100 * float(np.mean([(pids.count(p)) / len(pids) for p in pids]))}
     out["eval_seconds"] = round(time.time() - started, 1)

@@ -25,6 +25,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from finetune.data import load_split  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.embedder import load_image  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
@@ -57,9 +58,9 @@ def main() -> None:
 
         world = generate_world(tmp / "world", WorldConfig(identities=max(8, args.n // 4), images_per_id=4, seed=0))
     base = args.base or build_tiny_base(world, tmp / "base", size=args.size)
-    rows = [json.loads(line) for line in (world / "annotations.jsonl").read_text().splitlines()][: args.n]
-    paths = [str(world / r["image"]) for r in rows]
-    texts = [r["captions"][0] for r in rows]
+    rows = load_split(world, None)[: args.n]
+    paths = [r.image for r in rows]
+    texts = [r.captions[0] for r in rows]
 
     emb = load_embedder(base, device="cpu")
     model, processor, bs = emb.model, emb.processor, args.batch_size

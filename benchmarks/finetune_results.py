@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cli.ui import metrics_table  # noqa: E402
 from finetune import nam  # noqa: E402
+from finetune.data import load_split  # noqa: E402
 from finetune.data.world import WorldConfig, generate_world  # noqa: E402
 from finetune.stage0 import Stage0Config, pretrain  # noqa: E402
-from finetune.train import TrainConfig, _records, evaluate_split, train  # noqa: E402
+from finetune.train import TrainConfig, evaluate_split, train  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
@@ -94,7 +95,7 @@ def main() -> None:
             mask_mode=mode, mask_rate=0.2, **ground)
 
     # NAM's wrong-word detection on 2 freshly corrupted captions per train image (calibrated scores)
-    train_records = _records(TrainConfig(base_model="", data=str(world), output_dir=""), "train")
+    train_records = load_split(world, "train")
     s1_embedder, wp_embedder = load_embedder(base, adapter=s1), load_embedder(base, adapter=wp)
     grounded_embedder = load_embedder(base, adapter=grounded)
     auc = {name: 100 * nam.detection_auc(emb, train_records, layer, joint) for name, emb, layer, joint in [

@@ -29,6 +29,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from finetune.data import load_split, load_vqa  # noqa: E402
 from finetune.data.world import WorldConfig, generate_world  # noqa: E402
 from finetune.stage0 import Judgements, Stage0Config, judge_accuracy, pretrain, split_people  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
@@ -37,11 +38,10 @@ from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
 def zero_shot_rank(embedder, world: Path) -> dict:
     """Text->image Rank-1 and mAP over the test split (one caption per image as a query)."""
-    rows = [json.loads(line) for line in (world / "annotations.jsonl").read_text().splitlines()]
-    test = [r for r in rows if r["split"] == "test"]
-    gallery = embedder.encode_images([str(world / r["image"]) for r in test])
-    queries = embedder.encode_text([r["captions"][0] for r in test])
-    pids = np.array([r["person_id"] for r in test])
+    test = load_split(world, "test")
+    gallery = embedder.encode_images([r.image for r in test])
+    queries = embedder.encode_text([r.captions[0] for r in test])
+    pids = np.array([r.person_id for r in test])
     sim = queries @ gallery.T
     order = np.argsort(-sim, axis=1)
     match = pids[order] == pids[:, None]
@@ -81,18 +81,18 @@ def main() -> None:
         stage0 = json.loads((base / "stage0_done.json").read_text())
     emb = load_embedder(base)
 
-    vqa = [json.loads(line) for line in (world / "vqa.jsonl").read_text().splitlines()]
+    vqa = load_vqa(world)
     per_attr = {}
-    for attribute in sorted({r["attribute"] for r in vqa}):
-        train = Counter(r["answer"] for r in vqa if r["split"] == "train" and r["attribute"] == attribute)
-        test = [r for r in vqa if r["split"] == "test" and r["attribute"] == attribute]
+    for attribute in sorted({r.attribute for r in vqa}):
+        train = Counter(r.answer for r in vqa if r.split == "train" and r.attribute == attribute)
+        test = [r for r in vqa if r.split == "test" and r.attribute == attribute]
         if not test or not train:
             continue
         majority = train.most_common(1)[0][0]
-        hits = [emb.answer(world / r["image"], r["question"]) == r["answer"] for r in test]
+        hits = [emb.answer(r.image, r.question) == r.answer for r in test]
         per_attr[attribute] = {"accuracy": sum(hits) / len(hits), "n": len(hits), "options": len(train),
                                "trained": not cfg.attributes or attribute in cfg.attributes,
-                               "majority_baseline": sum(r["answer"] == majority for r in test) / len(test)}
+                               "majority_baseline": sum(r.answer == majority for r in test) / len(test)}
     rank = zero_shot_rank(emb, world)
     judge = Judgements(split_people(world, "test"), emb.config)
     judges = {"match": judge_accuracy(emb, judge.match(args.judge_pairs, random.Random(0))),

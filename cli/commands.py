@@ -10,12 +10,16 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mllm_embed.errors import LineupError
 from mllm_embed.files import atomic_output, check_writable, write_text_atomic
 
 from cli.project import Project
 from cli.ui import console, contact_sheet, metrics_table, preview_strip, progress_bar
+
+if TYPE_CHECKING:
+    from finetune.data import PersonImage
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -229,15 +233,14 @@ def show_stage0(model_dir: Path) -> None:
 
 
 def cmd_index(args, project: Project) -> int:
-    from finetune.data.loaders import load_person_dataset
+    from finetune.data import load_split
 
     if args.images:
         records = _folder_records(args.images)
         if not records:
             raise LineupError(f"--images {args.images}: no .png/.jpg/.webp/.bmp images found")
     else:
-        ds = load_person_dataset(args.dataset or _world(args, project))
-        records = [r for r in ds if args.split == "all" or r["split"] == args.split]
+        records = load_split(args.dataset or _world(args, project), args.split)
         if not records:
             raise LineupError(f"nothing to index: split {args.split!r} is empty — pick another with --split")
     if args.skipped_list:
@@ -272,12 +275,14 @@ def _report_skipped(skipped: list[tuple[str, str]], listing: Path | None) -> Non
     console.print(line, highlight=False, soft_wrap=True)
 
 
-def _folder_records(folder: Path) -> list[dict]:
+def _folder_records(folder: Path) -> list[PersonImage]:
+    from finetune.data import PersonImage
+
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
     if not folder.is_dir():
         raise LineupError(f"--images {folder}: not a folder")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
-    return [{"image": str(p.resolve()), "person_id": -1, "camera_id": -1, "split": "gallery"} for p in paths]
+    return [PersonImage(image=str(p.resolve()), person_id=-1, camera_id=-1, split="gallery") for p in paths]
 
 
 def cmd_search(args, project: Project) -> int:
@@ -359,6 +364,7 @@ def run_training(stage: str, cfg) -> Path:
 
 def cmd_caption(args, project: Project) -> int:
     from finetune.augment import caption_images
+    from finetune.data import write_jsonl
 
     records = _folder_records(args.images)
     if not records:
@@ -366,16 +372,17 @@ def cmd_caption(args, project: Project) -> int:
     _distinct(args.out, {"--images": args.images})
     check_writable(args.out, "--out")
     embedder = _embedder(args, project)
-    images = [r["image"] for r in records]
+    images = [r.image for r in records]
     with progress_bar("TDE captioning", total=len(images)) as advance:
         captions = caption_images(embedder, images, per_image=args.per_image, progress=advance)
-    _write_jsonl(args.out, [{"image": i, "captions": c} for i, c in zip(images, captions)])
+    write_jsonl(args.out, [{"image": i, "captions": c} for i, c in zip(images, captions)], "--out")
     console.print(f"{len(images)} images captioned → {args.out}")
     return 0
 
 
 def cmd_rewrite(args, project: Project) -> int:
     from finetune.augment import faithfulness_filter, rewrite_captions
+    from finetune.data import write_jsonl
 
     captions = _read_captions(args.captions)
     audit = args.out.with_suffix(".tff.jsonl")
@@ -392,8 +399,8 @@ def cmd_rewrite(args, project: Project) -> int:
     for i in kept:
         mapping.setdefault(captions[i], []).append(rewrites[i])
     write_text_atomic(args.out, json.dumps(mapping, indent=1), "--out")
-    _write_jsonl(audit, [{"original": c, "rewrite": r, "faithfulness": float(f), "kept": i in set(kept)}
-                         for i, (c, r, f) in enumerate(zip(captions, rewrites, cosine))])
+    write_jsonl(audit, [{"original": c, "rewrite": r, "faithfulness": float(f), "kept": i in set(kept)}
+                        for i, (c, r, f) in enumerate(zip(captions, rewrites, cosine))], "--out")
     console.print(metrics_table("text-faithfulness filter", {"rewrites": {
         "kept": report.kept, "dropped": report.dropped, "threshold": report.threshold}}))
     console.print(f"kept rewrites → {args.out} (use with `lineup train stage1 --rewrites {args.out}`); "
@@ -402,7 +409,7 @@ def cmd_rewrite(args, project: Project) -> int:
 
 
 def _read_captions(path: Path) -> list[str]:
-    from finetune.data.loaders import read_jsonl
+    from finetune.data import read_jsonl
 
     out = []
     for n, row in enumerate(read_jsonl(path, missing="pass a JSONL file of captions"), 1):
@@ -413,10 +420,6 @@ def _read_captions(path: Path) -> list[str]:
     if not out:
         raise LineupError(f"{path}: no captions")
     return out
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows), "--out")
 
 
 def cmd_eval(args, project: Project) -> int:

@@ -12,9 +12,13 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from cli.project import Project
 from cli.ui import console, metrics_table, progress_bar
+
+if TYPE_CHECKING:
+    from finetune.data import PersonImage
 
 
 @dataclass
@@ -44,7 +48,7 @@ def _step(title: str) -> None:
 
 
 def run_demo(project: Project, cfg: DemoConfig) -> dict:
-    from finetune.data.loaders import load_person_dataset
+    from finetune.data import load_split
     from finetune.data.world import QUESTION_BANK, WorldConfig, generate_world
     from finetune.bootstrap import bootstrap_base
     from finetune.stage0 import DONE_FILE
@@ -92,7 +96,7 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
 
     _step("5/6 index the test gallery into Qdrant, with the MLLM's answers to the THI questions")
     stage2 = load_embedder(project.model, adapter=project.adapter("stage2"))
-    records = [r for r in load_person_dataset(project.world) if r["split"] == "test"]
+    records = load_split(project.world, "test")
     with open_store(path=project.qdrant) as store:
         engine = SearchEngine(stage2, store, "gallery")
         with progress_bar("indexing", total=len(records)) as advance:
@@ -134,7 +138,7 @@ def _evaluate(project: Project, load_embedder) -> dict:
     return results
 
 
-def _thi(project: Project, engine, records: list[dict], cfg: DemoConfig) -> list[dict]:
+def _thi(project: Project, engine, records: list[PersonImage], cfg: DemoConfig) -> list[dict]:
     """Interactive THI on the indexed gallery: a simulated user answers from the ground-truth attributes,
     candidates are scored against the MLLM's own cached answers."""
     from finetune.data.world import QUESTION_BANK, answer_from_attributes
@@ -144,7 +148,7 @@ def _thi(project: Project, engine, records: list[dict], cfg: DemoConfig) -> list
     if out_file.exists():
         rounds = json.loads(out_file.read_text())
     else:
-        queries = [{"text": r["captions"][0], "person_id": r["person_id"], "attributes": json.loads(r["attributes"])}
+        queries = [{"text": r.captions[0], "person_id": r.person_id, "attributes": r.attributes}
                    for r in records[: cfg.thi_queries]]
         with progress_bar("THI dialogues", total=len(queries)) as advance:
             rounds = evaluate_thi(engine, queries, QUESTION_BANK, THIConfig(mode="interactive", rounds=cfg.thi_rounds),
@@ -158,19 +162,19 @@ def _thi(project: Project, engine, records: list[dict], cfg: DemoConfig) -> list
     return rounds
 
 
-def _searches(project: Project, engine, records: list[dict]) -> dict:
-    from finetune.data.loaders import load_triplets
+def _searches(project: Project, engine, records: list[PersonImage]) -> dict:
+    from finetune.data import load_triplets
 
     from cli.commands import show_hits
 
     query = records[0]
-    text = query["captions"][0]
+    text = query.captions[0]
     hits = engine.search_text(text, k=5)
-    show_hits(hits, f"“{text}”  (wanted: person {query['person_id']})")
-    triplet = next(t for t in load_triplets(project.world) if t["split"] == "test")
-    composed = engine.search_composed(triplet["reference"], triplet["modification"], k=5)
-    show_hits(composed, f"person {triplet['reference_id']} + “{triplet['modification']}”  "
-                        f"(wanted: person {triplet['target_id']})")
-    return {"text": {"query": text, "target": query["person_id"], "top5": [h.payload["person_id"] for h in hits]},
-            "composed": {"reference": triplet["reference_id"], "modification": triplet["modification"],
-                         "target": triplet["target_id"], "top5": [h.payload["person_id"] for h in composed]}}
+    show_hits(hits, f"“{text}”  (wanted: person {query.person_id})")
+    triplet = load_triplets(project.world, "test")[0]
+    composed = engine.search_composed(triplet.reference, triplet.modification, k=5)
+    show_hits(composed, f"person {triplet.reference_id} + “{triplet.modification}”  "
+                        f"(wanted: person {triplet.target_id})")
+    return {"text": {"query": text, "target": query.person_id, "top5": [h.payload["person_id"] for h in hits]},
+            "composed": {"reference": triplet.reference_id, "modification": triplet.modification,
+                         "target": triplet.target_id, "top5": [h.payload["person_id"] for h in composed]}}

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from finetune.data.records import PersonImage
 from mllm_embed.errors import LineupError
 from retrieval.store import Hit, Store, point_id
 
@@ -79,8 +80,10 @@ def check_filter(filter: dict[str, Any] | None) -> dict[str, Any] | None:
     return filter
 
 
-def record_payload(record: dict[str, Any]) -> dict[str, Any]:
-    """Store payload of a dataset record (finetune.data.loaders columns or a plain dict with 'image')."""
+def record_payload(record: PersonImage | dict[str, Any]) -> dict[str, Any]:
+    """Store payload of a dataset record (a `PersonImage` from finetune.data, or a plain dict with 'image')."""
+    if isinstance(record, PersonImage):
+        record = record.as_dict()
     if not record.get("image"):
         raise LineupError(f"record {record!r} has no 'image' path: every indexed record needs one")
     payload: dict[str, Any] = {"image": str(record["image"])}
@@ -88,8 +91,6 @@ def record_payload(record: dict[str, Any]) -> dict[str, Any]:
         if record.get(key) is not None:
             payload[key] = record[key]
     attrs = record.get("attributes")
-    if isinstance(attrs, str):
-        attrs = json.loads(attrs) if attrs else None
     if attrs:
         payload["attributes"] = attrs
     return payload
@@ -127,7 +128,7 @@ class SearchEngine:
 
     # --- ingest ------------------------------------------------------------------------------------
     def index_images(
-        self, records: Iterable[dict[str, Any]], batch_size: int = 16, progress: Progress = None,
+        self, records: Iterable[PersonImage | dict[str, Any]], batch_size: int = 16, progress: Progress = None,
         on_skip: Callable[[str, str], None] | None = None,
     ) -> int:
         """Embed and upsert images not yet in the collection; returns how many were added.

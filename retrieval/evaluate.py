@@ -22,13 +22,12 @@ evaluation of ``finetune.train.evaluate``; keep this module's top-level imports 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,6 +39,9 @@ from retrieval.metrics import (composed_recall, rank_metrics, recall_at_k, recal
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None] | None
+
+if TYPE_CHECKING:
+    from finetune.data import PersonImage
 TASKS = ("t2i", "i2i", "composed", "verify")
 WORLD_TASKS = ("noise",)  # need the synthetic world's attributes
 
@@ -63,32 +65,25 @@ class EvalConfig:
             raise ValueError(f"ks must be positive cut-offs, got {self.ks}")
 
 
-def _attrs(record: dict[str, Any]) -> dict[str, Any] | None:
-    attrs = record.get("attributes")
-    if isinstance(attrs, str):
-        return json.loads(attrs) if attrs else None
-    return attrs or None
-
-
-def encode_gallery(embedder: Any, records: Sequence[dict], batch_size: int = 16, progress: Progress = None):
-    return embedder.encode_images([r["image"] for r in records], batch_size=batch_size, progress=progress)
+def encode_gallery(embedder: Any, records: Sequence[PersonImage], batch_size: int = 16, progress: Progress = None):
+    return embedder.encode_images([r.image for r in records], batch_size=batch_size, progress=progress)
 
 
 # --- retrieval tasks --------------------------------------------------------------------------------
 def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10), progress=None) -> dict:
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
-    texts = [(c, r["person_id"]) for r in records for c in r["captions"]]
+    texts = [(c, r.person_id) for r in records for c in r.captions]
     if not texts:
         raise LineupError("text→image evaluation needs captions: this split has none")
     text_vecs = embedder.encode_text([t for t, _ in texts], batch_size=batch_size, progress=progress)
     sim = text_vecs @ image_vecs.T
-    return rank_metrics(sim, [p for _, p in texts], [r["person_id"] for r in records], ks=ks)
+    return rank_metrics(sim, [p for _, p in texts], [r.person_id for r in records], ks=ks)
 
 
 def evaluate_i2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10)) -> dict:
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
-    pids = [r["person_id"] for r in records]
-    cams = [r.get("camera_id", -1) for r in records]
+    pids = [r.person_id for r in records]
+    cams = [r.camera_id for r in records]
     if min(cams) < 0:  # cameras unknown (most text-ReID datasets): exclude only the query image itself
         cams = list(range(len(records)))
     return rank_metrics(image_vecs @ image_vecs.T, pids, pids, cams, cams, ks=ks)
@@ -110,24 +105,24 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
       the keys are absent when there is none.
     """
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
-    pids = np.array([r["person_id"] for r in records])
+    pids = np.array([r.person_id for r in records])
     people = np.unique(pids)
-    column = {_path_key(r["image"]): j for j, r in enumerate(records)}
-    usable = [t for t in triplets if t["target_id"] in set(people.tolist())]
+    column = {_path_key(r.image): j for j, r in enumerate(records)}
+    usable = [t for t in triplets if t.target_id in set(people.tolist())]
     if not usable:
         raise LineupError("composed evaluation: no triplet's target person is in this split's gallery")
-    vecs = embedder.encode_composed([(t["reference"], t["modification"]) for t in usable],
+    vecs = embedder.encode_composed([(t.reference, t.modification) for t in usable],
                                     batch_size=batch_size, progress=progress)
     sim = vecs @ image_vecs.T
     for i, t in enumerate(usable):  # the reference image itself is not a candidate (CIRR convention)
-        if _path_key(t["reference"]) in column:
-            sim[i, column[_path_key(t["reference"])]] = -np.inf
+        if _path_key(t.reference) in column:
+            sim[i, column[_path_key(t.reference)]] = -np.inf
     by_person = np.stack([sim[:, pids == p].max(axis=1) for p in people], axis=1)
-    target_ids = [t["target_id"] for t in usable]
+    target_ids = [t.target_id for t in usable]
     out = recall_at_k(by_person, np.searchsorted(people, target_ids), ks=ks)
     out["mAP"] = rank_metrics(sim, target_ids, pids, ks=ks)["mAP"]
-    exact = [(i, column[_path_key(t["target"])]) for i, t in enumerate(usable)
-             if t.get("target") and _path_key(t["target"]) in column]
+    exact = [(i, column[_path_key(t.target)]) for i, t in enumerate(usable)
+             if t.target and _path_key(t.target) in column]
     out.update(queries=len(usable), skipped=len(triplets) - len(usable))
     if exact:
         rows, cols = map(list, zip(*exact))
@@ -212,7 +207,7 @@ def sample_pairs(records, n: int, seed: int = 0) -> list[tuple[int, int, int]]:
     rng = random.Random(seed)
     by_pid: dict[Any, list[int]] = {}
     for i, r in enumerate(records):
-        by_pid.setdefault(r["person_id"], []).append(i)
+        by_pid.setdefault(r.person_id, []).append(i)
     multi = [p for p, idx in by_pid.items() if len(idx) >= 2]
     if not multi or len(by_pid) < 2:
         raise LineupError("verification needs >= 2 people and someone with >= 2 images in the split")
@@ -251,7 +246,7 @@ def evaluate_verification(embedder, records, image_vecs=None, config: EvalConfig
     if config.mllm_judge:
         said = []
         for i, j, _ in pairs:
-            answer = embedder.answer(side_by_side(records[i]["image"], records[j]["image"]),
+            answer = embedder.answer(side_by_side(records[i].image, records[j].image),
                                      embedder.config.verify_question)
             said.append(1.0 if str(answer).strip().lower().startswith("yes") else 0.0)
             if progress:
@@ -318,15 +313,6 @@ def save_verification_plots(scores: dict[str, np.ndarray], labels, cosine, thres
 
 
 # --- datasets on disk --------------------------------------------------------------------------------
-def load_split(path: str | Path, split: str = "test") -> list[dict]:
-    from finetune.data.loaders import load_person_dataset
-
-    records = [r for r in load_person_dataset(path) if r["split"] == split]
-    if not records:
-        raise LineupError(f"{path}: split {split!r} is empty — pick another split")
-    return records
-
-
 def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, config: EvalConfig | None = None,
                      plots: str | Path | None = None, progress: Progress = None) -> dict[str, dict]:
     """Run the chosen tasks on ``path`` (a world folder or a real dataset); one metrics dict per task."""
@@ -341,7 +327,9 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
             raise LineupError(f"{path}: a composed-retrieval benchmark has no person ids or captions per image; "
                               "use --task composed")
         return {"composed": evaluate_composed_benchmark(embedder, path, config.split, config.batch_size, progress)}
-    records = load_split(path, config.split)
+    from finetune.data import load_split, load_triplets
+
+    records = load_split(path, config.split, required=True)
     vecs = encode_gallery(embedder, records, config.batch_size, progress) if set(tasks) & set(TASKS) else None
     kw = dict(image_vecs=vecs, batch_size=config.batch_size, ks=config.ks)
     out: dict[str, dict] = {}
@@ -350,10 +338,8 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
     if "i2i" in tasks:
         out["i2i"] = evaluate_i2i(embedder, records, **kw)
     if "composed" in tasks:
-        from finetune.data.loaders import load_triplets
-
         try:
-            triplets = [t for t in load_triplets(path) if t["split"] == config.split]
+            triplets = load_triplets(path, config.split)
         except (LineupError, FileNotFoundError) as exc:
             log.warning("composed evaluation skipped: %s", exc)
             triplets = []
@@ -366,12 +352,12 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
     return out
 
 
-def evaluate_noise(embedder, records: Sequence[dict], layer: int = -1, source: str | Path = "dataset") -> dict:
+def evaluate_noise(embedder, records: Sequence[PersonImage], layer: int = -1, source: str | Path = "dataset") -> dict:
     """NAM's wrong-word detection: AUC (%) of its calibrated noise r ranking injected wrong words above correct
     ones, on two freshly corrupted captions per record, for the joint pass and the two-tower pass."""
     from finetune import nam
 
-    people = [{**r, "attributes": attrs} for r in records if (attrs := _attrs(r))]
+    people = [r for r in records if r.attributes]
     if not people:
         raise LineupError(f"{source}: the noise task needs records with attributes (a synthetic world from "
                           "`lineup world`); real datasets have no known wrong words")
@@ -389,30 +375,31 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
     cache: "mllm" caches the MLLM's own answers per gallery image (the realistic setting) or "truth".
     Queries: the first caption of the first ``max_queries`` images.
     """
+    from finetune.data import load_split
     from finetune.data.world import answer_from_attributes
     from retrieval.engine import SearchEngine
     from retrieval.store import open_store
     from retrieval.thi import THIConfig, evaluate_thi
 
     thi_config = thi_config or THIConfig()
-    records = load_split(path, split)
-    by_image = {str(r["image"]): r for r in records}
+    records = load_split(path, split, required=True)
+    by_image = {r.image: r for r in records}
 
     def truth(image: str, question: str) -> str:
         key = next(q["key"] for q in question_bank if q["question"] == question)
-        attrs = _attrs(by_image[image])
+        attrs = by_image[image].attributes
         if attrs is None:
             raise LineupError(f"{path}: no ground-truth attributes; use cache='mllm'")
         return answer_from_attributes(attrs, key)
 
     def answerer_for(query: dict):
-        attrs = _attrs(query["record"])
+        attrs = query["record"].attributes
         if user == "simulated" and attrs is not None:
             return lambda q: answer_from_attributes(attrs, q["key"])
-        return lambda q: embedder.answer(query["record"]["image"], q["question"])
+        return lambda q: embedder.answer(query["record"].image, q["question"])
 
-    queries = [{"text": r["captions"][0], "person_id": r["person_id"], "record": r}
-               for r in records[: max_queries or len(records)] if r["captions"]]
+    queries = [{"text": r.captions[0], "person_id": r.person_id, "record": r}
+               for r in records[: max_queries or len(records)] if r.captions]
     with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
         engine = SearchEngine(embedder, store, "thi")
         engine.index_images(records, batch_size=batch_size)
@@ -437,30 +424,26 @@ def evaluate_dialogue_dataset(embedder, path: str | Path, question_bank: Sequenc
     ("all" = every split: the other people become distractors). cache: "mllm" caches the MLLM's own answers
     per gallery image (what a deployment has) or "truth".
     """
+    from finetune.data import load_split
     from finetune.data.world import answer_from_attributes
     from retrieval.engine import SearchEngine
     from retrieval.store import open_store
     from retrieval.thi import VARIANTS, THIConfig, evaluate_dialogue
 
     thi_config = thi_config or THIConfig()
-    records = load_split(path, split)
-    if gallery_split and gallery_split != split:
-        from finetune.data.loaders import load_person_dataset
-
-        gallery = [r for r in load_person_dataset(path) if gallery_split == "all" or r["split"] == gallery_split]
-    else:
-        gallery = records
+    records = load_split(path, split, required=True)
+    gallery = load_split(path, gallery_split) if gallery_split and gallery_split != split else records
     keys = [q["key"] for q in question_bank]
 
     def truth(attrs: dict | None) -> dict[str, str]:
         return {k: answer_from_attributes(attrs, k) for k in keys} if attrs else {}
 
-    by_image = {str(r["image"]): truth(_attrs(r)) for r in gallery}
+    by_image = {r.image: truth(r.attributes) for r in gallery}
     if not all(by_image.values()):
         raise LineupError(f"{path}: the dialogue benchmark needs ground-truth attributes (a synthetic world)")
     key_of = {q["question"]: q["key"] for q in question_bank}
-    queries = [{"text": r["captions"][0], "person_id": r["person_id"], "answers": truth(_attrs(r))}
-               for r in records[: max_queries or len(records)] if r["captions"]]
+    queries = [{"text": r.captions[0], "person_id": r.person_id, "answers": truth(r.attributes)}
+               for r in records[: max_queries or len(records)] if r.captions]
     answerer_for = lambda query: (lambda q: query["answers"][q["key"]])  # noqa: E731
     seen = lambda hit: truth(hit.payload.get("attributes"))  # noqa: E731
     out: dict[str, Any] = {"queries": len(queries), "gallery": len(gallery), "split": split,
