@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from finetune.data import PersonImage, Triplet
+
 VOCAB = {
     "gender": ["man", "woman"],
     "upper_color": ["red", "blue", "green", "yellow"],
@@ -106,7 +108,7 @@ class FakeEmbedder:
 
 
 def make_gallery(root: Path, identities: int = 24, per_id: int = 3, seed: int = 0):
-    """Tiny PNG files + records (loader columns) for identities with distinct attribute combinations."""
+    """Tiny PNG files + their records for identities with distinct attribute combinations."""
     rng = np.random.default_rng(seed)
     combos = list(itertools.product(*VOCAB.values()))
     chosen = rng.choice(len(combos), size=identities, replace=False)
@@ -118,8 +120,8 @@ def make_gallery(root: Path, identities: int = 24, per_id: int = 3, seed: int = 
             path = root / f"{pid:05d}_c{k}_{k:02d}.png"
             if not path.exists():
                 Image.new("RGB", (4, 8), (pid * 9 % 255, k * 60, 100)).save(path)
-            records.append({"image": str(path), "person_id": pid, "camera_id": k, "split": "test",
-                            "captions": [caption(attrs)], "attributes": attrs})
+            records.append(PersonImage(image=str(path), person_id=pid, camera_id=k, split="test",
+                                       captions=(caption(attrs),), attributes=attrs))
             attrs_by_image[str(path)] = attrs
     return records, attrs_by_image
 
@@ -155,19 +157,17 @@ def hand_composed_case(root: Path):
     names = ["a0", "b0", "b1", "c0"]
     paths = {n: str(root / f"{n}.png") for n in names}
     eye = np.eye(4).tolist()
-    records = [{"image": paths[n], "person_id": pid, "camera_id": cam, "split": "test",
-                "captions": [f"looks like {n}", "looks like c0 too"] if n != "c0" else ["looks like c0", "c0 again"]}
+    records = [PersonImage(image=paths[n], person_id=pid, camera_id=cam, split="test",
+                           captions=(f"looks like {n}", "looks like c0 too") if n != "c0" else ("looks like c0", "c0 again"))
                for n, pid, cam in (("a0", 1, 0), ("b0", 2, 0), ("b1", 2, 1), ("c0", 3, 0))]
     texts = {f"looks like {n}": eye[i] for i, n in enumerate(names)} | {"looks like c0 too": eye[3],
                                                                         "c0 again": eye[3]}
     triplets = [
-        {"reference": paths["a0"], "modification": "q1", "target": str(root / "sub" / ".." / "b1.png"),
-         "reference_id": 1, "target_id": 2},  # the target path written differently: matched after resolving
-        {"reference": paths["c0"], "modification": "q2", "target": paths["b0"], "reference_id": 3, "target_id": 2},
-        {"reference": paths["b0"], "modification": "q3", "target": str(root / "elsewhere.png"),
-         "reference_id": 2, "target_id": 3},
-        {"reference": paths["a0"], "modification": "q4", "target": str(root / "nobody.png"),
-         "reference_id": 1, "target_id": 9},
+        Triplet(paths["a0"], "q1", str(root / "sub" / ".." / "b1.png"), reference_id=1, target_id=2),
+        # ^ the target path written differently: matched after resolving
+        Triplet(paths["c0"], "q2", paths["b0"], reference_id=3, target_id=2),
+        Triplet(paths["b0"], "q3", str(root / "elsewhere.png"), reference_id=2, target_id=3),
+        Triplet(paths["a0"], "q4", str(root / "nobody.png"), reference_id=1, target_id=9),
     ]
     composed = {"q1": [.9, .8, .5, .6], "q2": [.7, .6, .2, .95], "q3": [.1, .99, .3, .5], "q4": [1, 0, 0, 0]}
     return records, triplets, TableEmbedder({paths[n]: eye[i] for i, n in enumerate(names)}, texts, composed)

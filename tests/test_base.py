@@ -38,7 +38,7 @@ def test_hard_negative_batches_hold_one_edit_neighbours(tiny_base, tiny_world, t
         pairs = 0
         for epoch in range(3):
             for _, idx in data.plan(epoch):
-                pids = sorted({int(data.records[i]["person_id"]) for i in idx})
+                pids = sorted({data.records[i].person_id for i in idx})
                 pairs += sum(b in data.neighbours.get(a, ()) for a in pids for b in pids if a < b)
         return pairs
 

@@ -24,9 +24,9 @@ def setup(tmp_path_factory):
     engine = SearchEngine(emb, open_store(url=":memory:"), "g")
     engine.index_images(records)
     queries = [
-        {"id": "t5", "text": caption(records[15]["attributes"]), "k": 3},
-        {"id": "i2", "image": "imgs/" + records[6]["image"].split("/")[-1], "filter": {"camera_id": 1}},
-        {"id": "c0", "image": records[0]["image"], "modification": "same person"},
+        {"id": "t5", "text": caption(records[15].attributes), "k": 3},
+        {"id": "i2", "image": "imgs/" + records[6].image.split("/")[-1], "filter": {"camera_id": 1}},
+        {"id": "c0", "image": records[0].image, "modification": "same person"},
     ]
     return root, engine, queries
 

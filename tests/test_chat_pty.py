@@ -67,7 +67,7 @@ class Terminal:
 @pytest.fixture(scope="module")
 def project(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
     """The world's test split indexed through the CLI, with THI answers cached from ground truth."""
-    from finetune.data.loaders import load_person_dataset
+    from finetune.data import load_split
     from finetune.data.world import QUESTION_BANK, answer_from_attributes
     from mllm_embed import load_embedder
     from retrieval.engine import SearchEngine
@@ -76,7 +76,7 @@ def project(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
     qdrant = tmp_path_factory.mktemp("qdrant")
     common = ["--model", str(tiny_base), "--adapter", str(tiny_adapter), "--qdrant-path", str(qdrant)]
     assert main(["index", *common, "--dataset", str(tiny_world)]) == 0
-    attrs = {r["image"]: json.loads(r["attributes"]) for r in load_person_dataset(tiny_world)}
+    attrs = {r.image: r.attributes for r in load_split(tiny_world, "all")}
     key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
     with open_store(path=qdrant) as store:
         engine = SearchEngine(load_embedder(tiny_base, adapter=tiny_adapter), store, "gallery")

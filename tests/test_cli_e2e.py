@@ -14,7 +14,7 @@ from cli.main import main
 def gallery(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
     """The world's test split indexed through the CLI, then THI answers cached from ground truth
     (the simulated user's world: answers it gives and answers in the cache agree)."""
-    from finetune.data.loaders import load_person_dataset
+    from finetune.data import load_split
     from finetune.data.world import QUESTION_BANK, answer_from_attributes
     from mllm_embed import load_embedder
     from retrieval.engine import SearchEngine
@@ -23,8 +23,8 @@ def gallery(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
     qdrant = tmp_path_factory.mktemp("qdrant")
     common = ["--model", str(tiny_base), "--adapter", str(tiny_adapter), "--qdrant-path", str(qdrant)]
     assert main(["index", *common, "--dataset", str(tiny_world)]) == 0
-    records = [r for r in load_person_dataset(tiny_world) if r["split"] == "test"]
-    attrs = {r["image"]: json.loads(r["attributes"]) for r in records}
+    records = load_split(tiny_world, "test")
+    attrs = {r.image: r.attributes for r in records}
     key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
     embedder = load_embedder(tiny_base, adapter=tiny_adapter)
     with open_store(path=qdrant) as store:
@@ -36,9 +36,9 @@ def gallery(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
 def test_index_is_idempotent_and_image_search_finds_itself(gallery, capsys, tmp_path):
     common, records = gallery["common"], gallery["records"]
     capsys.readouterr()
-    assert main(["index", *common, "--dataset", str(records[0]["image"]).rsplit("/images/", 1)[0]]) == 0
+    assert main(["index", *common, "--dataset", records[0].image.rsplit("/images/", 1)[0]]) == 0
     assert f"indexed 0 new images; collection 'gallery' holds {len(records)}" in capsys.readouterr().out
-    query = records[5]["image"]
+    query = records[5].image
     sheet = tmp_path / "sheet.png"
     assert main(["search", *common, "--image", query, "-k", "3", "--sheet", str(sheet)]) == 0
     out = capsys.readouterr().out
@@ -74,10 +74,10 @@ def test_chat_session_improves_target_rank_and_undoes(gallery):
         session = ChatSession(SearchEngine(gallery["embedder"], store, "gallery"), QUESTION_BANK, k=5)
         # a query whose person is not already first: there is something to improve
         for record in records:
-            start = session.handle(record["captions"][0])
-            if _target_rank(start.ranking, record["person_id"]) > 1:
+            start = session.handle(record.captions[0])
+            if _target_rank(start.ranking, record.person_id) > 1:
                 break
-        pid, attrs = record["person_id"], gallery["attrs"][record["image"]]
+        pid, attrs = record.person_id, gallery["attrs"][record.image]
         ranks = [_target_rank(start.ranking, pid)]
         for _ in range(3):
             step = session.handle(answer_from_attributes(attrs, session.pending["key"]))
@@ -95,9 +95,9 @@ def test_chat_command_runs_a_dialogue_from_the_terminal(gallery, monkeypatch, tm
     from finetune.data.world import QUESTION_BANK, answer_from_attributes
 
     record = gallery["records"][0]
-    attrs = gallery["attrs"][record["image"]]
+    attrs = gallery["attrs"][record.image]
     key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
-    script = iter([record["captions"][0], None, None, "like #1 but with a red top", "undo", "quit"])
+    script = iter([record.captions[0], None, None, "like #1 but with a red top", "undo", "quit"])
 
     def ask(prompt, console=None):  # the user at the terminal: answers each question truthfully
         line = next(script)
@@ -108,25 +108,25 @@ def test_chat_command_runs_a_dialogue_from_the_terminal(gallery, monkeypatch, tm
     assert main(["chat", *gallery["common"], "--transcript", str(transcript), "--no-preview"]) == 0
     lines = transcript.read_text().splitlines()
     typed = [line[len("you> "):] for line in lines if line.startswith("you> ")]
-    assert typed[0] == record["captions"][0] and typed[3:] == ["like #1 but with a red top", "undo", "quit"]
+    assert typed[0] == record.captions[0] and typed[3:] == ["like #1 but with a red top", "undo", "quit"]
     steps = [line for line in lines if line.startswith("[")]
     assert [s.split("]")[0] for s in steps] == ["[describe", "[answer", "[answer", "[composed", "[answer"]
     assert steps[4] == steps[2]  # undo restores the step before the composed one, ranking included
     assert lines[-1] == "bye"
     top = steps[2].split(" :: ")[1].split()[0]  # ranking after two truthful answers, image names best first
-    assert top.startswith(f"{record['person_id']:05d}_")
+    assert top.startswith(f"{record.person_id:05d}_")
 
 
 def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
     records = gallery["records"]
     queries = tmp_path / "q.jsonl"
-    queries.write_text(json.dumps({"id": "a", "image": records[3]["image"], "k": 2}) + "\n"
-                       + json.dumps({"id": "b", "text": records[4]["captions"][0]}) + "\n")
+    queries.write_text(json.dumps({"id": "a", "image": records[3].image, "k": 2}) + "\n"
+                       + json.dumps({"id": "b", "text": records[4].captions[0]}) + "\n")
     out = tmp_path / "r.jsonl"
     assert main(["batch", *gallery["common"], "--queries", str(queries), "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     first = next(r for r in rows if r["query_id"] == "a" and r["rank"] == 1)
-    assert first["image"] == records[3]["image"]
+    assert first["image"] == records[3].image
     assert sum(r["query_id"] == "a" for r in rows) == 2 and sum(r["query_id"] == "b" for r in rows) == 10
 
     broken = tmp_path / "broken.jsonl"
@@ -143,11 +143,10 @@ def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
 
     # NAM's wrong-word detection from the CLI: the same AUC as finetune.nam on the split's people
     from finetune import nam
-    from retrieval.evaluate import load_split
+    from finetune.data import load_split
 
     assert main(["eval", *gallery["common"][:4], "--world", str(tiny_world), "--task", "noise", "--nam-layer", "0",
                  "--json", str(report)]) == 0
     got = json.loads(report.read_text())["noise"]
-    people = [{**r, "attributes": json.loads(r["attributes"])} for r in load_split(tiny_world, "test")]
-    expected = nam.detection_auc(gallery["embedder"], people, layer=0, joint=False)
+    expected = nam.detection_auc(gallery["embedder"], load_split(tiny_world, "test"), layer=0, joint=False)
     assert got["AUC_two_tower"] == pytest.approx(100 * expected) and 0 <= got["AUC_joint"] <= 100

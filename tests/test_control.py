@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from finetune.data import load_split
+
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "control_dual_encoder.py"
 _spec = importlib.util.spec_from_file_location("control_dual_encoder", _PATH)
 control = sys.modules.setdefault("control_dual_encoder", importlib.util.module_from_spec(_spec))
@@ -38,14 +40,14 @@ def test_control_learns_text_to_image_on_unseen_people(trained, tiny_world):
 def test_control_embedder_rows_are_unit_vectors(trained, tiny_world):
     model, _ = trained
     emb = control.ControlEmbedder(model)
-    records = control.load_split(tiny_world, "test")[:5]
-    images = emb.encode_images([r["image"] for r in records], batch_size=2)
-    texts = emb.encode_text([r["captions"][0] for r in records], batch_size=2)
-    composed = emb.encode_composed([(r["image"], "wearing a red hat") for r in records], batch_size=2)
+    records = load_split(tiny_world, "test")[:5]
+    images = emb.encode_images([r.image for r in records], batch_size=2)
+    texts = emb.encode_text([r.captions[0] for r in records], batch_size=2)
+    composed = emb.encode_composed([(r.image, "wearing a red hat") for r in records], batch_size=2)
     for vecs in (images, texts, composed):
         assert vecs.shape == (5, model.cfg.dim) and vecs.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(emb.encode_images([r["image"] for r in records], batch_size=5), images, atol=1e-5)
+    np.testing.assert_allclose(emb.encode_images([r.image for r in records], batch_size=5), images, atol=1e-5)
 
 
 def test_control_config_rejects_bad_values():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from finetune.data import load_split
 from mllm_embed import EmbedderConfig, LineupError, load_embedder, resolve_dtype
 from mllm_embed.embedder import IMAGE, PAD, TEXT, last_token_pool
 
 
 def _records(world, n=16):
-    rows = [json.loads(line) for line in (world / "annotations.jsonl").read_text().splitlines()]
-    return [(str(world / r["image"]), r["captions"][0]) for r in rows[:n]]
+    return [(r.image, r.captions[0]) for r in load_split(world, "all")[:n]]
 
 
 @pytest.fixture(scope="module")

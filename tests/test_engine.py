@@ -58,26 +58,26 @@ def test_known_target_ranks_first(gallery, tmp_path, backend):
 
     for pid in (0, 7, 13):
         rec = records[3 * pid]
-        hits = engine.search_text(caption(rec["attributes"]), k=3)
+        hits = engine.search_text(caption(rec.attributes), k=3)
         assert {h.payload["person_id"] for h in hits} == {pid}  # all 3 images of that person on top
 
-        hits = engine.search_image(rec["image"], k=3)
-        assert hits[0].payload["image"] == rec["image"]
+        hits = engine.search_image(rec.image, k=3)
+        assert hits[0].payload["image"] == rec.image
         assert all(h.payload["person_id"] == pid for h in hits)
 
-        hits = engine.search_image(rec["image"], k=2, filter={"camera_id": 2})
+        hits = engine.search_image(rec.image, k=2, filter={"camera_id": 2})
         assert hits[0].payload["person_id"] == pid and hits[0].payload["camera_id"] == 2
 
     # composed: reference + the edit that turns it into another person of the gallery
-    by_attrs = {tuple(sorted(r["attributes"].items())): r["person_id"] for r in records}
+    by_attrs = {tuple(sorted(r.attributes.items())): r.person_id for r in records}
     found = 0
     for ref in records[::3]:
         for key, value in (("upper_color", "red"), ("upper_color", "blue"), ("hat", "hat"), ("hat", "bareheaded")):
-            target = {**ref["attributes"], key: value}
+            target = {**ref.attributes, key: value}
             pid = by_attrs.get(tuple(sorted(target.items())))
-            if pid is None or pid == ref["person_id"]:
+            if pid is None or pid == ref.person_id:
                 continue
-            hits = engine.search_composed(ref["image"], f"now wearing {value}", k=1)
+            hits = engine.search_composed(ref.image, f"now wearing {value}", k=1)
             assert hits[0].payload["person_id"] == pid
             found += 1
     assert found >= 1
@@ -115,5 +115,5 @@ def test_cache_answers_fills_payload_and_resumes(gallery, tmp_path):
         assert hit.payload["answers"] == attrs[hit.payload["image"]]
     assert engine.cache_answers(BANK) == 0  # nothing missing: no MLLM calls
     assert emb.calls["answer"] == 9 * len(BANK)
-    vec = emb.encode_text([caption(records[0]["attributes"])])[0]
+    vec = emb.encode_text([caption(records[0].attributes)])[0]
     assert np.isclose(engine.search_vector(vec, k=1)[0].score, 1.0, atol=0.01)

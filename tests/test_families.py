@@ -32,7 +32,7 @@ def _needs(family: str):
 @pytest.mark.parametrize("family", list_scaled())
 def test_family_trains_reloads_indexes_and_searches(family, small_world, tmp_path, capsys):
     _needs(family)
-    from finetune.data.loaders import load_person_dataset
+    from finetune.data import load_split
     from mllm_embed import load_embedder
     from mllm_embed.scaled import build_scaled
     from mllm_embed.tiny import world_texts
@@ -50,9 +50,9 @@ def test_family_trains_reloads_indexes_and_searches(family, small_world, tmp_pat
     embedder = load_embedder(base, adapter=adapter, device="cpu")
     model_type = json.loads((base / "config.json").read_text())["model_type"]
     assert model_type == family and model_type in embedder.family.model_types
-    test = [r for r in load_person_dataset(small_world) if r["split"] == "test"]
-    image = test[0]["image"]
-    vectors = [embedder.encode_text(["a woman in a red coat", "a man"]), embedder.encode_images([image, test[1]["image"]]),
+    test = load_split(small_world, "test")
+    image = test[0].image
+    vectors = [embedder.encode_text(["a woman in a red coat", "a man"]), embedder.encode_images([image, test[1].image]),
                embedder.encode_composed([(image, "with a blue bag")])]
     for v in vectors:
         assert v.dtype == np.float32 and v.shape[1] == embedder.dim

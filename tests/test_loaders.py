@@ -1,4 +1,4 @@
-"""Loaders: the world and tiny fixtures in each real format round-trip onto the contract columns."""
+"""Loaders: the world and tiny fixtures in each real format round-trip onto the record types."""
 
 from __future__ import annotations
 
@@ -10,11 +10,8 @@ import pytest
 from datasets import load_dataset
 from PIL import Image
 
-from finetune.data.loaders import load_person_dataset, load_report, load_triplets, load_vqa
+from finetune.data import PersonImage, Triplet, load_split, load_triplets, load_vqa, read_jsonl, write_jsonl
 from mllm_embed.errors import LineupError
-
-PERSON_COLUMNS = {"image", "person_id", "camera_id", "split", "captions", "attributes"}
-TRIPLET_COLUMNS = {"reference", "modification", "target", "reference_id", "target_id", "split"}
 
 
 def _png(path: Path, shade: int = 0):
@@ -27,15 +24,28 @@ def _write(path: Path, data):
     path.write_text(json.dumps(data))
 
 
-def test_world_annotations_round_trip(tiny_world):
-    ds = load_person_dataset(tiny_world)
-    raw = [json.loads(line) for line in (tiny_world / "annotations.jsonl").read_text().splitlines()]
-    assert set(ds.column_names) == PERSON_COLUMNS and len(ds) == len(raw)
-    for row, r in zip(ds.select(range(10)), raw):
-        assert row["image"] == str((tiny_world / r["image"]).resolve()) and Path(row["image"]).is_file()
-        assert (row["person_id"], row["camera_id"], row["split"]) == (r["person_id"], r["camera_id"], r["split"])
-        assert row["captions"] == r["captions"] and json.loads(row["attributes"]) == r["attributes"]
-    assert load_report(ds)["skipped_missing_images"] == 0
+def test_world_annotations_round_trip(tiny_world, caplog):
+    with caplog.at_level(logging.WARNING):
+        records = load_split(tiny_world, "all")
+    raw = read_jsonl(tiny_world / "annotations.jsonl")
+    assert all(isinstance(r, PersonImage) for r in records) and len(records) == len(raw)
+    assert "skipped" not in caplog.text
+    for rec, r in zip(records, raw):
+        assert rec.image == str((tiny_world / r["image"]).resolve()) and Path(rec.image).is_file()
+        assert (rec.person_id, rec.camera_id, rec.split) == (r["person_id"], r["camera_id"], r["split"])
+        assert list(rec.captions) == r["captions"] and rec.attributes == r["attributes"]
+        # the world's noisy caption travels with its image; wrong-word indices count `words` of it
+        assert (rec.noisy_caption, list(rec.noisy_words)) == ((r["noisy_caption"], r["noisy_words"])
+                                                               if r["noisy_caption"] else (None, []))
+    assert any(r.noisy_words for r in records)
+    # as_dict: the annotation row's fields (absolute image path), JSON-ready
+    assert json.loads(json.dumps(rec.as_dict())) == {k: r[k] for k in rec.as_dict() if k != "image"} | {
+        "image": rec.image}
+    # one split keeps the file's order; an empty one is a clear error only when required
+    assert [r.image for r in load_split(tiny_world, "val")] == [r.image for r in records if r.split == "val"]
+    assert load_split(tiny_world, "nope") == []
+    with pytest.raises(LineupError, match="split 'nope' is empty — pick another split \\(here: test, train, val\\)"):
+        load_split(tiny_world, "nope", required=True)
     # the raw files are plain JSONL that `datasets` reads directly
     direct = load_dataset("json", data_files=str(tiny_world / "annotations.jsonl"), split="train")
     assert len(direct) == len(raw) and direct[0]["noisy_words"] == raw[0]["noisy_words"]
@@ -43,15 +53,30 @@ def test_world_annotations_round_trip(tiny_world):
 
 def test_world_triplets_and_vqa(tiny_world):
     trips = load_triplets(tiny_world)
-    assert set(trips.column_names) == TRIPLET_COLUMNS
-    raw = [json.loads(line) for line in (tiny_world / "triplets.jsonl").read_text().splitlines()]
-    assert len(trips) == len(raw)
-    assert trips[0]["modification"] == raw[0]["modification"] and trips[0]["target_id"] == raw[0]["target_id"]
-    assert Path(trips[0]["reference"]).is_file() and Path(trips[0]["target"]).is_file()
+    raw = read_jsonl(tiny_world / "triplets.jsonl")
+    assert all(isinstance(t, Triplet) for t in trips) and len(trips) == len(raw)
+    assert trips[0].modification == raw[0]["modification"] and trips[0].target_id == raw[0]["target_id"]
+    assert Path(trips[0].reference).is_file() and Path(trips[0].target).is_file()
+    assert load_triplets(tiny_world, "test") == [t for t in trips if t.split == "test"] != []
     vqa = load_vqa(tiny_world)
-    assert set(vqa.column_names) == {"image", "question", "answer", "attribute", "split"}
     assert len(vqa) == len((tiny_world / "vqa.jsonl").read_text().splitlines())
-    assert set(vqa["answer"]) >= {"yes", "no", "male", "female"}
+    assert {q.answer for q in vqa} >= {"yes", "no", "male", "female"}
+    assert load_vqa(tiny_world, "val") == [q for q in vqa if q.split == "val"] != []
+
+
+def test_jsonl_reader_and_writer(tmp_path):
+    rows = [{"a": 1, "text": "a man, in red."}, {"b": [1, 2]}]
+    path = write_jsonl(tmp_path / "sub" / "rows.jsonl", rows)
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in rows)
+    assert read_jsonl(path) == rows
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n\n{oops\n')
+    with pytest.raises(LineupError, match="bad.jsonl: line 3 is not valid JSON"):
+        read_jsonl(tmp_path / "bad.jsonl")
+    with pytest.raises(LineupError, match="gone.jsonl: not found — make it first"):
+        read_jsonl(tmp_path / "gone.jsonl", missing="make it first")
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(LineupError, match="--out .*dir.jsonl: cannot write"):
+        write_jsonl(tmp_path / "dir.jsonl", rows, "--out")
 
 
 def _cuhk(root: Path, ids=(1, 2)) -> list[dict]:
@@ -67,12 +92,13 @@ def _cuhk(root: Path, ids=(1, 2)) -> list[dict]:
 def test_cuhk_pedes_round_trip_with_1_based_ids(tmp_path):
     items = _cuhk(tmp_path)
     _write(tmp_path / "reid_raw.json", items)
-    ds = load_person_dataset(tmp_path)
-    assert set(ds.column_names) == PERSON_COLUMNS
-    assert ds["person_id"] == [0, 1] and ds["split"] == ["train", "test"] and ds["camera_id"] == [-1, -1]
-    assert ds["captions"][0] == ["a person number 0", "walking"] and ds["attributes"] == ["", ""]
-    assert ds["image"][1] == str((tmp_path / "imgs" / items[1]["file_path"]).resolve())
-    assert load_person_dataset(tmp_path / "reid_raw.json", fmt="cuhk-pedes")["person_id"] == [0, 1]
+    ds = load_split(tmp_path, None)
+    assert [(r.person_id, r.split, r.camera_id) for r in ds] == [(0, "train", -1), (1, "test", -1)]
+    assert ds[0].captions == ("a person number 0", "walking") and [r.attributes for r in ds] == [None, None]
+    assert (ds[0].noisy_caption, ds[0].noisy_words) == (None, ())
+    assert ds[1].image == str((tmp_path / "imgs" / items[1]["file_path"]).resolve())
+    assert load_split(tmp_path / "reid_raw.json", "all", fmt="cuhk-pedes") == ds
+    assert load_split(tmp_path, "test") == [ds[1]]
 
 
 def test_icfg_rstpreid_ufine_round_trip(tmp_path):
@@ -80,23 +106,23 @@ def test_icfg_rstpreid_ufine_round_trip(tmp_path):
     _png(icfg / "imgs" / "test/0000/0000_001.jpg")
     _write(icfg / "ICFG-PEDES.json", [{"split": "test", "captions": ["tall man"], "file_path": "test/0000/0000_001.jpg",
                                        "processed_tokens": [], "id": 0}])
-    ds = load_person_dataset(icfg)
-    assert ds["person_id"] == [0] and ds["split"] == ["test"] and ds["captions"] == [["tall man"]]
+    (rec,) = load_split(icfg, None)
+    assert (rec.person_id, rec.split, rec.captions) == (0, "test", ("tall man",))
 
     rstp = tmp_path / "rstp"
     _png(rstp / "imgs" / "0007_c14_0031.jpg")
     _write(rstp / "data_captions.json", [{"id": 7, "img_path": "0007_c14_0031.jpg", "split": "val",
                                           "captions": ["first caption", "second caption"]}])
-    ds = load_person_dataset(rstp)
-    assert (ds["person_id"], ds["camera_id"], ds["split"]) == ([7], [14], ["val"])
-    assert ds["captions"] == [["first caption", "second caption"]]
+    (rec,) = load_split(rstp, None)
+    assert (rec.person_id, rec.camera_id, rec.split) == (7, 14, "val")
+    assert rec.captions == ("first caption", "second caption")
 
     ufine = tmp_path / "ufine"
     _png(ufine / "imgs" / "train/3/a.png")
     _write(ufine / "ufine6926_annotations.json", [{"split": "train", "id": 3, "file_path": "train/3/a.png",
                                                    "captions": ["a very detailed caption"]}])
-    ds = load_person_dataset(ufine)
-    assert ds["person_id"] == [3] and Path(ds["image"][0]).is_file()
+    (rec,) = load_split(ufine, None)
+    assert rec.person_id == 3 and Path(rec.image).is_file()
 
 
 def test_missing_images_are_skipped_and_counted(tmp_path, caplog):
@@ -104,15 +130,13 @@ def test_missing_images_are_skipped_and_counted(tmp_path, caplog):
     (tmp_path / "imgs" / items[1]["file_path"]).unlink()
     _write(tmp_path / "reid_raw.json", items)
     with caplog.at_level(logging.WARNING):
-        ds = load_person_dataset(tmp_path)
-    assert ds["person_id"] == [0, 2]
-    assert load_report(ds) == {"source": str(tmp_path / "reid_raw.json"), "format": "cuhk-pedes", "records": 2,
-                               "skipped_missing_images": 1}
-    assert "skipped 1 of 3" in caplog.text
+        ds = load_split(tmp_path, None)
+    assert [r.person_id for r in ds] == [0, 2]
+    assert f"{tmp_path / 'reid_raw.json'}: skipped 1 of 3 records whose image file is missing" in caplog.text
     for it in items:
         (tmp_path / "imgs" / it["file_path"]).unlink(missing_ok=True)
     with pytest.raises(LineupError, match="none of the 3 images"):
-        load_person_dataset(tmp_path)
+        load_split(tmp_path, None)
 
 
 def test_malformed_files_name_file_and_field(tmp_path):
@@ -120,22 +144,22 @@ def test_malformed_files_name_file_and_field(tmp_path):
     del items[1]["captions"]
     _write(tmp_path / "reid_raw.json", items)
     with pytest.raises(LineupError, match=r"reid_raw.json: item 1 has no 'captions' field — is this a CUHK-PEDES"):
-        load_person_dataset(tmp_path)
+        load_split(tmp_path, None)
     _write(tmp_path / "reid_raw.json", {"not": "a list"})
     with pytest.raises(LineupError, match="reid_raw.json: expected a JSON list"):
-        load_person_dataset(tmp_path)
+        load_split(tmp_path, None)
     (tmp_path / "reid_raw.json").write_text("[{oops")
     with pytest.raises(LineupError, match="reid_raw.json: not valid JSON"):
-        load_person_dataset(tmp_path)
+        load_split(tmp_path, None)
     items = _cuhk(tmp_path)
     items[0]["id"] = "seven"
     _write(tmp_path / "reid_raw.json", items)
     with pytest.raises(LineupError, match="item 0 field 'id' must be an integer"):
-        load_person_dataset(tmp_path)
+        load_split(tmp_path, None)
     with pytest.raises(LineupError, match="valid: auto, world"):
-        load_person_dataset(tmp_path, fmt="market1501")
+        load_split(tmp_path, None, fmt="market1501")
     with pytest.raises(LineupError, match="no annotations.jsonl"):
-        load_person_dataset(tmp_path / "imgs")
+        load_split(tmp_path / "imgs", None)
 
 
 def test_cirr_round_trip(tmp_path):
@@ -153,28 +177,29 @@ def test_cirr_round_trip(tmp_path):
     _write(tmp_path / "image_splits" / "split.rc2.test1.json", {})
     _write(tmp_path / "captions" / "cap.rc2.test1.json", [{"pairid": 9, "reference": "x", "caption": "hidden"}])
     ds = load_triplets(tmp_path)
-    assert set(ds.column_names) == TRIPLET_COLUMNS and len(ds) == 2  # test1 has no targets
-    assert ds["modification"] == ["make it red", "two dogs instead"] and ds["split"] == ["val", "val"]
-    assert ds["reference"][0] == str((tmp_path / "dev/dev-1-0-img0.png").resolve())
+    assert len(ds) == 2  # test1 has no targets
+    assert [t.modification for t in ds] == ["make it red", "two dogs instead"] and {t.split for t in ds} == {"val"}
+    assert ds[0].reference == str((tmp_path / "dev/dev-1-0-img0.png").resolve())
     # ids number distinct images: dev-1-0-img0 is the first reference and the second target
-    assert ds["reference_id"][0] == ds["target_id"][1] and ds["reference_id"][0] != ds["target_id"][0]
+    assert ds[0].reference_id == ds[1].target_id and ds[0].reference_id != ds[0].target_id
     bad = [{"pairid": 0, "reference": "dev-1-0-img0", "target_hard": "nope", "caption": "c"}]
     _write(tmp_path / "captions" / "cap.rc2.val.json", bad)
     with pytest.raises(LineupError, match="'nope', which split.rc2.val.json does not list"):
         load_triplets(tmp_path, fmt="cirr")
 
 
-def test_fashioniq_round_trip(tmp_path):
+def test_fashioniq_round_trip(tmp_path, caplog):
     for name in ("B001", "B002", "B003"):
         _png(tmp_path / "images" / f"{name}.png")
     _write(tmp_path / "captions" / "cap.dress.train.json", [
         {"candidate": "B001", "target": "B002", "captions": ["is blue", "has short sleeves."]},
         {"candidate": "B003", "target": "B999", "captions": ["is longer", "is red"]},  # target image missing
     ])
-    ds = load_triplets(tmp_path)
-    assert len(ds) == 1 and ds["modification"] == ["is blue and has short sleeves"]
-    assert ds["target"][0] == str((tmp_path / "images" / "B002.png").resolve()) and ds["split"] == ["train"]
-    assert load_report(ds)["skipped_missing_images"] == 1
+    with caplog.at_level(logging.WARNING):
+        (t,) = load_triplets(tmp_path)
+    assert t.modification == "is blue and has short sleeves"
+    assert t.target == str((tmp_path / "images" / "B002.png").resolve()) and t.split == "train"
+    assert "skipped 1 of 2 records" in caplog.text
     _write(tmp_path / "captions" / "cap.dress.train.json", [{"candidate": "B001", "target": "B002"}])
     with pytest.raises(LineupError, match="cap.dress.train.json: item 0 has no 'captions' field — is this a FashionIQ"):
         load_triplets(tmp_path)

@@ -132,3 +132,31 @@ def test_estimated_word_noise_finds_wrong_colour_words():
     for s, w in zip(scores, wrong):
         if w:
             assert s[4] > s[7]
+
+
+def test_nam_and_the_word_patch_loss_see_the_same_words():
+    """Both split captions with `finetune.data.text.words`: "shirt." / "Shirt," / "shirt" are one word for NAM's
+    calibration (word i of caption a is compared with the other occurrences of its word) and for the word–patch
+    loss's positives (word i of caption a is positive for image b when b's text uses that word)."""
+    from finetune.data.text import words
+    from finetune.losses import caption_word_positives
+
+    captions = ["A red shirt.", "a red SHIRT, blue shoes", "Red shoes; no shirt!", "the (blue) bag"]
+    split = [words(c) for c in captions]
+    assert split[0] == ["a", "red", "shirt"] and split[3] == ["the", "blue", "bag"]
+    width = max(map(len, split))
+    word_ids = torch.tensor([list(range(len(ws))) + [-1] * (width - len(ws)) for ws in split])
+    positives = caption_word_positives(captions, word_ids)
+    for a, ws in enumerate(split):
+        for i in range(len(ws)):
+            impulse = [np.zeros(len(w)) for w in split]
+            impulse[a][i] = 1.0  # NAM: only occurrences of the same word move when this one does
+            calibrated = calibrate(captions, impulse)
+            for b in range(len(captions)):
+                if b == a:
+                    continue
+                nam_same = bool(np.any(calibrated[b] != 0))
+                assert nam_same == bool(positives[a, i, b]), (captions[a], ws[i], captions[b])
+    assert positives[0, 2].tolist() == [True, True, True, False]  # "shirt." is the shirt of captions 1 and 2
+    cal = calibrate(captions[:3], [np.array([0, 0, 1.0]), np.array([0, 0, 0.0, 0, 0]), np.array([0, 0, 0, 0.5])])
+    assert cal[0][2] == pytest.approx(0.5) and cal[1][2] == pytest.approx(-0.5)  # one mean over all three

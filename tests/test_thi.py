@@ -20,7 +20,7 @@ def world(tmp_path_factory):
     engine = SearchEngine(emb, open_store(url=":memory:"), "g")
     engine.index_images(records)
     engine.cache_answers(BANK)  # the fake "MLLM" answers from the person's attributes
-    by_pid = {r["person_id"]: r["attributes"] for r in records}
+    by_pid = {r.person_id: r.attributes for r in records}
     # vague queries: only gender + top colour, so several people tie at round 0
     queries = [{"text": caption(a, ["gender", "upper_color"]), "person_id": pid, "attributes": a}
                for pid, a in sorted(by_pid.items())]

@@ -80,15 +80,16 @@ def test_stage0_judgement_pairs_are_balanced_and_true(tiny_world):
     pair shows two identities; the questions are the embedder config's."""
     import random
 
+    from finetune.data import words
     from finetune.stage0 import Judgements, _foreign_words, split_people
     from mllm_embed import EmbedderConfig
 
     config = EmbedderConfig()
     people = split_people(Path(tiny_world), "train")
     judge = Judgements(people, config)
-    by_image = {p["image"]: p for p in people}
-    assert all(not _foreign_words(p["attributes"]) & {w.strip(".,;:").lower() for w in c.split()}
-               for p in people for c in p["captions"])  # own captions are never judged false
+    by_image = {p.image: p for p in people}
+    assert all(not _foreign_words(p.attributes) & set(words(c))
+               for p in people for c in p.captions)  # own captions are never judged false
     rng = random.Random(0)
     match, same = judge.match(200, rng), judge.same(200, rng)
     for pairs in (match, same):
@@ -101,15 +102,15 @@ def test_stage0_judgement_pairs_are_balanced_and_true(tiny_world):
         person = by_image[image]
         assert question.startswith(prefix) and question.endswith(suffix)
         if answer == "yes":
-            assert caption in person["captions"]
+            assert caption in person.captions
         else:
-            words = {w.strip(".,;:").lower() for w in caption.split()}
-            assert caption == person["noisy"] or words & _foreign_words(person["attributes"]), caption
+            wrong = person.noisy_caption if person.noisy_words else None
+            assert caption == wrong or set(words(caption)) & _foreign_words(person.attributes), caption
     for (a, b), question, answer, _ in same:
         assert question == config.verify_question and a != b
         left, right = by_image[a], by_image[b]
-        assert (left["person_id"] == right["person_id"]) == (answer == "yes")
-        assert answer == "no" or left["camera_id"] != right["camera_id"]
+        assert (left.person_id == right.person_id) == (answer == "yes")
+        assert answer == "no" or left.camera_id != right.camera_id
 
 
 def test_judge_accuracy_is_balanced_and_stage0_reports_it(tiny_base):

@@ -71,7 +71,8 @@ def test_epoch_evaluation_reports_the_retrieval_protocols_under_flat_keys(tmp_pa
                    "comp_id_R1": comp["R@1"], "comp_id_mAP": comp["mAP"]}
     assert got["t2i_R1"] == 62.5  # every caption queries: the 3 second captions pointing at c0 miss (first only: 100)
     assert (got["comp_R@1"], got["comp_R@5"], got["comp_id_R1"]) == (0.0, 100.0, pytest.approx(200 / 3))
-    no_cam = evaluate(emb, [dict(r, camera_id=-1) if i == 0 else r for i, r in enumerate(records)], triplets)
+    no_cam = evaluate(emb, [dataclasses.replace(r, camera_id=-1) if i == 0 else r for i, r in enumerate(records)],
+                      triplets)
     assert no_cam["i2i_R1"] >= got["i2i_R1"] and "comp_id_mAP" in no_cam  # unknown camera: only self excluded
     assert not any(k.startswith("comp") for k in evaluate(emb, records, triplets[3:]))  # target person absent
 
@@ -161,9 +162,8 @@ def test_nam_training_estimates_noise_for_every_caption_each_epoch(tiny_base, ti
     train("stage1", cfg)
     state = torch.load(tmp_path / "checkpoint-3" / "trainer_state.pt", weights_only=False)
     noise = dict(state["masker"]["noise"])
-    annotations = [json.loads(x) for x in (tiny_world / "annotations.jsonl").read_text().splitlines()]
-    train_rows = [a for a in annotations if a["split"] == "train"]
-    assert len(noise) == sum(len(a["captions"]) + bool(a["noisy_caption"]) for a in train_rows)
+    train_rows = load_split(tiny_world, "train")
+    assert len(noise) == sum(len(r.captions) + bool(r.noisy_caption) for r in train_rows)
     assert any(k[1] == -1 for k in noise)  # the noisy captions were scored too
     assert all(np.isfinite(v).all() for v in noise.values())
     saved = json.loads((tmp_path / "adapter" / "lineup_embedder.json").read_text())
@@ -175,11 +175,12 @@ def test_identity_loss_lifts_image_reid_on_people_never_seen(tiny_base, tiny_wor
     alone, same steps; image→image (cross-camera) on a second world whose 40 people were never trained on.
     Measured: mAP 12.6 vs 4.3, Rank-1 10.0 vs 0.6 (chance mAP about 4)."""
     from finetune.data.world import WorldConfig, generate_world
-    from finetune.train import _records, evaluate
+    from finetune.data import load_split
+    from finetune.train import evaluate
 
     unseen = generate_world(tmp_path / "unseen", WorldConfig(identities=40, images_per_id=4, seed=99,
                                                            val_fraction=0.0, test_fraction=0.9))
-    records = [r for split in ("train", "test") for r in _records(_cfg("", unseen, ""), split)]
+    records = [r for split in ("train", "test") for r in load_split(unseen, split)]
     plain = train("stage1", _cfg(tiny_base, tiny_world, tmp_path / "plain", epochs=40, identity_loss=None))
     score = {name: evaluate(load_embedder(tiny_base, adapter=a), records)
              for name, a in (("supcon", tiny_adapter), ("plain", plain))}
@@ -219,9 +220,9 @@ def test_word_grounding_makes_nam_find_injected_wrong_words(tiny_base, tiny_worl
     with AUC > 0.7 (measured: base 0.53, 60 epochs 0.74; on the benchmark world LoRA on the vision tower
     stops near 0.65)."""
     from finetune import nam
-    from finetune.train import _records
+    from finetune.data import load_split
 
-    records = _records(_cfg(tiny_base, tiny_world, tmp_path), "train")
+    records = load_split(tiny_world, "train")
     base_auc = nam.detection_auc(load_embedder(tiny_base), records, layer=0, joint=False)
     adapter = train("stage1", _cfg(tiny_base, tiny_world, tmp_path, epochs=60, word_patch_weight=5.0,
                                    word_patch_level="word", nam_layer=0, token_embeddings="full", lora_vision="full"))

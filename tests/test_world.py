@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from finetune.data import read_jsonl, words
 from finetune.data.render import COLORS
 from finetune.data.world import (
     ATTRIBUTES,
@@ -25,7 +26,7 @@ from finetune.data.world import (
 
 
 def _rows(path: Path, name: str) -> list[dict]:
-    return [json.loads(line) for line in (path / name).read_text().splitlines()]
+    return read_jsonl(path / name)
 
 
 def _words(attr: str, value: str) -> set[str]:
@@ -141,7 +142,7 @@ def test_captions_state_only_true_colours(world):
         a = r["attributes"]
         true = {w for k in color_attrs for w in _words(k, a[k])}
         for c in r["captions"]:
-            said = {w.strip(".,;:").lower() for w in c.split()} & vocab
+            said = set(words(c)) & vocab
             assert said <= true, (c, a)
 
 
@@ -160,14 +161,14 @@ def test_noisy_words_point_at_really_wrong_words(world):
     assert 0.15 < len(noisy) / len(world["annotations"]) < 0.45  # noise_rate 0.3
     for r in noisy:
         a = r["attributes"]
-        words = r["noisy_caption"].split()
-        assert r["noisy_words"] and max(r["noisy_words"]) < len(words)
+        said = words(r["noisy_caption"])  # noisy_words index these
+        assert r["noisy_words"] and max(r["noisy_words"]) < len(said)
         for i in r["noisy_words"]:
-            w = words[i].strip(".,;:").lower()
+            w = said[i]
             # some attribute's wrong value uses this word while its true value never does
             assert any(w in _words(k, v) and w not in _words(k, a[k])
                        for k in VALUE_PHRASES for v in ATTRIBUTES[k] if v != a[k]), (w, r)
-        unflagged = [words[i].strip(".,;:").lower() for i in range(len(words)) if i not in r["noisy_words"]]
+        unflagged = [w for i, w in enumerate(said) if i not in r["noisy_words"]]
         colours = {c for c in COLORS}
         true_colours = {a[k] for k in ("upper_color", "lower_color", "shoes_color", "bag_color")}
         # a colour word that is left unflagged must be one the person really has somewhere
