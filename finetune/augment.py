@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.data.text import words
 from mllm_embed.errors import LineupError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def caption_images(
             attrs, n_unknown = answers_to_attributes(answers)
             unknown += n_unknown
             free = embedder.answer(image, DESCRIBE_PROMPT, max_new_tokens)
-            captions = ([free] if len(free.split()) >= 3 else []) + [describe(attrs, rng, t) for t in chosen]
+            captions = ([free] if len(words(free)) >= 3 else []) + [describe(attrs, rng, t) for t in chosen]
         out.append([c for c in captions if c.strip()])
         if progress:
             progress(1)
