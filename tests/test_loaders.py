@@ -226,3 +226,21 @@ def test_fashioniq_benchmark_gallery_is_the_category_split(tmp_path):
     _write(tmp_path / "image_splits" / "split.dress.test.json", ["B001"])
     with pytest.raises(LineupError, match="hides its targets"):
         load_fashioniq_benchmark(tmp_path, "dress", "test")
+
+
+def test_the_data_layer_imports_nothing_above_it():
+    """finetune.data is the lowest layer: no training, retrieval or CLI module, and no torch beyond what
+    `mllm_embed.errors` (its one import from outside) brings."""
+    import subprocess
+    import sys
+
+    def loaded(*modules: str) -> set[str]:
+        code = f"import sys; import {', '.join(modules)}; print(' '.join(sys.modules))"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[1])
+        return set(out.stdout.split())
+
+    data = loaded("finetune.data", "finetune.data.world")
+    assert not {m for m in data if m.split(".")[0] in ("retrieval", "cli", "datasets")}
+    assert not {m for m in data if m.startswith("finetune.") and not m.startswith("finetune.data")}
+    assert "torch" not in data or "torch" in loaded("mllm_embed.errors")
