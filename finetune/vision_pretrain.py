@@ -21,46 +21,17 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from finetune.config import VisionPretrainConfig
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "vision_pretrain.json"
-
-
-@dataclass(frozen=True)
-class VisionPretrainConfig:
-    """Vision pre-training settings."""
-
-    steps: int = field(default=900, metadata={"help": "optimizer steps per cycle"})
-    cycles: int = field(default=3, metadata={
-        "help": "warm restarts: each cycle runs its own warmup + cosine schedule with fresh attribute heads on the "
-                "tower the previous cycle left (a from-scratch ViT learns colours in the first, shapes later)"})
-    identities_per_batch: int = field(default=12, metadata={"help": "P: identities per batch"})
-    images_per_identity: int = field(default=4, metadata={"help": "K: images of each identity per batch"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (warmup, cosine decay)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
-    identity_weight: float = field(default=1.0, metadata={"help": "weight of the SupCon identity loss"})
-    temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
-    eval_images: int = field(default=800, metadata={"help": "held-out (val + test) images scored at the end"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-
-    def __post_init__(self):
-        for name in ("steps", "cycles", "identities_per_batch", "images_per_identity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"VisionPretrainConfig.{name} must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.identity_weight < 0:
-            raise ValueError("VisionPretrainConfig.lr must be > 0, weight_decay and identity_weight >= 0")
-
-    @classmethod
-    def for_tests(cls) -> VisionPretrainConfig:
-        return cls(steps=15, cycles=1, identities_per_batch=4, images_per_identity=2, warmup_steps=3, eval_images=32)
 
 
 def _people(world_dir: Path, splits: tuple[str, ...]) -> list[dict]:
