@@ -9,7 +9,8 @@ import shutil
 import torch
 from safetensors.torch import load_file
 
-from finetune.train import TrainConfig, _Data
+from finetune.config import TrainConfig
+from finetune.train import _Data
 from finetune.vision_pretrain import VisionPretrainConfig, pretrain_vision
 
 
@@ -31,8 +32,8 @@ def test_vision_pretraining_lowers_its_loss_and_changes_only_the_tower(tiny_base
 
 def test_hard_negative_batches_hold_one_edit_neighbours(tiny_base, tiny_world, tmp_path):
     def neighbour_pairs(hard: bool) -> int:
-        cfg = TrainConfig(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(tmp_path), ids_per_batch=4,
-                          hard_negatives=hard)
+        cfg = TrainConfig.of(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(tmp_path), ids_per_batch=4,
+                             hard_negatives=hard)
         data = _Data("stage1", cfg)
         assert data.neighbours  # the world's composed triplets link one-edit neighbours in the train split
         pairs = 0
