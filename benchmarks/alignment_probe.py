@@ -25,7 +25,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.train import TrainConfig, _records  # noqa: E402
+from finetune.config import BatchConfig  # noqa: E402
+from finetune.train import _records  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 
 ATTRIBUTES = ("gender", "upper_color", "lower_color", "hair_color", "bag")
@@ -62,7 +63,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "alignment_probe.json"))
     args = ap.parse_args()
     started = time.time()
-    cfg = TrainConfig(base_model="", data=args.world, output_dir="")
+    cfg = BatchConfig(data=args.world)
     train, test = _records(cfg, "train")[: args.train], _records(cfg, "test")[: args.test]
     labels = {a: ([r["attributes"][a] for r in train], [r["attributes"][a] for r in test]) for a in ATTRIBUTES}
     rows = {"majority": {a: max(te.count(v) for v in set(te)) / len(te) for a, (_, te) in labels.items()},

@@ -33,7 +33,8 @@ from cli.ui import metrics_table  # noqa: E402
 from finetune import nam  # noqa: E402
 from finetune.data.world import WorldConfig, generate_world  # noqa: E402
 from finetune.stage0 import Stage0Config, pretrain  # noqa: E402
-from finetune.train import TrainConfig, _records, evaluate_split, train  # noqa: E402
+from finetune.config import BatchConfig, TrainConfig  # noqa: E402
+from finetune.train import _records, evaluate_split, train  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
@@ -65,7 +66,7 @@ def main() -> None:
 
     def run(name: str, stage: str, **kw) -> Path:
         t0 = time.time()
-        adapter = train(stage, TrainConfig(output_dir=str(work / name.replace(" ", "_")), **{**common, **kw}))
+        adapter = train(stage, TrainConfig.of(output_dir=str(work / name.replace(" ", "_")), **{**common, **kw}))
         rows[name] = evaluate_split(load_embedder(base, adapter=adapter), world, "test")
         timings[name] = round(time.time() - t0, 1)
         console.log(f"{name}: {rows[name]} ({timings[name]} s)")
@@ -94,7 +95,7 @@ def main() -> None:
             mask_mode=mode, mask_rate=0.2, **ground)
 
     # NAM's wrong-word detection on 2 freshly corrupted captions per train image (calibrated scores)
-    train_records = _records(TrainConfig(base_model="", data=str(world), output_dir=""), "train")
+    train_records = _records(BatchConfig(data=str(world)), "train")
     s1_embedder, wp_embedder = load_embedder(base, adapter=s1), load_embedder(base, adapter=wp)
     grounded_embedder = load_embedder(base, adapter=grounded)
     auc = {name: 100 * nam.detection_auc(emb, train_records, layer, joint) for name, emb, layer, joint in [

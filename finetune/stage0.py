@@ -79,9 +79,10 @@ def _differences(a: dict, b: dict) -> int:
 def split_people(world_dir: Path, split: str) -> list[dict]:
     """One split's images with attributes, captions and the world's noisy caption (None unless it names a
     wrong value) for judgement pairs; images without attributes are left out."""
-    from finetune.train import TrainConfig, _records  # the records with parsed attributes and noisy captions
+    from finetune.config import BatchConfig
+    from finetune.train import _records  # the records with parsed attributes and noisy captions
 
-    rows = _records(TrainConfig(base_model="", data=str(world_dir), output_dir=""), split)
+    rows = _records(BatchConfig(data=str(world_dir)), split)
     return [{"image": r["image"], "person_id": r["person_id"], "camera_id": r["camera_id"], "captions": r["captions"],
              "attributes": r["attributes"], "noisy": r["noisy_caption"] if r["noisy_words"] else None}
             for r in rows if r["attributes"]]
