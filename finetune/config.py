@@ -396,6 +396,7 @@ class VisionPretrainConfig:
     identity_weight: float = field(default=1.0, metadata={"help": "weight of the SupCon identity loss"})
     temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
     eval_images: int = field(default=800, metadata={"help": "held-out (val + test) images scored at the end"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only between cycles)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
     def __post_init__(self):
@@ -410,6 +411,7 @@ class VisionPretrainConfig:
             ("identity_weight", self.identity_weight >= 0, "must be >= 0"),
             ("temperature", self.temperature > 0, "must be > 0"),
             ("eval_images", self.eval_images >= 0, "must be >= 0"),
+            ("save_every", self.save_every >= 0, "must be >= 0"),
         ])
 
     @classmethod
