@@ -27,8 +27,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: set[str], title:
             if f.name in skip:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            kw = dict(dest=f.name, default=argparse.SUPPRESS,
-                      help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"))
+            kw = {"dest": f.name, "default": argparse.SUPPRESS,
+                  "help": f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")}
             if isinstance(default, bool):
                 group.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
             elif isinstance(default, tuple):

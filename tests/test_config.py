@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from cli.main import main
-from finetune.config import RECIPES, BootstrapConfig, Stage0Config, TrainConfig, VisionPretrainConfig
+from finetune.config import (RECIPES, BootstrapConfig, Stage0Config, TrainConfig, VisionPretrainConfig,
+                             load_recipe)
 from mllm_embed.errors import LineupError
 
 
@@ -32,8 +33,13 @@ def test_lora_shape_with_a_continued_adapter_is_one_clear_line():
 
 
 def test_recipes_load_and_unknown_keys_name_the_key(tmp_path):
-    for stage in ("stage1", "stage2"):
-        TrainConfig.from_recipe(RECIPES / f"demo-{stage}.yaml", stage)
+    shipped = sorted(RECIPES.glob("*.yaml"))
+    assert {"demo-stage1.yaml", "demo-stage2.yaml", "bootstrap.yaml", "bootstrap-test.yaml"} <= {p.name for p in shipped}
+    for path in shipped:  # every shipped recipe loads and validates
+        if path.name.startswith("bootstrap"):
+            BootstrapConfig.from_dict(load_recipe(path), source=path.name)
+        else:
+            TrainConfig.from_recipe(path, load_recipe(path)["stage"])
     assert BootstrapConfig.recipe("test").stage0 == Stage0Config.for_tests()
     assert BootstrapConfig.recipe("tiny").vision == VisionPretrainConfig()
     bad = tmp_path / "bad.yaml"

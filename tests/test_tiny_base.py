@@ -154,7 +154,9 @@ def test_killed_stage0_resumes_to_the_same_loss_curve_and_weights(tiny_base, tin
     class Kill(Exception):
         pass
 
-    def kill_at_4(n: int, seen=[]):
+    seen = []
+
+    def kill_at_4(n: int):
         seen.append(n)
         if len(seen) == 4:
             raise Kill
