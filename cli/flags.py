@@ -21,7 +21,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: set[str], title:
     from finetune.config import flag
 
     for section, kind in _sections(cls).items():
-        doc = (kind.__doc__ or "").strip().splitlines()[0]
+        doc = (kind.__doc__ or "").strip().splitlines()[0].rstrip(".")
         group = parser.add_argument_group(f"{title}: {section} — {doc}" if section else title)
         for f in dataclasses.fields(kind):
             if f.name in skip:
