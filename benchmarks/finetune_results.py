@@ -34,7 +34,8 @@ from finetune import nam  # noqa: E402
 from finetune.data import load_split  # noqa: E402
 from finetune.data.world import WorldConfig, generate_world  # noqa: E402
 from finetune.stage0 import Stage0Config, pretrain  # noqa: E402
-from finetune.train import TrainConfig, evaluate_split, train  # noqa: E402
+from finetune.config import RECIPES, TrainConfig  # noqa: E402
+from finetune.train import evaluate_split, train  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
@@ -44,8 +45,8 @@ KEYS = ("t2i_R1", "t2i_mAP", "i2i_R1", "i2i_mAP", "comp_R@1", "comp_R@5", "comp_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=72)
-    parser.add_argument("--epochs", type=int, default=25, help="stage-1 epochs (stage 2 gets as many steps)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=None, help="stage-1 epochs (default: recipes/bench-finetune.yaml's)")
+    parser.add_argument("--lr", type=float, default=None, help="default: recipes/bench-finetune.yaml's")
     parser.add_argument("--work", default="/tmp/lineup-finetune-bench")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "finetune_results.json"))
     args = parser.parse_args()
@@ -59,14 +60,17 @@ def main() -> None:
         build_tiny_base(world, base, size="test")
         pretrain(base, world, Stage0Config.for_tests())
 
-    common = {"base_model": str(base), "data": str(world), "eval_split": "", "epochs": args.epochs,
-              "lora_vision": "all", "identity_loss": "supcon", "lr": args.lr}
+    recipe = TrainConfig.from_recipe(RECIPES / "bench-finetune.yaml", "stage1").with_overrides(
+        {"base_model": str(base), "data": str(world),
+         **{k: v for k, v in (("epochs", args.epochs), ("lr", args.lr)) if v is not None}})
+    epochs = recipe.schedule.epochs
+    grounding = TrainConfig.from_recipe(RECIPES / "word-grounding.yaml", "stage1")
     rows: dict[str, dict] = {}
     timings: dict[str, float] = {}
 
     def run(name: str, stage: str, **kw) -> Path:
         t0 = time.time()
-        adapter = train(stage, TrainConfig(output_dir=str(work / name.replace(" ", "_")), **{**common, **kw}))
+        adapter = train(stage, recipe.with_overrides({"output_dir": str(work / name.replace(" ", "_")), **kw}))
         rows[name] = evaluate_split(load_embedder(base, adapter=adapter), world, "test")
         timings[name] = round(time.time() - t0, 1)
         console.log(f"{name}: {rows[name]} ({timings[name]} s)")
@@ -81,14 +85,16 @@ def main() -> None:
     run("stage 1, common instruction", "stage1", prompt_style="common")
     fine = {"word_patch_weight": 0.5, "token_embeddings": "full", "nam_joint": False}
     wp = run("stage 1, word–patch loss", "stage1", **fine)
-    run("stage 1, 3× epochs", "stage1", epochs=3 * args.epochs)
-    run("stage 1, word–patch loss, 3× epochs", "stage1", epochs=3 * args.epochs, **fine)
+    run("stage 1, 3× epochs", "stage1", epochs=3 * epochs)
+    run("stage 1, word–patch loss, 3× epochs", "stage1", epochs=3 * epochs, **fine)
     for mode in ("none", "uniform", "nam"):
         run(f"noisy captions, mask {mode}", "stage1", noisy_caption_prob=1.0, mask_mode=mode, mask_rate=0.2)
     run("noisy captions, mask nam, word–patch", "stage1", noisy_caption_prob=1.0, mask_mode="nam", mask_rate=0.2, **fine)
     # word-level grounding on the input layer NAM reads, vision tower trained in full
-    ground = {"epochs": 3 * args.epochs, "word_patch_weight": 5.0, "word_patch_level": "word", "nam_layer": 0,
-              "nam_joint": False, "token_embeddings": "full", "lora_vision": "full"}
+    g = grounding
+    ground = {"epochs": 3 * epochs, "word_patch_weight": g.loss.word_patch_weight, "word_patch_level": g.loss.word_patch_level,
+              "nam_layer": g.augment.nam_layer, "nam_joint": g.augment.nam_joint,
+              "token_embeddings": g.model.token_embeddings, "lora_vision": g.model.lora_vision}
     grounded = run("stage 1, word grounding, 3× epochs", "stage1", **ground)
     for mode in ("none", "uniform", "nam"):
         run(f"noisy captions, mask {mode}, word grounding, 3× epochs", "stage1", noisy_caption_prob=1.0,
@@ -110,7 +116,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"world": {"identities": args.identities, "images_per_id": 4, "seed": 11},
-                               "base": "tiny 'test' size, Stage0Config.for_tests()", "train": common,
+                               "base": "tiny 'test' size, Stage0Config.for_tests()", "train": recipe.to_dict(),
                                "results": rows, "nam_auc": auc, "train_seconds": timings,
                                "total_seconds": round(time.time() - started, 1),
                                "machine": platform.processor() or platform.machine()}, indent=2))

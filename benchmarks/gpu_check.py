@@ -33,7 +33,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.losses import Temperature, contrastive_loss  # noqa: E402
-from finetune.train import TrainConfig, _lora_config  # noqa: E402
+from finetune.config import ModelConfig  # noqa: E402
+from finetune.train import _lora_config  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 
 TEXTS = ["a woman in a red coat and black trousers carrying a white handbag", "a man with a blue backpack",
@@ -97,7 +98,7 @@ def throughput(model_dir, device, dtype, batch, n, repeats) -> dict:
 
 
 def stage1_step(model_dir, device, dtype, ids, steps, checkpointing=False, quantization=None) -> dict:
-    cfg = TrainConfig(base_model=str(model_dir), data="", output_dir="", quantization=quantization)
+    cfg = ModelConfig(base_model=str(model_dir), quantization=quantization)
     emb = load_embedder(model_dir, device=device, dtype=dtype, quantization=quantization)
     emb.add_adapter(_lora_config(cfg))
     if checkpointing:

@@ -326,20 +326,28 @@ def cmd_batch(args, project: Project) -> int:
 
 
 def cmd_train(args, project: Project) -> int:
-    from cli.main import TRAIN_EXPLICIT, dataclass_overrides
-    from finetune.train import TrainConfig
+    """A recipe file (--config) if given, then every flag set on top of it, validated once."""
+    from finetune.config import TrainConfig
 
-    base = _base_model(args, project)
-    init = args.adapter
+    from cli.flags import TRAIN_EXPLICIT, config_overrides
+
+    recipe = TrainConfig.from_recipe(args.config, args.stage) if args.config else TrainConfig()
+    model = recipe.model
+    init = args.adapter or model.init_adapter
     if init is None and args.stage == "stage2" and (project.adapter("stage1") / "lineup_embedder.json").exists():
         init = str(project.adapter("stage1"))
-    try:
-        cfg = TrainConfig(base_model=base, data=str(args.dataset or _world(args, project)),
-                          output_dir=str(args.out or project.run(args.stage)), init_adapter=init,
-                          quantization=args.quantization, prompt_style=args.prompt_style,
-                          **dataclass_overrides(TrainConfig, args, TRAIN_EXPLICIT))
-    except ValueError as err:
-        raise LineupError(f"{err} — see `lineup train --help`") from None
+    if args.dataset or (recipe.batches.data and not args.world):
+        data = str(args.dataset or recipe.batches.data)
+    else:
+        data = str(_world(args, project))
+    explicit = {
+        "base_model": model.base_model if args.model is None and model.base_model else _base_model(args, project),
+        "data": data,
+        "output_dir": str(args.out or recipe.run.output_dir or project.run(args.stage)),
+        "init_adapter": init,
+        "quantization": args.quantization or model.quantization,
+        "prompt_style": args.prompt_style or model.prompt_style}
+    cfg = recipe.with_overrides({**config_overrides(TrainConfig, args, TRAIN_EXPLICIT), **explicit})
     adapter = run_training(args.stage, cfg)
     console.print(f"adapter saved: {adapter}")
     return 0
@@ -357,7 +365,7 @@ def run_training(stage: str, cfg) -> Path:
             elif event["event"] == "eval":
                 metrics = " · ".join(f"{k} {v:.1f}" for k, v in event.items()
                                      if k not in ("event", "step", "epoch") and isinstance(v, float))
-                console.print(f"[dim]{stage} epoch {event['epoch']} ({cfg.eval_split}):[/] {metrics}")
+                console.print(f"[dim]{stage} epoch {event['epoch']} ({cfg.run.eval_split}):[/] {metrics}")
 
         return train(stage, cfg, callback=callback)
 

@@ -27,12 +27,8 @@ class DemoConfig:
     images_per_id: int = field(default=6, metadata={"help": "images per identity"})
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
     stage0_epochs: int | None = field(default=None, metadata={"help": "stage-0 epochs (None: the recipe's)"})
-    stage1_epochs: int = field(default=30, metadata={"help": "stage-1 epochs (about 14 steps each at 160 identities)"})
-    hard_negatives: bool = field(default=True, metadata={"help": "one-edit neighbours share stage-1 batches (TrainConfig)"})
-    # the from-scratch base never trained its word vectors to meet image features; a real checkpoint's were
-    token_embeddings: str = field(default="full", metadata={"help": "stage 1: frozen, lora or full (TrainConfig)"})
-    word_patch_weight: float = field(default=0.5, metadata={"help": "stage-1 word–patch alignment loss weight (TrainConfig)"})
-    stage2_epochs: int = field(default=3, metadata={"help": "stage-2 epochs (each also replays two stage-1 batches per triplet batch)"})
+    stage1_epochs: int | None = field(default=None, metadata={"help": "stage-1 epochs (None: recipes/demo-stage1.yaml's)"})
+    stage2_epochs: int | None = field(default=None, metadata={"help": "stage-2 epochs (None: recipes/demo-stage2.yaml's)"})
     thi_rounds: int = field(default=3, metadata={"help": "THI rounds evaluated"})
     thi_queries: int = field(default=60, metadata={"help": "THI evaluation queries"})
 
@@ -52,7 +48,7 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     from finetune.data.world import QUESTION_BANK, WorldConfig, generate_world
     from finetune.bootstrap import bootstrap_base
     from finetune.stage0 import DONE_FILE
-    from finetune.train import TrainConfig
+    from finetune.config import RECIPES, TrainConfig
     from mllm_embed import load_embedder
     from mllm_embed.tiny import SHIPPED_BASES
     from retrieval.engine import SearchEngine
@@ -87,11 +83,9 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
         _step(f"{'3' if stage == 'stage1' else '4'}/6 {stage} LoRA fine-tune")
         if not (project.adapter(stage) / "lineup_embedder.json").exists():
             init = str(project.adapter("stage1")) if stage == "stage2" else None
-            run_training(stage, TrainConfig(base_model=str(project.model), data=str(project.world),
-                                            output_dir=str(project.run(stage)), init_adapter=init,
-                                            epochs=epochs, save_every=20, resume=True,
-                                            token_embeddings=cfg.token_embeddings, hard_negatives=cfg.hard_negatives,
-                                            word_patch_weight=cfg.word_patch_weight if stage == "stage1" else 0.0))
+            run_training(stage, TrainConfig.from_recipe(RECIPES / f"demo-{stage}.yaml", stage).with_overrides(
+                {"base_model": str(project.model), "data": str(project.world), "output_dir": str(project.run(stage)),
+                 "init_adapter": init, **({"epochs": epochs} if epochs else {})}))
         console.print(f"adapter: {project.adapter(stage)}")
 
     _step("5/6 index the test gallery into Qdrant, with the MLLM's answers to the THI questions")

@@ -6,7 +6,6 @@ Errors a user can cause (LineupError) print as one red line and exit 2 — never
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -81,36 +80,6 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     where.add_argument("--qdrant-url", default=None, help="a Qdrant server URL instead of the embedded store")
 
 
-def add_dataclass_args(group, cls, skip: set[str]) -> None:
-    """One flag per dataclass field, help from its metadata; absent flags keep the dataclass default."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {default})")
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif isinstance(default, tuple):
-            group.add_argument(flag, nargs="+", **kw)
-        elif isinstance(default, (int, float)):
-            group.add_argument(flag, type=type(default), **kw)
-        else:
-            group.add_argument(flag, **kw)
-
-
-def dataclass_overrides(cls, args: argparse.Namespace, skip: set[str]) -> dict:
-    """The fields of `cls` the user set through the flags `add_dataclass_args` generated (the same `skip`):
-    a field that another flag shares a name with (e.g. `--quantization`) is the command's to pass."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.name not in skip and hasattr(args, f.name)}
-
-
-# TrainConfig fields that `lineup train` sets from its own flags (--model, --world/--dataset, --out, --adapter,
-# --quantization, --prompt-style) rather than from generated ones.
-TRAIN_EXPLICIT = {"base_model", "data", "output_dir", "init_adapter", "quantization", "prompt_style"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lineup",
@@ -142,10 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--dataset", type=Path, default=None, help="a real dataset annotation file or folder instead")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: project adapters/STAGE)")
-    from finetune.train import TrainConfig
+    p.add_argument("--config", type=Path, default=None,
+                   help="a recipe file (YAML, e.g. recipes/demo-stage1.yaml); any flag overrides it")
+    from finetune.config import TrainConfig
 
-    add_dataclass_args(p.add_argument_group("training options (finetune.train.TrainConfig)"), TrainConfig,
-                       skip=TRAIN_EXPLICIT)
+    from cli.flags import TRAIN_EXPLICIT, add_config_args
+
+    add_config_args(p, TrainConfig, skip=TRAIN_EXPLICIT, title="training options (finetune.config.TrainConfig)")
     _add_project(p)
 
     p = sub.add_parser("caption", help="TDE: caption images with diverse templates by the MLLM")

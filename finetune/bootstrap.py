@@ -2,33 +2,31 @@
 
 1. a locally trained tokenizer and a LLaVA-style model built from config (`mllm_embed.tiny`);
 2. vision pre-training of its tower and projector on attributes and identities (`finetune.vision_pretrain`);
-3. stage 0, generative pre-training of projector + LM on captions and VQA (`finetune.stage0`).
-Each step leaves its marker file in the model folder; a re-run skips finished steps.
+3. stage 0, generative pre-training of projector + LM on captions and VQA (`finetune.stage0`), checkpointed and
+   resumed exactly when killed.
+Each step leaves its marker file in the model folder; a re-run skips finished steps. The settings of each size are
+recipe files: recipes/bootstrap.yaml (tiny, small) and recipes/bootstrap-test.yaml.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
+from finetune.config import BootstrapConfig
 from finetune.stage0 import DONE_FILE as STAGE0_DONE
-from finetune.stage0 import Stage0Config, pretrain
+from finetune.stage0 import pretrain
 from finetune.vision_pretrain import DONE_FILE as VISION_DONE
-from finetune.vision_pretrain import VisionPretrainConfig, pretrain_vision
+from finetune.vision_pretrain import pretrain_vision
 
 logger = logging.getLogger(__name__)
 
 
-def recipe(size: str) -> tuple[VisionPretrainConfig, Stage0Config]:
-    """The vision pre-training and stage-0 settings each base size is built with."""
-    if size == "test":
-        return VisionPretrainConfig.for_tests(), Stage0Config.for_tests()
-    # the tower already sees after vision pre-training: stage 0 teaches every question (and the caption-image match
-    # judge) with it frozen
-    return VisionPretrainConfig(), Stage0Config(epochs=3, attributes=(), questions_per_image=4, match_pairs=0.5,
-                                                train_vision=False)
+def bootstrap_config(size: str, stage0_epochs: int | None = None, vision_steps: int | None = None) -> BootstrapConfig:
+    """The size's recipe with the command line's overrides (validated: a bad value is one line naming its flag)."""
+    overrides = {k: v for k, v in (("epochs", stage0_epochs), ("steps", vision_steps)) if v is not None}
+    return BootstrapConfig.recipe(size).with_overrides(overrides)
 
 
 def bootstrap_base(world_dir: str | Path, out_dir: str | Path, size: str = "tiny", stage0_epochs: int | None = None,
@@ -38,16 +36,12 @@ def bootstrap_base(world_dir: str | Path, out_dir: str | Path, size: str = "tiny
     from mllm_embed.tiny import build_tiny_base
 
     out = Path(out_dir)
-    vision, stage0 = recipe(size)
-    if vision_steps is not None:
-        vision = replace(vision, steps=vision_steps)
-    if stage0_epochs is not None:
-        stage0 = replace(stage0, epochs=stage0_epochs)
+    cfg = bootstrap_config(size, stage0_epochs, vision_steps)
     if not (out / "lineup_base.json").exists():
         build_tiny_base(world_dir, out, size=size)
     if not (out / VISION_DONE).exists():
-        pretrain_vision(out, world_dir, vision,
+        pretrain_vision(out, world_dir, cfg.vision,
                         progress=progress and (lambda n: progress("vision pre-training", n)))
     if not (out / STAGE0_DONE).exists():
-        pretrain(out, world_dir, stage0, progress=progress and (lambda n: progress("stage 0", n)))
+        pretrain(out, world_dir, cfg.stage0, progress=progress and (lambda n: progress("stage 0", n)))
     return out

@@ -13,15 +13,18 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from finetune.data import PersonImage, load_split, load_vqa, words
+from finetune.config import Stage0Config
+from finetune.loop import LoopSettings, accelerator_for, damaged, fit
 from mllm_embed import load_embedder
 from mllm_embed.embedder import load_image, side_by_side
 from mllm_embed.errors import LineupError
@@ -29,59 +32,7 @@ from mllm_embed.errors import LineupError
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "stage0_done.json"
-# the attributes a from-scratch base learns to read off a crop within the CPU budget (measured:
-# benchmarks/tiny_base_quality.py); with all 16 at once little is learnt in the same time
-CORE_ATTRIBUTES = ("gender", "hair_length", "hair_color", "upper_color", "lower_color")
-
-
-@dataclass
-class Stage0Config:
-    """Stage-0 pre-training settings."""
-
-    epochs: int = field(default=12, metadata={"help": "passes over the train pairs"})
-    batch_size: int = field(default=16, metadata={"help": "pairs per optimizer step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (cosine decay, warmup)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
-    captions_per_image: int = field(default=1, metadata={"help": "caption pairs per train image"})
-    caption_weight: float = field(default=0.5, metadata={"help": "fraction of caption pairs kept per epoch"})
-    questions_per_image: int = field(default=0, metadata={"help": "VQA pairs drawn per image per epoch (0: all)"})
-    attributes: tuple[str, ...] = field(default=CORE_ATTRIBUTES,
-                                        metadata={"help": "VQA attributes to train on (empty: all)"})
-    # Off by default: the tiny bases do not learn either judge within the CPU budget (a pure interaction of text
-    # and image features, so no first-order gradient; measured 0.50 balanced val accuracy at 0.5/0.5 on the
-    # fixture and the demo world, and a worse fixture VQA). 0.5 each adds about 20-30 % stage-0 time.
-    match_pairs: float = field(default=0.0, metadata={
-        "help": "text-image yes/no judgements (config.match_question) per train image per epoch: half its own "
-                "caption (yes), half a caption of another identity (no; half of those hard) (0: none)"})
-    same_pairs: float = field(default=0.0, metadata={
-        "help": "same-person yes/no judgements (config.verify_question on two crops side by side) per train image "
-                "per epoch: half another camera of the same identity, half another identity (half hard) (0: none)"})
-    eval_questions: int = field(default=300, metadata={"help": "val VQA pairs scored after training (0: none)"})
-    eval_judgements: int = field(default=100, metadata={
-        "help": "balanced val pairs per judge (match, same person) scored after training (0: none)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
-    train_vision: bool = field(default=True, metadata={
-        "help": "train the vision tower too (off once `finetune.vision_pretrain` has taught it to see: the "
-                "projector and LM learn to read it, and each step costs about half)"})
-    seed: int = field(default=0, metadata={"help": "shuffling seed"})
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Stage0Config.{name} must be >= 1")
-        if self.lr <= 0:
-            raise ValueError("Stage0Config.lr must be > 0")
-        if not 0.0 <= self.caption_weight <= 1.0:
-            raise ValueError("Stage0Config.caption_weight must be in [0, 1]")
-        for name in ("match_pairs", "same_pairs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Stage0Config.{name} must be >= 0")
-
-    @classmethod
-    def for_tests(cls) -> Stage0Config:
-        """About a minute on one core for the `test`-size base and the 48-identity test world."""
-        return cls(epochs=6, warmup_steps=10, eval_questions=120)
+RUN_DIR = "stage0_run"  # inside the model folder: metrics.jsonl and the checkpoints of an unfinished run
 
 
 def _pairs(world_dir: Path, split: str, cfg: Stage0Config) -> tuple[list[tuple], list[tuple]]:
@@ -248,76 +199,136 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int) -> torch.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | None = None,
-             progress: Callable[[int], None] | None = None) -> Path:
-    """Full-parameter LM training of the base in `model_dir` on the world's train split; saves in place."""
-    cfg = cfg or Stage0Config()
-    model_dir, world_dir = Path(model_dir), Path(world_dir)
-    if not (world_dir / "annotations.jsonl").exists():
-        raise LineupError(f"{world_dir}: no annotations.jsonl; generate a world first (lineup world generate)")
-    started = time.time()
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    embedder = load_embedder(model_dir, dtype="fp32")
-    qa, captions = _pairs(world_dir, "train", cfg)
-    if not qa and not captions:
-        raise LineupError(f"{world_dir}: the train split has no VQA or caption pairs")
-    question = embedder.config.caption_question
-    judge = Judgements(split_people(world_dir, "train"), embedder.config)
-    n_match, n_same = (round(rate * len(judge.people)) for rate in (cfg.match_pairs, cfg.same_pairs))
-    images = {path: load_image(path)
-              for path in {p[0] for p in qa} | {c[0] for c in captions} | {p.image for p in judge.people}}
+class LanguageModelling:
+    """Stage 0 as a `finetune.loop.Objective`: the LM loss on answer tokens over VQA + captioning batches and
+    yes/no judgement batches. An epoch's batches are a pure function of (seed, epoch); their number is counted
+    from the pair counts, a judgement shortfall (no false caption or second crop found) refilled by repeating
+    the epoch's first batches."""
 
-    def pixels(image):
+    def __init__(self, embedder, cfg: Stage0Config, qa: list[tuple], captions: list[tuple], judge: Judgements):
+        self.embedder, self.cfg, self.qa, self.captions, self.judge = embedder, cfg, qa, captions, judge
+        self.n_match, self.n_same = (round(rate * len(judge.people)) for rate in (cfg.match_pairs, cfg.same_pairs))
+        self.images = {path: load_image(path) for path in
+                       {p[0] for p in qa} | {c[0] for c in captions} | {p.image for p in judge.people}}
+        per_image = defaultdict(int)
+        for pair in qa:
+            per_image[pair[0]] += 1
+        drawn = sum(min(n, cfg.questions_per_image) for n in per_image.values()) if cfg.questions_per_image else len(qa)
+        n_with_image = drawn + int(len(captions) * cfg.caption_weight)
+        self.steps_per_epoch = -(-n_with_image // cfg.batch_size) + -(-(self.n_match + self.n_same) // cfg.batch_size)
+        model = embedder.model
+        model.train()
+        if not cfg.train_vision:
+            model.model.vision_tower.requires_grad_(False)
+        self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.named]
+        self._plan: tuple[int, list] | None = None
+
+    def _pixels(self, image):
         """A loaded image, or two shown side by side."""
-        return side_by_side(images[image[0]], images[image[1]]) if isinstance(image, tuple) else images[image]
+        return side_by_side(self.images[image[0]], self.images[image[1]]) if isinstance(image, tuple) else self.images[image]
 
-    def epoch_batches() -> list[list[tuple]]:
-        """VQA + captioning batches and yes/no judgement batches, in random order."""
-        kept = rng.sample(captions, int(len(captions) * cfg.caption_weight))
-        with_image = [(images[i], q, a) for i, q, a, _ in _draw(qa, cfg.questions_per_image, rng)]
-        with_image += [(images[i], question, c) for i, c in kept]
-        # judgements (long prompts) batch apart, so they do not pad the short VQA prompts
-        judged = [(pixels(i), q, a) for i, q, a, _ in judge.match(n_match, rng) + judge.same(n_same, rng)]
+    def plan(self, epoch: int) -> list[list[tuple]]:
+        """The epoch's batches: VQA + captioning batches and judgement batches (long prompts, batched apart so
+        they do not pad the short VQA prompts), in random order."""
+        cfg, rng = self.cfg, random.Random(f"stage0:{self.cfg.seed}:{epoch}")
+        kept = rng.sample(self.captions, int(len(self.captions) * cfg.caption_weight))
+        with_image = [(self.images[i], q, a) for i, q, a, _ in _draw(self.qa, cfg.questions_per_image, rng)]
+        with_image += [(self.images[i], self.embedder.config.caption_question, c) for i, c in kept]
+        judged = [(self._pixels(i), q, a) for i, q, a, _ in
+                  self.judge.match(self.n_match, rng) + self.judge.same(self.n_same, rng)]
         batches = []
         for items in (with_image, judged):
             rng.shuffle(items)
             batches += [items[s:s + cfg.batch_size] for s in range(0, len(items), cfg.batch_size)]
         rng.shuffle(batches)
-        return batches
+        return [batches[i % len(batches)] for i in range(self.steps_per_epoch)]
 
-    steps_per_epoch = len(epoch_batches())
-    total = steps_per_epoch * cfg.epochs
-    model = embedder.model
-    model.train()
-    if not cfg.train_vision:
-        model.model.vision_tower.requires_grad_(False)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    def optimizer(self):
+        return torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
-    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, total)
-    curve = []
-    for epoch in range(cfg.epochs):
-        losses = []
-        for batch in epoch_batches():
-            loss = embedder.lm_loss(embedder.lm_batch(batch))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            if progress:
-                progress(1)
-        curve.append(sum(losses) / len(losses))
-        logger.info("stage 0 epoch %d/%d: loss %.3f", epoch + 1, cfg.epochs, curve[-1])
-    model.eval()
-    model.save_pretrained(model_dir)
+    def scheduler(self, optimizer, total_steps: int):
+        return warmup_cosine(optimizer, self.cfg.warmup_steps, total_steps)
 
-    result = {"loss_curve": curve, "steps": total,
+    def begin_epoch(self, epoch: int, resumed: bool) -> None:
+        self._plan = (epoch, self.plan(epoch))
+
+    def batch(self, epoch: int, position: int) -> tuple[str, list]:
+        return "stage0", self._plan[1][position]
+
+    def batch_size(self, batch) -> int:
+        return len(batch[1])
+
+    def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
+        return {"lm": self.embedder.lm_loss(self.embedder.lm_batch(batch[1]))}
+
+    def log(self) -> dict:
+        return {}
+
+    def evaluate(self, epoch: int) -> None:
+        return None  # stage 0 is evaluated once, after training
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous() for n, p in self.named}, str(folder / "trained.safetensors"))
+
+    def load_weights(self, folder: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(folder / "trained.safetensors"))
+            with torch.no_grad():
+                for n, p in self.named:
+                    p.copy_(weights[n])
+        except (OSError, SafetensorError, KeyError, RuntimeError) as exc:
+            raise damaged(folder, "trained.safetensors", exc) from None
+
+
+def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | None = None,
+             progress: Callable[[int], None] | None = None) -> Path:
+    """Full-parameter LM training of the base in `model_dir` on the world's train split; saves in place. With
+    `cfg.save_every` it checkpoints into `model_dir/stage0_run/` and (`cfg.resume`) continues a killed run
+    exactly; the checkpoints are removed once the weights are saved."""
+    cfg = cfg or Stage0Config()
+    model_dir, world_dir = Path(model_dir), Path(world_dir)
+    if not (world_dir / "annotations.jsonl").exists():
+        raise LineupError(f"{world_dir}: no annotations.jsonl; generate a world first (lineup world --out {world_dir})")
+    started = time.time()
+    torch.manual_seed(cfg.seed)
+    embedder = load_embedder(model_dir, dtype="fp32")
+    qa, captions = _pairs(world_dir, "train", cfg)
+    if not qa and not captions:
+        raise LineupError(f"{world_dir}: the train split has no VQA or caption pairs")
+    objective = LanguageModelling(embedder, cfg, qa, captions, Judgements(split_people(world_dir, "train"),
+                                                                         embedder.config))
+    run = model_dir / RUN_DIR
+    settings = LoopSettings(epochs=cfg.epochs, max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every,
+                            resume=cfg.resume)
+    steps = fit(objective, settings, run, accelerator_for("no"), name="stage 0",
+                callback=progress and (lambda row: row["event"] == "step" and progress(1)))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    by_epoch = defaultdict(list)
+    for row in rows:
+        by_epoch[row["epoch"]].append(row["loss"])
+    curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
+    embedder.model.eval()
+    embedder.model.save_pretrained(model_dir)
+    for ckpt in run.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
+
+    result = {"loss_curve": curve, "steps": steps,
               "train_pairs": {"vqa": len(qa), "captions": len(captions),
-                              "match_per_epoch": n_match, "same_person_per_epoch": n_same},
+                              "match_per_epoch": objective.n_match, "same_person_per_epoch": objective.n_same},
               "seconds": round(time.time() - started, 1), "config": asdict(cfg)}
+    rng = random.Random(cfg.seed)
     if cfg.eval_questions:
         val, _ = _pairs(world_dir, "val", cfg)
         rng.shuffle(val)

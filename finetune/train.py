@@ -2,13 +2,16 @@
 
 Stage 1 (alignment): bidirectional InfoNCE between image and caption embeddings (two images of one identity are
 never negatives), optionally plus an identity loss (SupCon / batch-hard triplet over P identities × K images)
-on the image embeddings and a word–patch alignment loss on token states (with trainable token embeddings); captions can be noise-aware masked (NAM), RDA-reorganised and mixed with LLM rewrites
-(BSS). Stage 2 (instruction following): start from the stage-1 adapter, InfoNCE between the composed embedding
-(reference image + modification) and the target image, mixing in a fraction of stage-1 batches.
+on the image embeddings and a word–patch alignment loss on token states (with trainable token embeddings); captions
+can be noise-aware masked (NAM), RDA-reorganised and mixed with LLM rewrites (BSS). Stage 2 (instruction
+following): start from the stage-1 adapter, InfoNCE between the composed embedding (reference image +
+modification) and the target image, mixing in a fraction of stage-1 batches.
 
-Runs under `accelerate` (device, mixed precision, `accelerate launch` for several GPUs), optionally on a 4-bit
-NF4 base (QLoRA) with an 8-bit AdamW. Checkpoints hold adapter, optimizer, scheduler, temperature, RNG and NAM
-state; the data order is a pure function of (seed, epoch, step), so a resumed run continues exactly.
+Each stage is an objective (`Alignment`, `Composed`) run by the one loop in `finetune.loop` under `accelerate`
+(device, mixed precision, `accelerate launch` for several GPUs), optionally on a 4-bit NF4 base (QLoRA) with an
+8-bit AdamW. Checkpoints hold adapter, optimizer, scheduler, temperature, RNG and NAM state; the data order is a
+pure function of (seed, epoch, step), so a resumed run continues exactly. The config (`finetune.config.TrainConfig`)
+is saved as it was used beside the adapter (`resolved_config.yaml`).
 """
 
 from __future__ import annotations
@@ -16,157 +19,25 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from finetune import augment, nam
+from finetune.config import TrainConfig, save_resolved
 from finetune.data import PersonImage, Triplet, load_split, load_triplets
-from finetune.losses import (IDENTITY_LOSSES, Temperature, caption_word_positives, contrastive_loss, identity_loss,
-                             word_grounding_loss, word_patch_loss)
+from finetune.loop import Callback, LoopSettings, accelerator_for, damaged, fit
+from finetune.losses import (Temperature, caption_word_positives, contrastive_loss, identity_loss, word_grounding_loss,
+                             word_patch_loss)
 from mllm_embed import load_embedder
-from mllm_embed.config import PROMPT_STYLES
 from mllm_embed.embedder import IMAGE, TEXT, load_image
 from mllm_embed.errors import LineupError
-from mllm_embed.files import atomic_output
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2")
-STATE_FILE = "trainer_state.pt"
-METRICS_FILE = "metrics.jsonl"
-@dataclass
-class TrainConfig:
-    """One fine-tuning run (stage 1 or stage 2). Paths: base model, dataset folder, output folder."""
-
-    base_model: str = field(metadata={"help": "base MLLM: local folder or hub name"})
-    data: str = field(metadata={"help": "dataset folder (a generated world or a real dataset)"})
-    output_dir: str = field(metadata={"help": "where the adapter, checkpoints and metrics.jsonl go"})
-    data_format: str = field(default="auto", metadata={"help": "dataset format for finetune.data.loaders"})
-    init_adapter: str | None = field(default=None, metadata={"help": "adapter to start from (stage 2: stage 1's)"})
-    epochs: int = field(default=2, metadata={"help": "passes over the training data"})
-    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
-    ids_per_batch: int = field(default=8, metadata={"help": "P: identities per stage-1 batch"})
-    images_per_id: int = field(default=2, metadata={"help": "K: images per identity in a stage-1 batch"})
-    hard_negatives: bool = field(default=False, metadata={
-        "help": "stage-1 batches pair each identity with a one-edit neighbour (the world's composed triplets: "
-                "people who differ in one attribute) as in-batch hard negatives"})
-    batch_size: int = field(default=16, metadata={"help": "triplets per stage-2 batch"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=5, metadata={"help": "linear warmup steps"})
-    scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name (cosine, linear, constant_with_warmup)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0: off)"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_target_modules: tuple[str, ...] = field(
-        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        metadata={"help": "module names inside the language model that get LoRA (vision side: lora_vision)"})
-    token_embeddings: str = field(default="frozen", metadata={
-        "help": "the language model's input token embeddings: frozen, lora, or full (trained and saved with the "
-                "adapter; lets word vectors move into the image space)"})
-    # Measured on the benchmark world (word-level word–patch loss, input layer): LoRA on the tiny vision tower caps
-    # NAM's wrong-word AUC near 0.65 whatever the rank (64: 0.67) or length; training it in full gives 0.71.
-    lora_vision: str = field(default="all", metadata={
-        "help": "the vision side: none, projector (LoRA on the vision→language projector), all (LoRA on projector "
-                "and vision tower) or full (projector and tower trained in full, saved with the adapter)"})
-    # Measured on the demo world (40 epochs, val): learnable from 0.05 → t2i mAP 20.3; fixed 0.1 → t2i mAP 22.4 and
-    # i2i mAP 41.2; fixed 0.2 → 25.1 / 22.1. With 16-sample batches a fixed, warmer temperature trains better.
-    temperature: float = field(default=0.1, metadata={"help": "InfoNCE temperature (initial value if learnable)"})
-    learn_temperature: bool = field(default=False, metadata={"help": "learn the InfoNCE temperature"})
-    identity_loss: str | None = field(default="supcon", metadata={"help": "identity loss on image embeddings: supcon, triplet or None"})
-    identity_weight: float = field(default=0.5, metadata={"help": "weight of the identity loss"})
-    identity_temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
-    triplet_margin: float = field(default=0.3, metadata={"help": "batch-hard triplet margin"})
-    # Measured on the test fixture (stage 2, 4 epochs over the triplets, train split): mix 0.25 → text→image mAP
-    # 18.2 → 13.7 (forgets), composed R@10 14.5 → 33.6; 0.5 → 15.3 / 32.9; 0.67 → 21.8 / 44.1 (no forgetting).
-    stage1_mix: float = field(default=0.67, metadata={
-        "help": "stage 2: fraction of steps that are stage-1 batches (0.67: two per triplet batch)"})
-    word_patch_weight: float = field(default=0.0, metadata={
-        "help": "weight of the word–patch alignment loss on layer nam_layer's token states: trains the states NAM "
-                "compares so unsupported words stand out"})
-    word_patch_level: str = field(default="caption", metadata={
-        "help": "caption: a caption scores an image by its words' mean best-patch cosine (FILIP), InfoNCE over "
-                "captions/images; word: every word ranks the batch's images by its best patch, the positives being "
-                "images whose person's captions use the word (what NAM reads)"})
-    mask_mode: str = field(default="none", metadata={"help": "caption masking: none, uniform or nam"})
-    mask_rate: float = field(default=0.15, metadata={"help": "average fraction of caption words masked"})
-    nam_layer: int = field(default=-1, metadata={"help": "hidden layer whose token/patch states NAM compares"})
-    nam_joint: bool = field(default=True, metadata={"help": "NAM: caption and image in one sequence (else two passes)"})
-    noisy_caption_prob: float = field(default=0.0, metadata={"help": "chance to train on an image's noisy caption (world data)"})
-    rda_prob: float = field(default=0.0, metadata={"help": "chance to RDA-reorganise a caption"})
-    rewrites: str | None = field(default=None, metadata={"help": "JSON {caption: [rewrites]} from LLM-DA (after TFF)"})
-    bss_ratio: float = field(default=0.5, metadata={"help": "BSS: chance to train on a rewrite when one exists"})
-    prompt_style: str | None = field(default=None, metadata={
-        "help": f"embedding prompt preset, one of {sorted(PROMPT_STYLES)} (None: the base's defaults, or the "
-                "init adapter's prompts)"})
-    merge_init: bool = field(default=False, metadata={
-        "help": "stage 2, LamRA-style: merge init_adapter into the base weights and train a new LoRA on top "
-                "(default: continue training init_adapter)"})
-    precision: str = field(default="no", metadata={"help": "mixed precision for accelerate: no, bf16, fp16"})
-    quantization: str | None = field(default=None, metadata={"help": "base quantization: None, 4bit (QLoRA) or 8bit"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw or adamw8bit (bitsandbytes)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in output_dir"})
-    eval_split: str = field(default="val", metadata={"help": "split evaluated after each epoch ('' to skip)"})
-    eval_batch_size: int = field(default=32, metadata={"help": "batch size for evaluation encoding"})
-    seed: int = field(default=0, metadata={"help": "seed of data order, caption choices and LoRA init"})
-
-    def __post_init__(self):
-        self.lora_target_modules = tuple(self.lora_target_modules)
-        checks = [
-            ("epochs", self.epochs >= 1, "must be >= 1"),
-            ("max_steps", self.max_steps >= 0, "must be >= 0"),
-            ("ids_per_batch", self.ids_per_batch >= 2, "must be >= 2 (in-batch negatives)"),
-            ("images_per_id", self.images_per_id >= 1, "must be >= 1"),
-            ("batch_size", self.batch_size >= 2, "must be >= 2"),
-            ("lr", self.lr > 0, "must be > 0"),
-            ("lora_r", self.lora_r >= 1, "must be >= 1"),
-            ("temperature", self.temperature > 0, "must be > 0"),
-            ("identity_loss", self.identity_loss in (None, *IDENTITY_LOSSES), f"must be None or one of {IDENTITY_LOSSES}"),
-            ("lora_vision", self.lora_vision in ("none", "projector", "all", "full"),
-             "must be none, projector, all or full"),
-            ("word_patch_level", self.word_patch_level in ("caption", "word"), "must be caption or word"),
-            ("token_embeddings", self.token_embeddings in ("frozen", "lora", "full"), "must be frozen, lora or full"),
-            ("stage1_mix", 0 <= self.stage1_mix < 1, "must be in [0, 1)"),
-            ("word_patch_weight", self.word_patch_weight >= 0, "must be >= 0"),
-            ("mask_mode", self.mask_mode in nam.MASK_MODES, f"must be one of {nam.MASK_MODES}"),
-            ("mask_rate", 0 <= self.mask_rate < 1, "must be in [0, 1)"),
-            ("noisy_caption_prob", 0 <= self.noisy_caption_prob <= 1, "must be in [0, 1]"),
-            ("rda_prob", 0 <= self.rda_prob <= 1, "must be in [0, 1]"),
-            ("bss_ratio", 0 <= self.bss_ratio <= 1, "must be in [0, 1]"),
-            ("prompt_style", self.prompt_style in (None, *PROMPT_STYLES), f"must be None or one of {sorted(PROMPT_STYLES)}"),
-            ("merge_init", not self.merge_init or self.init_adapter, "needs init_adapter (the adapter to merge)"),
-            ("merge_init", not (self.merge_init and self.quantization),
-             "cannot merge into a quantized base (the merge would round the LoRA into 4/8-bit weights)"),
-            ("precision", self.precision in ("no", "bf16", "fp16"), "must be no, bf16 or fp16"),
-            ("quantization", self.quantization in (None, "4bit", "8bit"), "must be None, 4bit or 8bit"),
-            ("optimizer", self.optimizer in ("adamw", "adamw8bit"), "must be adamw or adamw8bit"),
-            ("save_every", self.save_every >= 0, "must be >= 0"),
-        ]
-        for name, ok, why in checks:
-            if not ok:
-                raise ValueError(f"TrainConfig.{name} {why} (got {getattr(self, name)!r})")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LineupError(f"training config: unknown field(s) {unknown}; valid: {sorted(known)}")
-        return cls(**data)
-
-
-Callback = Callable[[dict], None] | None
-
-
+RESOLVED_FILE = "resolved_config.yaml"
 # ------------------------------------------------------------------------------------------------ data
 
 
@@ -194,7 +65,8 @@ class _Data:
     """Training records and the deterministic per-epoch batch plans."""
 
     def __init__(self, stage: str, cfg: TrainConfig):
-        self.cfg = cfg
+        self.cfg, self.aug, self.seed = cfg.batches, cfg.augment, cfg.schedule.seed
+        cfg = cfg.batches
         # a composed benchmark (CIRR, FashionIQ) has triplets only: stage 2 trains on them without stage-1 replay
         triplets_only = stage == "stage2" and _composed_benchmark(cfg)
         self.records = [] if triplets_only else load_split(cfg.data, "train", cfg.data_format)
@@ -214,11 +86,11 @@ class _Data:
                 self.neighbours.setdefault(a, set()).add(b)
                 self.neighbours.setdefault(b, set()).add(a)
         self.rewrites: dict[str, list[str]] = {}
-        if cfg.rewrites:
+        if self.aug.rewrites:
             try:
-                self.rewrites = json.loads(Path(cfg.rewrites).read_text(encoding="utf-8"))
+                self.rewrites = json.loads(Path(self.aug.rewrites).read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
-                raise LineupError(f"{cfg.rewrites}: cannot read rewrites JSON ({exc}); expected "
+                raise LineupError(f"{self.aug.rewrites}: cannot read rewrites JSON ({exc}); expected "
                                   "{caption: [rewrite, ...]}") from exc
         # every caption of a person: the words the word-level word–patch loss counts as shown in their images
         self.person_text = {pid: " ".join(c for i in idx for c in self.records[i].captions)
@@ -261,7 +133,7 @@ class _Data:
 
     def plan(self, epoch: int) -> list[tuple]:
         """The epoch's batches as (kind, record/triplet indices): a pure function of (seed, epoch)."""
-        rng = np.random.default_rng([self.cfg.seed, 1, epoch])
+        rng = np.random.default_rng([self.seed, 1, epoch])
         if self.stage == "stage1":
             return self._stage1_batches(rng)
         perm = rng.permutation(len(self.triplets))
@@ -279,7 +151,7 @@ class _Data:
 
     def caption(self, index: int, rng: np.random.Generator, masker: nam.NoiseAwareMasker) -> str:
         """One training caption for record `index`: clean or noisy, maybe a rewrite (BSS), RDA, masked."""
-        r, cfg = self.records[index], self.cfg
+        r, cfg = self.records[index], self.aug
         if r.noisy_caption and rng.random() < cfg.noisy_caption_prob:
             text, key = r.noisy_caption, (index, -1)
         else:
@@ -296,7 +168,7 @@ class _Data:
         keys, pairs = [], []
         for i, r in enumerate(self.records):
             texts = list(enumerate(r.captions))
-            if r.noisy_caption and self.cfg.noisy_caption_prob > 0:
+            if r.noisy_caption and self.aug.noisy_caption_prob > 0:
                 texts.append((-1, r.noisy_caption))
             for c, t in texts:
                 keys.append((i, c))
@@ -345,9 +217,11 @@ def evaluate_split(embedder, data: str | Path, split: str = "val", data_format: 
 # ------------------------------------------------------------------------------------------------ model
 
 
-def _lora_config(cfg: TrainConfig):
+def _lora_config(model_cfg):
+    """The LoRA of a new adapter (`cfg.model`, a `finetune.config.ModelConfig`)."""
     from peft import LoraConfig
 
+    cfg = model_cfg
     # the language model is `language_model` (LLaVA family, Qwen2-VL) or `text_model` (Idefics3 / SmolVLM)
     pattern = rf".*(language_model|text_model).*\.({'|'.join(cfg.lora_target_modules)})"
     if cfg.token_embeddings == "lora":
@@ -366,73 +240,34 @@ def _lora_config(cfg: TrainConfig):
 
 
 def _build_embedder(cfg: TrainConfig, device):
-    torch.manual_seed(cfg.seed)
-    embedder = load_embedder(cfg.base_model, adapter=cfg.init_adapter, device=str(device),
-                             quantization=cfg.quantization)
-    if cfg.prompt_style:
-        embedder.config = embedder.config.with_style(cfg.prompt_style)
-    if cfg.merge_init:
+    m = cfg.model
+    torch.manual_seed(cfg.schedule.seed)
+    embedder = load_embedder(m.base_model, adapter=m.init_adapter, device=str(device), quantization=m.quantization)
+    if m.prompt_style:
+        embedder.config = embedder.config.with_style(m.prompt_style)
+    if m.merge_init:
         from mllm_embed.merge import merge_loaded_adapter
 
         merge_loaded_adapter(embedder)
-    if cfg.init_adapter is None or cfg.merge_init:
-        embedder.add_adapter(_lora_config(cfg))
+    if m.new_lora:
+        embedder.add_adapter(_lora_config(m))
     else:  # load_embedder opens adapters for inference: make the LoRA weights trainable again
         for name, p in embedder.model.named_parameters():
             p.requires_grad_("lora_" in name)
-    if cfg.gradient_checkpointing:
+    if m.gradient_checkpointing:
         embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     embedder.model.train()
     return embedder
 
 
-def _optimizer(cfg: TrainConfig, params: list):
-    if cfg.optimizer == "adamw8bit":
+def _optimizer(schedule, params: list):
+    if schedule.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
-            raise LineupError("optimizer=adamw8bit needs bitsandbytes: pip install bitsandbytes") from exc
-        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-# ---------------------------------------------------------------------------------------- checkpoints
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _save_checkpoint(out: Path, step: int, embedder, state: dict, keep: int) -> None:
-    ckpt = out / f"checkpoint-{step}"
-    embedder.save_adapter(ckpt)
-    with atomic_output(ckpt / STATE_FILE, "checkpoint") as tmp:  # written last and whole: it marks a checkpoint done
-        torch.save(state, tmp)
-    for old in _checkpoints(out)[:-keep] if keep > 0 else []:
-        for f in sorted(old.rglob("*"), reverse=True):
-            f.unlink() if f.is_file() else f.rmdir()
-        old.rmdir()
-
-
-def _damaged(ckpt: Path, what: str, exc: BaseException) -> LineupError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    return LineupError(f"{ckpt}: {what} cannot be loaded ({type(exc).__name__}: {first}); delete that checkpoint "
-                       "folder to resume from an older one, or train without --resume")
-
-
-def _load_state(ckpt: Path) -> dict:
-    """The trainer state, unpickled with torch's weights-only loader: tensors, numbers, strings and containers,
-    never objects or calls, so a planted checkpoint cannot run code."""
-    try:
-        state = torch.load(ckpt / STATE_FILE, weights_only=True, map_location="cpu")
-    except Exception as exc:  # UnpicklingError for a forbidden global, EOFError/RuntimeError for a damaged file
-        raise _damaged(ckpt, STATE_FILE, exc) from None
-    fields_ = {"step", "optimizer", "scheduler", "temperature", "masker", "rng"}
-    missing = fields_ - set(state) if isinstance(state, dict) else fields_
-    if missing:
-        raise _damaged(ckpt, STATE_FILE, ValueError(f"fields {sorted(missing)} missing"))
-    return state
+            raise LineupError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from exc
+        return bnb.optim.AdamW8bit(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    return torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
 
 
 def _load_adapter_weights(embedder, ckpt: Path) -> None:
@@ -443,41 +278,79 @@ def _load_adapter_weights(embedder, ckpt: Path) -> None:
     try:
         weights = load_file(str(ckpt / "adapter_model.safetensors"))
     except (OSError, SafetensorError) as exc:
-        raise _damaged(ckpt, "adapter_model.safetensors", exc) from None
+        raise damaged(ckpt, "adapter_model.safetensors", exc) from None
     set_peft_model_state_dict(embedder.model, weights)
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+# ------------------------------------------------------------------------------------------ objectives
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class Alignment:
+    """Stage 1 as a `finetune.loop.Objective`: image–caption InfoNCE plus the identity and word–patch terms, on
+    captions drawn (and NAM-masked) per step."""
 
+    def __init__(self, stage: str, cfg: TrainConfig, device):
+        self.cfg = cfg
+        self.data = _Data(stage, cfg)
+        self.embedder = _build_embedder(cfg, device)
+        self.temperature = Temperature(cfg.loss.temperature, cfg.loss.learn_temperature).to(self.embedder.device)
+        self.params = ([p for p in self.embedder.model.parameters() if p.requires_grad]
+                       + list(self.temperature.parameters()))
+        self.steps_per_epoch = self.data.batches_per_epoch
+        self.masker = nam.NoiseAwareMasker(cfg.augment.mask_rate, cfg.augment.mask_mode)
+        split = cfg.run.eval_split
+        # composed benchmarks: no per-epoch person evaluation; `lineup eval --task composed` runs their protocol
+        data = cfg.batches
+        self.eval_records = (load_split(data.data, split, data.data_format)
+                             if split and not _composed_benchmark(data) else [])
+        self.eval_triplets = _triplets(data.data, data.data_format, split, required=False) if self.eval_records else []
+        self._plan: tuple[int, list] | None = None
 
-# ---------------------------------------------------------------------------------------------- train
+    def optimizer(self):
+        return _optimizer(self.cfg.schedule, self.params)
 
+    def scheduler(self, optimizer, total_steps: int):
+        from transformers import get_scheduler
 
-def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig, rng, masker) -> dict[str, torch.Tensor]:
-    """The batch's weighted loss terms by name (their sum is optimised; each is logged)."""
-    if kind == "stage1":
+        return get_scheduler(self.cfg.schedule.scheduler, optimizer, num_warmup_steps=self.cfg.schedule.warmup_steps,
+                             num_training_steps=total_steps)
+
+    def begin_epoch(self, epoch: int, resumed: bool) -> None:
+        aug = self.cfg.augment
+        if aug.mask_mode == "nam" and not resumed and self.data.records and self.nam_estimates:
+            keys, pairs = self.data.noise_pairs()
+            scores = nam.estimate_word_noise(self.embedder, pairs, aug.nam_layer, aug.nam_joint,
+                                             batch_size=self.cfg.run.eval_batch_size)
+            self.masker.update(keys, nam.calibrate([c for _, c in pairs], scores))
+
+    nam_estimates = True  # stage 1 re-estimates caption noise each epoch; stage 2 keeps the masker as it is
+
+    def batch(self, epoch: int, position: int) -> tuple[str, tuple]:
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, self.data.plan(epoch))
+        return self._plan[1][position]
+
+    def batch_size(self, batch) -> int:
+        return len(batch[1])
+
+    def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.schedule.seed, 2, epoch, position])
+        return self.alignment_terms(batch[1], rng)
+
+    def alignment_terms(self, idx: tuple, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        emb, data, cfg, scale = self.embedder, self.data, self.cfg.loss, self.temperature()
         records = [data.records[i] for i in idx]
-        pids = torch.tensor([r.person_id for r in records], device=embedder.device)
-        layer = cfg.nam_layer if cfg.word_patch_weight else None
-        img_batch = embedder.batch("image", [data.image(r.image) for r in records])
-        captions = [data.caption(i, rng, masker) for i in idx]
-        txt_batch = embedder.batch("text", captions)
-        img, img_h = embedder.embed_with_states(img_batch, layer)
-        txt, txt_h = embedder.embed_with_states(txt_batch, layer)
+        pids = torch.tensor([r.person_id for r in records], device=emb.device)
+        layer = self.cfg.augment.nam_layer if cfg.word_patch_weight else None
+        img_batch = emb.batch("image", [data.image(r.image) for r in records])
+        captions = [data.caption(i, rng, self.masker) for i in idx]
+        txt_batch = emb.batch("text", captions)
+        img, img_h = emb.embed_with_states(img_batch, layer)
+        txt, txt_h = emb.embed_with_states(txt_batch, layer)
         terms = {"contrastive": contrastive_loss(img, txt, scale, pids)}
         if cfg.word_patch_weight:
-            txt_mask = txt_batch["token_kinds"].to(embedder.device) == TEXT
-            img_mask = img_batch["token_kinds"].to(embedder.device) == IMAGE
+            txt_mask = txt_batch["token_kinds"].to(emb.device) == TEXT
+            img_mask = img_batch["token_kinds"].to(emb.device) == IMAGE
             if cfg.word_patch_level == "word":
                 shown = [data.person_text[r.person_id] for r in records]
                 positives = caption_word_positives(captions, txt_batch["word_ids"], shown, pids)
@@ -489,134 +362,78 @@ def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig,
             terms["identity"] = cfg.identity_weight * identity_loss(cfg.identity_loss, img, pids,
                                                                     cfg.identity_temperature, cfg.triplet_margin)
         return terms
-    trip = [data.triplets[i] for i in idx]
-    target_pids = torch.tensor([t.target_id for t in trip], device=embedder.device)
-    q = embedder.embed(embedder.batch("composed", [(data.image(t.reference), t.modification) for t in trip]))
-    tgt = embedder.embed(embedder.batch("image", [data.image(t.target) for t in trip]))
-    return {"composed": contrastive_loss(q, tgt, scale, target_pids)}
+
+    def log(self) -> dict:
+        return {"temperature": float(1.0 / self.temperature().detach())}
+
+    def evaluate(self, epoch: int) -> dict | None:
+        if not self.eval_records:
+            return None
+        metrics = evaluate(self.embedder, self.eval_records, self.eval_triplets, self.cfg.run.eval_batch_size)
+        return {"split": self.cfg.run.eval_split, **metrics}
+
+    def state_dict(self) -> dict:
+        return {"temperature": self.temperature.state_dict(), "masker": self.masker.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.temperature.load_state_dict(state["temperature"])
+        self.masker.load_state_dict(state["masker"])
+
+    def save_weights(self, folder: Path) -> None:
+        self.embedder.save_adapter(folder)
+
+    def load_weights(self, folder: Path) -> None:
+        _load_adapter_weights(self.embedder, folder)
 
 
-def _log(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+class Composed(Alignment):
+    """Stage 2: composed query (reference image + modification) → target image InfoNCE on the triplet batches,
+    stage-1 terms on the replayed stage-1 batches of the plan."""
+
+    nam_estimates = False
+
+    def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
+        kind, idx = batch
+        if kind == "stage1":
+            return super().loss(batch, epoch, position)
+        emb, scale = self.embedder, self.temperature()
+        trip = [self.data.triplets[i] for i in idx]
+        target_pids = torch.tensor([t.target_id for t in trip], device=emb.device)
+        q = emb.embed(emb.batch("composed", [(self.data.image(t.reference), t.modification) for t in trip]))
+        tgt = emb.embed(emb.batch("image", [self.data.image(t.target) for t in trip]))
+        return {"composed": contrastive_loss(q, tgt, scale, target_pids)}
+
+
+OBJECTIVES = {"stage1": Alignment, "stage2": Composed}
+
+
+# ---------------------------------------------------------------------------------------------- train
 
 
 def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
-    """Fine-tune one stage and return the adapter folder (`output_dir/adapter`).
+    """Fine-tune one stage and return the adapter folder (`run.output_dir/adapter`); the config as used is saved
+    beside it (`resolved_config.yaml`).
 
-    `callback(event)` gets {"event": "step", "step", "total_steps", "epoch", "loss", "terms" (the weighted loss terms
-    by name), "lr", "samples_per_s"}
-    after every optimizer step and {"event": "eval", "step", "epoch", **metrics} after each epoch's evaluation.
+    `callback(event)` gets {"event": "step", "step", "total_steps", "epoch", "kind", "loss", "terms" (the weighted
+    loss terms by name), "lr", "temperature", "samples_per_s"} after every optimizer step and {"event": "eval",
+    "step", "epoch", "split", **metrics} after each epoch's evaluation.
     """
-    from accelerate import Accelerator
-    from transformers import get_scheduler
-
-    if stage not in STAGES:
+    if stage not in OBJECTIVES:
         raise LineupError(f"stage={stage!r}: choose one of {list(STAGES)}")
-    if stage == "stage2" and not cfg.init_adapter:
+    if stage == "stage2" and not cfg.model.init_adapter:
         logger.warning("stage 2 without init_adapter: starting from a fresh LoRA instead of the stage-1 adapter")
-    out = Path(cfg.output_dir)
+    out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
-    data = _Data(stage, cfg)
-    embedder = _build_embedder(cfg, accelerator.device)
-    temperature = Temperature(cfg.temperature, cfg.learn_temperature).to(embedder.device)
-    params = [p for p in embedder.model.parameters() if p.requires_grad] + list(temperature.parameters())
-    optimizer = _optimizer(cfg, params)
-    n_proc = accelerator.num_processes
-    steps_per_epoch = data.batches_per_epoch // n_proc
-    if steps_per_epoch < 1:
-        raise LineupError(f"{cfg.data}: {data.batches_per_epoch} batches per epoch for {n_proc} processes; "
-                          "use a smaller ids_per_batch/batch_size or fewer processes")
-    total = steps_per_epoch * cfg.epochs
-    total = min(total, cfg.max_steps) if cfg.max_steps else total
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
-    optimizer = accelerator.prepare(optimizer)  # the scheduler counts our steps, not accelerate's
-    masker = nam.NoiseAwareMasker(cfg.mask_rate, cfg.mask_mode)
-    # composed benchmarks: no per-epoch person evaluation; `lineup eval --task composed` runs their protocol
-    eval_records = (load_split(cfg.data, cfg.eval_split, cfg.data_format)
-                    if cfg.eval_split and not _composed_benchmark(cfg) else [])
-    eval_triplets = _triplets(cfg.data, cfg.data_format, cfg.eval_split, required=False) if eval_records else []
-
-    step, metrics_path = 0, out / METRICS_FILE
-    checkpoints = _checkpoints(out) if cfg.resume else []
-    if checkpoints:
-        ckpt = checkpoints[-1]
-        state = _load_state(ckpt)
-        _load_adapter_weights(embedder, ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        temperature.load_state_dict(state["temperature"])
-        masker.load_state_dict(state["masker"])
-        _set_rng_state(state["rng"])
-        step = state["step"]
-        if metrics_path.exists():  # drop what the killed run logged after its last checkpoint
-            rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
-        logger.info("resumed %s from %s (step %d)", stage, ckpt, step)
-    elif metrics_path.exists():
-        metrics_path.unlink()
-    (out / "train_config.json").write_text(json.dumps({"stage": stage, **asdict(cfg)}, indent=2))
-
-    def save(step: int) -> None:
-        if accelerator.is_main_process:
-            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "temperature": temperature.state_dict(), "masker": masker.state_dict(), "rng": _rng_state()}
-            _save_checkpoint(out, step, embedder, state, cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
-
-    start_epoch, skip = divmod(step, steps_per_epoch)
-    busy, samples = 0.0, 0  # seconds spent in training steps (evaluation and NAM excluded), samples seen
-    for epoch in range(start_epoch, cfg.epochs):
-        if step >= total:
-            break
-        if cfg.mask_mode == "nam" and stage == "stage1" and not (epoch == start_epoch and skip):
-            keys, pairs = data.noise_pairs()
-            scores = nam.estimate_word_noise(embedder, pairs, cfg.nam_layer, cfg.nam_joint, batch_size=cfg.eval_batch_size)
-            masker.update(keys, nam.calibrate([c for _, c in pairs], scores))
-        plan = data.plan(epoch)
-        for s in range(skip if epoch == start_epoch else 0, steps_per_epoch):
-            if step >= total:
-                break
-            pos = s * n_proc + accelerator.process_index  # each process takes its own batch of the plan
-            kind, idx = plan[pos]
-            rng = np.random.default_rng([cfg.seed, 2, epoch, pos])
-            t0 = time.perf_counter()
-            with accelerator.autocast():
-                terms = _loss(kind, idx, data, embedder, temperature(), cfg, rng, masker)
-                loss = sum(terms.values())
-            accelerator.backward(loss)
-            if n_proc > 1:
-                for p in params:
-                    p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), "mean")
-            if cfg.max_grad_norm:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            samples += len(idx) * n_proc
-            busy += time.perf_counter() - t0
-            row = {"event": "step", "step": step, "total_steps": total, "epoch": epoch, "kind": kind,
-                   "loss": float(loss.detach()), "terms": {k: float(v.detach()) for k, v in terms.items()},
-                   "lr": scheduler.get_last_lr()[0],
-                   "temperature": float(1.0 / temperature().detach()),
-                   "samples_per_s": samples / max(busy, 1e-9)}
-            if accelerator.is_main_process:
-                _log(metrics_path, row)
-                if callback:
-                    callback(row)
-            if (s == steps_per_epoch - 1 or step >= total) and eval_records and accelerator.is_main_process:
-                metrics = evaluate(embedder, eval_records, eval_triplets, cfg.eval_batch_size)
-                row = {"event": "eval", "step": step, "epoch": epoch, "split": cfg.eval_split, **metrics}
-                _log(metrics_path, row)
-                logger.info("epoch %d eval: %s", epoch, metrics)
-                if callback:
-                    callback(row)
-            if cfg.save_every and step % cfg.save_every == 0:
-                save(step)
+    accelerator = accelerator_for(cfg.run.precision)
+    objective = OBJECTIVES[stage](stage, cfg, accelerator.device)
+    save_resolved(cfg, out / RESOLVED_FILE, stage=stage)
+    s, r = cfg.schedule, cfg.run
+    settings = LoopSettings(epochs=s.epochs, max_steps=s.max_steps, max_grad_norm=s.max_grad_norm,
+                            precision=r.precision, save_every=r.save_every, keep_checkpoints=r.keep_checkpoints,
+                            resume=r.resume)
+    fit(objective, settings, out, accelerator, callback, name=stage)
     adapter = out / "adapter"
     if accelerator.is_main_process:
-        embedder.save_adapter(adapter)
+        objective.embedder.save_adapter(adapter)
     accelerator.wait_for_everyone()
     return adapter

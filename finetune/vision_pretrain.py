@@ -18,50 +18,25 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from finetune.data import PersonImage, load_split
+from finetune.config import VisionPretrainConfig
+from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, damaged, fit
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "vision_pretrain.json"
-
-
-@dataclass(frozen=True)
-class VisionPretrainConfig:
-    """Vision pre-training settings."""
-
-    steps: int = field(default=900, metadata={"help": "optimizer steps per cycle"})
-    cycles: int = field(default=3, metadata={
-        "help": "warm restarts: each cycle runs its own warmup + cosine schedule with fresh attribute heads on the "
-                "tower the previous cycle left (a from-scratch ViT learns colours in the first, shapes later)"})
-    identities_per_batch: int = field(default=12, metadata={"help": "P: identities per batch"})
-    images_per_identity: int = field(default=4, metadata={"help": "K: images of each identity per batch"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (warmup, cosine decay)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warmup steps"})
-    identity_weight: float = field(default=1.0, metadata={"help": "weight of the SupCon identity loss"})
-    temperature: float = field(default=0.1, metadata={"help": "SupCon temperature"})
-    eval_images: int = field(default=800, metadata={"help": "held-out (val + test) images scored at the end"})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-
-    def __post_init__(self):
-        for name in ("steps", "cycles", "identities_per_batch", "images_per_identity"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"VisionPretrainConfig.{name} must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.identity_weight < 0:
-            raise ValueError("VisionPretrainConfig.lr must be > 0, weight_decay and identity_weight >= 0")
-
-    @classmethod
-    def for_tests(cls) -> VisionPretrainConfig:
-        return cls(steps=15, cycles=1, identities_per_batch=4, images_per_identity=2, warmup_steps=3, eval_images=32)
+RUN_DIR = "vision_run"  # inside the model folder while vision pre-training runs: a folder per cycle
+TOWER_FILE = "tower.safetensors"
 
 
 def _people(world_dir: Path, splits: tuple[str, ...]) -> list[PersonImage]:
@@ -98,14 +73,108 @@ class _AttributeHeads(torch.nn.Module):
         return [head(pooled[:, a]) for a, head in enumerate(self.heads)]
 
 
+def _save_tower(tower: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().clone().contiguous() for k, v in tower.state_dict().items()}, str(folder / TOWER_FILE))
+
+
+def _load_tower(tower: torch.nn.Module, folder: Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tower.load_state_dict(load_file(str(folder / TOWER_FILE)))
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        raise damaged(folder, TOWER_FILE, exc) from None
+
+
+class _Cycle:
+    """One warm-restart cycle as a `finetune.loop.Objective`: its own warmup + cosine schedule and fresh heads
+    on the tower the previous cycle left; each step P identities × K images (drawn from (seed, step)), attribute
+    cross-entropy plus SupCon over identities."""
+
+    def __init__(self, tower, hidden: int, classes: list[int], pixels, labels, by_pid: dict, cfg: VisionPretrainConfig,
+                 seed: int):
+        torch.manual_seed(seed)
+        self.tower, self.pixels, self.labels, self.by_pid, self.cfg, self.seed = tower, pixels, labels, by_pid, cfg, seed
+        self.pids = {i: p for p, images in by_pid.items() for i in images}
+        self.heads = _AttributeHeads(hidden, classes)
+        self.params = list(tower.parameters()) + list(self.heads.parameters())
+        self.steps_per_epoch = cfg.steps
+
+    def optimizer(self):
+        return torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def scheduler(self, optimizer, total_steps: int):
+        from finetune.stage0 import warmup_cosine
+
+        return warmup_cosine(optimizer, self.cfg.warmup_steps, total_steps)
+
+    def begin_epoch(self, epoch: int, resumed: bool) -> None:
+        self.tower.train()
+
+    def batch(self, epoch: int, position: int) -> tuple[str, list[int]]:
+        """P identities × K images (with replacement when a person has fewer than K)."""
+        rng, cfg, by_pid = random.Random(f"vision:{self.seed}:{position}"), self.cfg, self.by_pid
+        chosen = rng.sample(sorted(by_pid), min(cfg.identities_per_batch, len(by_pid)))
+        return "vision", [rng.choice(by_pid[p]) if len(by_pid[p]) < cfg.images_per_identity else i
+                          for p in chosen for i in rng.sample(by_pid[p], min(len(by_pid[p]), cfg.images_per_identity))]
+
+    def batch_size(self, batch) -> int:
+        return len(batch[1])
+
+    def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
+        from finetune.losses import supcon_loss
+
+        idx = torch.tensor(batch[1])
+        x = self.pixels[idx]
+        flip = torch.rand(len(idx)) < 0.5  # mirror images: bags and poses appear on both sides
+        tokens = self.tower(torch.where(flip[:, None, None, None], x.flip(-1), x))
+        y = self.labels[idx]
+        terms = {"attributes": sum(torch.nn.functional.cross_entropy(logits, y[:, a])
+                                   for a, logits in enumerate(self.heads(tokens)))}
+        if self.cfg.identity_weight:
+            pids = torch.tensor([self.pids[i] for i in batch[1]])
+            terms["identity"] = self.cfg.identity_weight * supcon_loss(
+                torch.nn.functional.normalize(tokens.mean(1), dim=-1), pids, self.cfg.temperature)
+        return terms
+
+    def log(self) -> dict:
+        return {}
+
+    def evaluate(self, epoch: int) -> None:
+        return None  # held-out attribute accuracy is scored after the cycle
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def save_weights(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        _save_tower(self.tower, folder)
+        save_file({k: v.detach().contiguous() for k, v in self.heads.state_dict().items()}, str(folder / "heads.safetensors"))
+
+    def load_weights(self, folder: Path) -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        _load_tower(self.tower, folder)
+        try:
+            self.heads.load_state_dict(load_file(str(folder / "heads.safetensors")))
+        except (OSError, SafetensorError, RuntimeError) as exc:
+            raise damaged(folder, "heads.safetensors", exc) from None
+
+
 def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPretrainConfig | None = None,
                     progress: Callable[[int], None] | None = None) -> dict:
     """Train the vision tower + projector of the base in `model_dir` on the world's train split; saves in place."""
     from transformers import AutoModelForImageTextToText
 
     from finetune.data.world import ATTRIBUTES
-    from finetune.losses import supcon_loss
-    from finetune.stage0 import warmup_cosine
     from mllm_embed.embedder import load_image
     from mllm_embed.families import LlavaFamily
 
@@ -130,7 +199,6 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
         return pixels, labels
 
     pixels, labels = tensors(train)
-    pids = torch.tensor([r.person_id for r in train])
     by_pid: dict[int, list[int]] = defaultdict(list)
     for i, r in enumerate(train):
         by_pid[r.person_id].append(i)
@@ -140,62 +208,38 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
     held_out = _people(world_dir, ("val", "test"))
     held_pixels, held_labels = tensors(held_out[: cfg.eval_images]) if held_out and cfg.eval_images else (None, None)
 
-    def cycle(seed: int) -> dict:
-        """One warmup + cosine schedule with fresh heads; the tower carries over from the previous cycle."""
-        torch.manual_seed(seed)
-        rng = random.Random(seed)
-        heads = _AttributeHeads(hidden, [len(ATTRIBUTES[k]) for k in keys])
-        params = list(tower.parameters()) + list(heads.parameters())
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
-
-        def batch() -> list[int]:
-            """P identities × K images (with replacement when a person has fewer than K)."""
-            chosen = rng.sample(sorted(by_pid), min(cfg.identities_per_batch, len(by_pid)))
-            return [rng.choice(by_pid[p]) if len(by_pid[p]) < cfg.images_per_identity else i
-                    for p in chosen for i in rng.sample(by_pid[p], min(len(by_pid[p]), cfg.images_per_identity))]
-
-        curve = []
-        tower.train()
-        for step in range(cfg.steps):
-            idx = torch.tensor(batch())
-            x = pixels[idx]
-            flip = torch.rand(len(idx)) < 0.5  # mirror images: bags and poses appear on both sides
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            tokens = tower(x)
-            y = labels[idx]
-            loss = sum(torch.nn.functional.cross_entropy(logits, y[:, a]) for a, logits in enumerate(heads(tokens)))
-            if cfg.identity_weight:
-                loss = loss + cfg.identity_weight * supcon_loss(torch.nn.functional.normalize(tokens.mean(1), dim=-1),
-                                                                pids[idx], cfg.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            curve.append(round(loss.item(), 4))
-            if progress:
-                progress(1)
-            if step % 25 == 0:
-                logger.info("vision pre-training cycle %d step %d/%d: loss %.3f", seed - cfg.seed, step, cfg.steps,
-                            curve[-1])
-        out = {"loss_curve": curve[:: max(1, cfg.steps // 50)], "final_loss": sum(curve[-20:]) / len(curve[-20:])}
+    run = model_dir / RUN_DIR
+    cycles = []
+    for c in range(cfg.cycles):
+        folder = run / f"cycle-{c}"
+        if (folder / "result.json").exists():  # finished before an interruption: its tower is the next one's start
+            cycles.append(json.loads((folder / "result.json").read_text()))
+            continue
+        if c:
+            _load_tower(tower, run / f"cycle-{c - 1}")
+        cycle = _Cycle(tower, hidden, [len(ATTRIBUTES[k]) for k in keys], pixels, labels, by_pid, cfg, cfg.seed + c)
+        settings = LoopSettings(epochs=1, max_grad_norm=1.0, save_every=cfg.save_every, resume=True)
+        fit(cycle, settings, folder, accelerator_for("no"), name=f"vision pre-training cycle {c}",
+            callback=progress and (lambda row: row["event"] == "step" and progress(1)))
+        curve = [json.loads(x)["loss"] for x in (folder / METRICS_FILE).read_text().splitlines() if x.strip()]
+        out = {"loss_curve": [round(v, 4) for v in curve[:: max(1, cfg.steps // 50)]],
+               "final_loss": sum(curve[-20:]) / len(curve[-20:])}
         if held_pixels is not None:
             tower.eval()
             with torch.no_grad():
-                logits = [torch.cat(parts) for parts in zip(*(heads(tower(held_pixels[s:s + 128]))
+                logits = [torch.cat(parts) for parts in zip(*(cycle.heads(tower(held_pixels[s:s + 128]))
                                                               for s in range(0, len(held_pixels), 128)))]
             acc = {k: float((logits[a].argmax(1) == held_labels[:, a]).float().mean()) for a, k in enumerate(keys)}
             out |= {"held_out_attribute_accuracy": acc, "held_out_mean_accuracy": sum(acc.values()) / len(acc)}
-            logger.info("vision pre-training cycle %d: held-out attribute accuracy %.3f", seed - cfg.seed,
-                        out["held_out_mean_accuracy"])
-        return out
-
-    cycles = [cycle(cfg.seed + c) for c in range(cfg.cycles)]
+            logger.info("vision pre-training cycle %d: held-out attribute accuracy %.3f", c, out["held_out_mean_accuracy"])
+        _save_tower(tower, folder)
+        (folder / "result.json").write_text(json.dumps(out))
+        cycles.append(out)
     result = {"steps": cfg.steps * cfg.cycles, "train_images": len(train), "held_out_images": len(held_out),
               "cycles": cycles, **{k: v for k, v in cycles[-1].items() if k.startswith("held_out")},
               "config": asdict(cfg)}
     model.save_pretrained(model_dir)
     result["seconds"] = round(time.time() - started, 1)
     (model_dir / DONE_FILE).write_text(json.dumps(result, indent=2))
+    shutil.rmtree(run)
     return result

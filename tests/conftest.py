@@ -52,11 +52,12 @@ def tiny_base(tiny_world, tmp_path_factory) -> Path:
 def tiny_adapter(tiny_base, tiny_world, tmp_path_factory) -> Path:
     """A stage-1 LoRA adapter on the tiny base (~160 steps, about 40 s): shared by the training tests and the
     end-to-end tests that search with it. Its run folder (metrics.jsonl) is the adapter's parent."""
-    from finetune.train import TrainConfig, train
+    from finetune.config import TrainConfig
+    from finetune.train import train
 
     out = _cache_dir(tmp_path_factory, "stage1")
     adapter = out / "adapter"
     if not (adapter / "lineup_embedder.json").exists():
-        train("stage1", TrainConfig(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(out),
+        train("stage1", TrainConfig.of(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(out),
                                     epochs=40, eval_split=""))
     return adapter

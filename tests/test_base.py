@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune.train import TrainConfig, _Data
+from finetune.config import TrainConfig
+from finetune.train import _Data
 from finetune.vision_pretrain import VisionPretrainConfig, pretrain_vision
 
 
@@ -29,10 +31,44 @@ def test_vision_pretraining_lowers_its_loss_and_changes_only_the_tower(tiny_base
     assert json.loads((base / "vision_pretrain.json").read_text())["steps"] == 40  # 2 cycles x 20
 
 
+def test_killed_vision_pretraining_resumes_to_the_same_tower(tiny_base, tiny_world, tmp_path):
+    """Vision pre-training runs in the one training loop: killed in its second cycle and resumed, it logs the same
+    losses and saves the same tower as an uninterrupted run (finished cycles are kept, not rerun)."""
+    cfg = VisionPretrainConfig(steps=6, cycles=2, identities_per_batch=4, images_per_identity=2, warmup_steps=2,
+                               eval_images=0, save_every=2)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for folder in (full, killed):
+        shutil.copytree(tiny_base, folder)
+    results = [pretrain_vision(full, tiny_world, cfg)]
+
+    class Kill(Exception):
+        pass
+
+    seen = []
+
+    def kill_in_cycle_1(n: int):
+        seen.append(n)
+        if len(seen) == 9:
+            raise Kill
+
+    with pytest.raises(Kill):
+        pretrain_vision(killed, tiny_world, cfg, progress=kill_in_cycle_1)
+    assert (killed / "vision_run" / "cycle-0" / "result.json").exists()
+    assert [p.name for p in (killed / "vision_run" / "cycle-1").glob("checkpoint-*")] == ["checkpoint-2"]
+    resumed = []
+    results.append(pretrain_vision(killed, tiny_world, cfg, progress=resumed.append))
+    assert len(resumed) == 4 and not (killed / "vision_run").exists()
+    for done, again in zip(*(r["cycles"] for r in results)):
+        assert again["loss_curve"] == pytest.approx(done["loss_curve"], abs=1e-4)
+        assert again["final_loss"] == pytest.approx(done["final_loss"], abs=1e-6)
+    weights = [load_file(str(folder / "model.safetensors")) for folder in (full, killed)]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
+
+
 def test_hard_negative_batches_hold_one_edit_neighbours(tiny_base, tiny_world, tmp_path):
     def neighbour_pairs(hard: bool) -> int:
-        cfg = TrainConfig(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(tmp_path), ids_per_batch=4,
-                          hard_negatives=hard)
+        cfg = TrainConfig.of(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(tmp_path), ids_per_batch=4,
+                             hard_negatives=hard)
         data = _Data("stage1", cfg)
         assert data.neighbours  # the world's composed triplets link one-edit neighbours in the train split
         pairs = 0

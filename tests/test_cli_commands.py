@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from cli.main import build_parser, main
+from finetune.config import TrainConfig
 
 # index, search, chat, batch and eval run in test_cli_e2e.py; caption and rewrite in test_cli_augment.py.
 COVERED_ELSEWHERE = {"index", "search", "chat", "batch", "eval", "caption", "rewrite"}
@@ -23,15 +26,23 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
     assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
     assert json.loads((model / "stage0_done.json").read_text())["steps"] > 0
 
-    # every flag kind the generated options take, and --quantization, which `train` passes itself
+    # a recipe file, every flag kind the generated options take on top of it, and --quantization, which `train`
+    # passes itself; the resolved config beside the adapter reruns the same run
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("stage: stage1\nbatches: {ids_per_batch: 6}\nschedule: {epochs: 3, lr: 0.01}\n"
+                      "loss: {learn_temperature: true}\n")
     run1 = tmp_path / "runs" / "stage1"
-    assert main(["train", "stage1", "--model", str(tiny_base), "--world", str(tiny_world), "--out", str(run1),
-                 "--epochs", "1", "--lr", "3e-4", "--no-learn-temperature", "--eval-split", "",
+    assert main(["train", "stage1", "--config", str(recipe), "--model", str(tiny_base), "--world", str(tiny_world),
+                 "--out", str(run1), "--epochs", "1", "--lr", "3e-4", "--no-learn-temperature", "--eval-split", "",
                  "--lora-target-modules", "q_proj", "v_proj"]) == 0
     steps = [json.loads(line) for line in (run1 / "metrics.jsonl").read_text().splitlines()]
     assert steps and (run1 / "adapter" / "lineup_embedder.json").exists()
-    saved = json.loads((run1 / "train_config.json").read_text())
-    assert saved["lr"] == 3e-4 and saved["lora_target_modules"] == ["q_proj", "v_proj"] and not saved["learn_temperature"]
+    saved = yaml.safe_load((run1 / "resolved_config.yaml").read_text())
+    assert saved["stage"] == "stage1" and saved["batches"]["ids_per_batch"] == 6  # from the file
+    assert saved["schedule"] == {**saved["schedule"], "epochs": 1, "lr": 3e-4}  # flags override the file
+    assert saved["model"]["lora_target_modules"] == ["q_proj", "v_proj"] and not saved["loss"]["learn_temperature"]
+    assert saved["model"]["base_model"] == str(tiny_base) and saved["run"]["output_dir"] == str(run1)
+    assert TrainConfig.from_recipe(run1 / "resolved_config.yaml", "stage1").schedule.lr == 3e-4
 
     run2 = tmp_path / "runs" / "stage2"
     assert main(["train", "stage2", "--model", str(tiny_base), "--adapter", str(tiny_adapter),

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 
 from mllm_embed import load_embedder
@@ -132,3 +133,48 @@ def test_judge_accuracy_is_balanced_and_stage0_reports_it(tiny_base):
     done = json.loads((tiny_base / "stage0_done.json").read_text())
     for key in ("val_match", "val_same_person"):
         assert done[key]["n"] >= 40 and 0.0 <= done[key]["balanced_accuracy"] <= 1.0, done[key]
+
+
+def test_killed_stage0_resumes_to_the_same_loss_curve_and_weights(tiny_base, tiny_world, tmp_path):
+    """Stage 0 runs in the one training loop: a run killed after a checkpoint and resumed logs the same losses
+    and saves the same weights as an uninterrupted one (its epochs are drawn from (seed, epoch), not from a
+    shared RNG, and counted without being built)."""
+    import shutil
+
+    from finetune.config import Stage0Config
+    from finetune.stage0 import RUN_DIR, pretrain
+
+    cfg = Stage0Config(epochs=2, batch_size=32, attributes=("gender",), questions_per_image=1, caption_weight=0.1,
+                       warmup_steps=2, eval_questions=0, eval_judgements=0, save_every=3)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    for folder in (full, killed):
+        shutil.copytree(tiny_base, folder)
+        (folder / "stage0_done.json").unlink()
+    pretrain(full, tiny_world, cfg)
+
+    class Kill(Exception):
+        pass
+
+    seen = []
+
+    def kill_at_4(n: int):
+        seen.append(n)
+        if len(seen) == 4:
+            raise Kill
+
+    try:
+        pretrain(killed, tiny_world, cfg, progress=kill_at_4)
+    except Kill:
+        pass
+    assert [p.name for p in (killed / RUN_DIR).glob("checkpoint-*")] == ["checkpoint-3"]
+    steps = []
+    pretrain(killed, tiny_world, cfg, progress=steps.append)
+    done = [json.loads((folder / "stage0_done.json").read_text()) for folder in (full, killed)]
+    assert done[0]["steps"] == done[1]["steps"] == 3 + len(steps) and done[0]["steps"] >= 6
+    losses = [[json.loads(x)["loss"] for x in (folder / RUN_DIR / "metrics.jsonl").read_text().splitlines()]
+              for folder in (full, killed)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6) and done[1]["loss_curve"] == pytest.approx(
+        done[0]["loss_curve"], abs=1e-6)
+    assert not list((killed / RUN_DIR).glob("checkpoint-*"))  # removed once the weights are saved
+    weights = [load_embedder(folder).model.state_dict() for folder in (full, killed)]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in weights[0])
