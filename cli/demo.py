@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from cli.project import Project
-from cli.ui import console, metrics_table, progress_bar
+from cli.training import run_training, show_stage0
+from cli.ui import console, metrics_table, progress_bar, show_hits
 
 
 @dataclass
@@ -53,8 +54,6 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     from mllm_embed.tiny import SHIPPED_BASES
     from retrieval.engine import SearchEngine
     from retrieval.store import open_store
-
-    from cli.commands import run_training, show_stage0
 
     started = time.time()
     project.root.mkdir(parents=True, exist_ok=True)
@@ -160,8 +159,6 @@ def _thi(project: Project, engine, records: list[dict], cfg: DemoConfig) -> list
 
 def _searches(project: Project, engine, records: list[dict]) -> dict:
     from finetune.data.loaders import load_triplets
-
-    from cli.commands import show_hits
 
     query = records[0]
     text = query["captions"][0]

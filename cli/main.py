@@ -6,13 +6,14 @@ Errors a user can cause (LineupError) print as one red line and exit 2 — never
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from mllm_embed.errors import LineupError
 
+from cli import commands
+from cli.flags import TRAIN_EXPLICIT, add_dataclass_args
 from cli.project import Project
 from cli.ui import console
 
@@ -81,36 +82,6 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     where.add_argument("--qdrant-url", default=None, help="a Qdrant server URL instead of the embedded store")
 
 
-def add_dataclass_args(group, cls, skip: set[str]) -> None:
-    """One flag per dataclass field, help from its metadata; absent flags keep the dataclass default."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {default})")
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif isinstance(default, tuple):
-            group.add_argument(flag, nargs="+", **kw)
-        elif isinstance(default, (int, float)):
-            group.add_argument(flag, type=type(default), **kw)
-        else:
-            group.add_argument(flag, **kw)
-
-
-def dataclass_overrides(cls, args: argparse.Namespace, skip: set[str]) -> dict:
-    """The fields of `cls` the user set through the flags `add_dataclass_args` generated (the same `skip`):
-    a field that another flag shares a name with (e.g. `--quantization`) is the command's to pass."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.name not in skip and hasattr(args, f.name)}
-
-
-# TrainConfig fields that `lineup train` sets from its own flags (--model, --world/--dataset, --out, --adapter,
-# --quantization, --prompt-style) rather than from generated ones.
-TRAIN_EXPLICIT = {"base_model", "data", "output_dir", "init_adapter", "quantization", "prompt_style"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lineup",
@@ -119,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("world", help="render the synthetic person world (images + annotations)")
+    p.set_defaults(run=commands.cmd_world)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: project world/)")
     p.add_argument("--identities", type=_at_least(3), default=200, help="number of base identities (>= 3)")
     p.add_argument("--images-per-id", type=POSITIVE, default=6, help="images per identity")
@@ -127,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("bootstrap", help="build the offline tiny base MLLM: local tokenizer + stage-0 pre-training")
+    p.set_defaults(run=commands.cmd_bootstrap)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--out", type=Path, default=None, help="model folder (default: project model/)")
     p.add_argument("--size", choices=["test", "tiny", "small"], default="tiny", help="model size")
@@ -137,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("train", help="LoRA fine-tune: stage1 (image–text alignment) or stage2 (composed)")
+    p.set_defaults(run=commands.cmd_train)
     p.add_argument("stage", choices=["stage1", "stage2"])
     _add_model(p)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
@@ -149,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("caption", help="TDE: caption images with diverse templates by the MLLM")
+    p.set_defaults(run=commands.cmd_caption)
     _add_model(p)
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="JSONL of {image, caption}")
@@ -156,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("rewrite", help="LLM-DA: rewrite captions with a causal LM, filtered by TFF")
+    p.set_defaults(run=commands.cmd_rewrite)
     _add_model(p)
     p.add_argument("--rewriter", required=True, help="causal LM folder or hub name")
     p.add_argument("--captions", type=Path, required=True, help="JSONL with a 'caption' or 'captions' field")
@@ -164,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("index", help="embed gallery images and upsert them into Qdrant (resumable)")
+    p.set_defaults(run=commands.cmd_index)
     _add_model(p)
     _add_store(p)
     src = p.add_mutually_exclusive_group()
@@ -178,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("search", help="one query: text, image, or image + modification")
+    p.set_defaults(run=commands.cmd_search)
     _add_model(p)
     _add_store(p)
     p.add_argument("--text", help="describe the person")
@@ -191,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("chat", help="interactive search session with THI questions, composed steps and undo")
+    p.set_defaults(run=commands.cmd_chat)
     _add_model(p)
     _add_store(p)
     p.add_argument("-k", "--top-k", type=_top_k, default=5)
@@ -201,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("batch", help="run a JSONL/CSV/parquet file of queries, write ranked results")
+    p.set_defaults(run=commands.cmd_batch)
     _add_model(p)
     _add_store(p)
     p.add_argument("--queries", type=Path, required=True)
@@ -209,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("eval", help="Rank-1/5/10, mAP, mINP, composed Recall@K, verification, THI rounds")
+    p.set_defaults(run=commands.cmd_eval)
     _add_model(p)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--dataset", type=Path, default=None, help="a real dataset instead")
@@ -224,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("demo", help="the offline demo: world → bootstrap → stage1 → stage2 → index → eval → search")
+    p.set_defaults(run=commands.cmd_demo)
     p.add_argument("--identities", type=_at_least(3), default=None, help="world size (default: the demo's)")
     p.add_argument("--fast", action="store_true", help="a much smaller demo (minutes), for smoke tests")
     _add_project(p)
@@ -257,10 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_library_progress()
     project = Project(args.project) if getattr(args, "project", None) else Project()
-    from cli import commands
-
     try:
-        return getattr(commands, f"cmd_{args.command}")(args, project) or 0
+        return args.run(args, project) or 0
     except LineupError as err:
         return _fail(err)
     except Exception as exc:  # a fault no check foresaw: still one line; -v shows the traceback

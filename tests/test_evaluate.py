@@ -8,7 +8,7 @@ from _retrieval_fakes import FakeEmbedder, VOCAB, hand_composed_case, make_galle
 from PIL import Image
 
 from mllm_embed.errors import LineupError
-from retrieval.evaluate import (EvalConfig, evaluate_composed, evaluate_i2i, evaluate_noise, evaluate_t2i,
+from retrieval.evaluate import (EvalConfig, evaluate_composed, evaluate_i2i, evaluate_t2i,
                                 evaluate_verification, sample_pairs)
 from retrieval.metrics import rank_metrics, recall_at_k
 
@@ -134,5 +134,7 @@ def test_real_model_end_to_end(tiny_base, tiny_world, tmp_path):
 
 
 def test_noise_task_needs_a_world_with_attributes():
+    from finetune.evaluate_nam import evaluate_noise
+
     with pytest.raises(LineupError, match="real.csv: the noise task needs records with attributes"):
         evaluate_noise(None, [{"image": "a.png", "captions": ["a man"], "attributes": None}], source="real.csv")
