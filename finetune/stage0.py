@@ -263,7 +263,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     cfg = cfg or Stage0Config()
     model_dir, world_dir = Path(model_dir), Path(world_dir)
     if not (world_dir / "annotations.jsonl").exists():
-        raise LineupError(f"{world_dir}: no annotations.jsonl; generate a world first (lineup world generate)")
+        raise LineupError(f"{world_dir}: no annotations.jsonl; render a world first (`lineup world --out DIR`)")
     started = time.time()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -80,7 +80,7 @@ def world_texts(world_dir: str | Path) -> list[str]:
                 texts.extend(value if isinstance(value, list) else [value] if value else [])
     if not texts:
         raise LineupError(f"{world_dir}: no annotations.jsonl / vqa.jsonl text found; pass a world folder "
-                          "(lineup world generate) or a list of texts")
+                          "(`lineup world`) or a list of texts")
     return texts
 
 

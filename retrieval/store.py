@@ -354,7 +354,7 @@ class EdgeStore(Store):
         super().__init__(config)
         self.root = Path(path)
         if self.root.exists() and not self.root.is_dir():
-            raise LineupError(f"index path {self.root} is a file: pass a folder for --index")
+            raise LineupError(f"index path {self.root} is a file: pass a folder for --qdrant-path")
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, Any] = {}
         self._building: dict[str, BackgroundBuild] = {}
@@ -417,7 +417,7 @@ class EdgeStore(Store):
             except Exception as exc:  # the engine locks its folder: one process per path
                 raise LineupError(
                     f"cannot open collection '{name}' under {self.root} ({exc}): close the other process "
-                    "using this --index, or use a Qdrant server (--qdrant-url) for concurrent access"
+                    "using this --qdrant-path, or use a Qdrant server (--qdrant-url) for concurrent access"
                 ) from exc
         return self._shards[name]
 
@@ -817,11 +817,11 @@ def open_store(
 ) -> Store:
     """path → embedded qdrant-edge-py; url → qdrant-client server; ":memory:" (either) → in-memory client."""
     if path is not None and url is not None:
-        raise LineupError("give either an index path (--index) or a Qdrant URL (--qdrant-url), not both")
+        raise LineupError("give either a store folder (--qdrant-path) or a Qdrant URL (--qdrant-url), not both")
     if MEMORY in (str(path), url):
         return ClientStore(MEMORY, config)
     if url is not None:
         return ClientStore(url, config)
     if path is None:
-        raise LineupError("no vector store given: pass an index folder (--index) or a Qdrant URL (--qdrant-url)")
+        raise LineupError("no vector store given: pass a store folder (--qdrant-path) or a Qdrant URL (--qdrant-url)")
     return EdgeStore(path, config)

@@ -221,7 +221,7 @@ def test_help_does_not_import_the_heavy_libraries(command):
 
 # ---------------------------------------------------------------- texts name commands and flags that exist
 
-QUOTED = re.compile(r"`(lineup [^`]*)`")
+QUOTED = re.compile(r"`(lineup [^`]*)`|\((lineup [a-z][^)]*)\)")  # `lineup x` or (lineup x)
 
 
 def _strings(path: Path):
@@ -240,14 +240,17 @@ def quoted_commands() -> list[tuple[str, str]]:
     found = []
     for pkg in PACKAGES:
         for path in sorted((ROOT / pkg).rglob("*.py")):
-            found += [(str(path.relative_to(ROOT)), cmd) for text in _strings(path) for cmd in QUOTED.findall(text)]
+            found += [(str(path.relative_to(ROOT)), "".join(cmd)) for text in _strings(path)
+                      for cmd in QUOTED.findall(text)]
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    found += [("README.md", cmd) for cmd in QUOTED.findall(readme)]
+    texts = ["".join(cmd) for cmd in QUOTED.findall(readme)]
     for block in re.findall(r"```[a-z]*\n(.*?)```", readme, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.strip()
-            if line.startswith("lineup "):
-                found.append(("README.md", line.split(" #")[0]))
+        texts += [line.strip().split(" #")[0] for line in block.replace("\\\n", " ").splitlines()
+                  if line.strip().startswith("lineup ")]
+    # usage notation: [optional] parts are checked too, `a|b` alternatives each, `&&` joins two commands
+    for text in texts:
+        for cmd in re.sub(r"[\[\]]", " ", text.replace("\\|", "|")).split("&&"):
+            found.append(("README.md", " ".join(w for w in cmd.split() if w != "|")))
     return found
 
 
@@ -266,6 +269,13 @@ def unknown_parts(command: str, parser) -> list[str]:
     positionals = [a for a in parser._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
     bad, takes_value = [], False
     for word in words:
+        if "|" in word and not takes_value:  # alternatives: a positional's choices, or flags
+            bad += [w for w in word.split("|") if w.startswith("-") and w not in flags
+                    or not w.startswith("-") and positionals and positionals[0].choices
+                    and w not in positionals[0].choices]
+            if not word.startswith("-") and positionals:
+                positionals.pop(0)
+            continue
         if word.startswith("-"):
             action = flags.get(word.split("=")[0])
             if action is None:
@@ -280,6 +290,35 @@ def unknown_parts(command: str, parser) -> list[str]:
         else:
             bad.append(word)
     return bad
+
+
+def error_flags() -> list[tuple[str, str]]:
+    """(where, flag) for every --flag named in a `raise LineupError(...)` message of our packages."""
+    found = []
+    for pkg in PACKAGES[:-1]:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) \
+                        and getattr(node.exc.func, "id", None) == "LineupError":
+                    texts = [n.value for n in ast.walk(node.exc) if isinstance(n, ast.Constant)
+                             and isinstance(n.value, str)]
+                    found += [(str(path.relative_to(ROOT)), flag) for text in texts
+                              for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text)]
+    return found
+
+
+def test_every_flag_an_error_names_exists():
+    import argparse
+
+    from cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    known = set(parser._option_string_actions).union(*(p._option_string_actions for p in sub.choices.values()))
+    named = error_flags()
+    assert len(named) > 20
+    assert [(where, flag) for where, flag in named if flag not in known] == []
 
 
 def test_every_quoted_lineup_command_exists():
@@ -300,5 +339,8 @@ def test_the_text_checker_catches_a_command_that_does_not_exist():
     assert unknown_parts("lineup train stage2 --epochs 2", parser) == []
     assert unknown_parts("lineup world generate --out X", parser) == ["generate"]
     assert unknown_parts("lineup train stage3", parser) == ["stage3"]
+    assert unknown_parts("lineup train stage1|stage3", parser) == ["stage3"]
     assert unknown_parts("lineup generate", parser) == ["generate"]
     assert unknown_parts("lineup index --vqa-cahce", parser) == ["--vqa-cahce"]
+    assert ["".join(m) for m in QUOTED.findall("render a world first (lineup world generate)")] == \
+        ["lineup world generate"]
