@@ -495,9 +495,9 @@ def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig,
         records = [data.records[i] for i in idx]
         pids = torch.tensor([r["person_id"] for r in records], device=embedder.device)
         layer = cfg.nam_layer if cfg.word_patch_weight else None
-        img_batch = embedder.batch("image", [data.image(r["image"]) for r in records])
+        img_batch = embedder.image_batch([data.image(r["image"]) for r in records])
         captions = [data.caption(i, rng, masker) for i in idx]
-        txt_batch = embedder.batch("text", captions)
+        txt_batch = embedder.text_batch(captions)
         img, img_h = embedder.embed_with_states(img_batch, layer)
         txt, txt_h = embedder.embed_with_states(txt_batch, layer)
         terms = {"contrastive": contrastive_loss(img, txt, scale, pids)}
@@ -517,8 +517,8 @@ def _loss(kind: str, idx: tuple, data: _Data, embedder, scale, cfg: TrainConfig,
         return terms
     trip = [data.triplets[i] for i in idx]
     target_pids = torch.tensor([t["target_id"] for t in trip], device=embedder.device)
-    q = embedder.embed(embedder.batch("composed", [(data.image(t["reference"]), t["modification"]) for t in trip]))
-    tgt = embedder.embed(embedder.batch("image", [data.image(t["target"]) for t in trip]))
+    q = embedder.embed(embedder.composed_batch([(data.image(t["reference"]), t["modification"]) for t in trip]))
+    tgt = embedder.embed(embedder.image_batch([data.image(t["target"]) for t in trip]))
     return {"composed": contrastive_loss(q, tgt, scale, target_pids)}
 
 
