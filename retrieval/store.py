@@ -272,9 +272,6 @@ class Store(ABC):
     def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
         """Merge ``payload`` keys into one point's payload."""
 
-    @abstractmethod
-    def delete_collection(self, name: str) -> None: ...
-
     def index_payload_field(self, name: str, key: str, kind: str = "keyword") -> None:
         """Create a payload index on ``key`` (a dotted path such as ``attributes.bag`` works) so filters on it
         stay fast and filtered HNSW search keeps its recall. ``kind``: integer, keyword, bool or float."""
@@ -541,16 +538,6 @@ class EdgeStore(Store):
         shutil.rmtree(old, ignore_errors=True)
         self._building.pop(name, None)
 
-    def delete_collection(self, name: str) -> None:
-        check_collection_name(name)
-        if name in self._building:
-            self._building[name].cancel()
-        shard = self._shards.pop(name, None)
-        if shard is not None:
-            shard.close()
-        self._dims.pop(name, None)
-        shutil.rmtree(self.root / name, ignore_errors=True)
-
     def close(self) -> None:
         for build in list(self._building.values()):
             build.wait()
@@ -771,10 +758,6 @@ class ClientStore(Store):
 
     def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
         self.client.set_payload(name, payload=payload, points=[id], wait=True)
-
-    def delete_collection(self, name: str) -> None:
-        self.client.delete_collection(name)
-        self._dims.pop(name, None)
 
     def close(self) -> None:
         self.client.close()
