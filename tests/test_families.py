@@ -35,7 +35,7 @@ def test_family_trains_reloads_indexes_and_searches(family, small_world, tmp_pat
     from finetune.data.loaders import load_person_dataset
     from mllm_embed import load_embedder
     from mllm_embed.scaled import build_scaled
-    from mllm_embed.tiny import world_texts
+    from finetune.data.world import world_texts
 
     base = build_scaled(family, world_texts(small_world), tmp_path / "base")
     project = ["--project", str(tmp_path / "project")]
