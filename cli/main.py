@@ -55,8 +55,8 @@ def _top_k(text: str) -> int:
 
 def _add_project(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, default=None,
-                   help="project folder holding world/, model/, runs/ (training runs, each with its adapter/), qdrant/, "
-                        "reports/ (default: ./lineup-project or $LINEUP_PROJECT)")
+                   help="project folder holding world/, model/, runs/ (training runs, each with its adapter/), "
+                        "qdrant/, reports/ (default: ./lineup-project or $LINEUP_PROJECT)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--dataset", type=Path, default=None, help="a real dataset annotation file or folder instead")
-    p.add_argument("--out", type=Path, default=None, help="run folder; the adapter goes to its adapter/ (default: project runs/STAGE)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder; the adapter goes to its adapter/ (default: project runs/STAGE)")
     from finetune.train import TrainConfig
 
     add_dataclass_args(p.add_argument_group("training options (finetune.train.TrainConfig)"), TrainConfig,

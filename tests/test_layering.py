@@ -1,7 +1,7 @@
 """The packages stay layered, without import circles, and `lineup --help` stays light.
 
-Layers, bottom to top (docs/CONTRACTS.md): mllm_embed → finetune.data → retrieval → finetune (training) → cli →
-benchmarks. A module imports only from its own layer or below; training reaches into retrieval only for its
+Layers, bottom to top (docs/CONTRACTS.md): mllm_embed → finetune.data → retrieval → finetune (training) →
+cli → benchmarks. A module imports only from its own layer or below; training reaches into retrieval only for its
 pure metrics and evaluation protocols; rich is the CLI's. Every import counts, also the ones inside functions.
 """
 
