@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.data import load_split  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.embedder import load_image  # noqa: E402
+from finetune.data.world import world_texts  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def main() -> None:
         from finetune.data.world import WorldConfig, generate_world
 
         world = generate_world(tmp / "world", WorldConfig(identities=max(8, args.n // 4), images_per_id=4, seed=0))
-    base = args.base or build_tiny_base(world, tmp / "base", size=args.size)
+    base = args.base or build_tiny_base(world_texts(world), tmp / "base", size=args.size)
     rows = load_split(world, None)[: args.n]
     paths = [r.image for r in rows]
     texts = [r.captions[0] for r in rows]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli.ui import metrics_table  # noqa: E402
 from finetune import nam  # noqa: E402
 from finetune.data import load_split  # noqa: E402
-from finetune.data.world import WorldConfig, generate_world  # noqa: E402
+from finetune.data.world import WorldConfig, generate_world, world_texts  # noqa: E402
 from finetune.stage0 import Stage0Config, pretrain  # noqa: E402
 from finetune.config import RECIPES, TrainConfig  # noqa: E402
 from finetune.train import evaluate_split, train  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     if not (world / "world.json").exists():
         generate_world(world, WorldConfig(identities=args.identities, images_per_id=4, seed=11))
     if not (base / "stage0_done.json").exists():
-        build_tiny_base(world, base, size="test")
+        build_tiny_base(world_texts(world), base, size="test")
         pretrain(base, world, Stage0Config.for_tests())
 
     recipe = TrainConfig.from_recipe(RECIPES / "bench-finetune.yaml", "stage1").with_overrides(

@@ -80,8 +80,9 @@ def throughput(model_dir, device, dtype, batch, n, repeats) -> dict:
     emb = load_embedder(model_dir, device=device, dtype=dtype)
     images, texts = _images(n), [TEXTS[i % len(TEXTS)] + f" #{i}" for i in range(n)]
     out = {}
-    for kind, items, encode in (("images", images, emb.encode_images), ("texts", texts, emb.encode_text)):
-        batches = [emb._to_device(emb.batch(kind[:-1], items[s:s + batch])) for s in range(0, n, batch)]
+    for kind, items, encode, make_batch in (("images", images, emb.encode_images, emb.image_batch),
+                                            ("texts", texts, emb.encode_text, emb.text_batch)):
+        batches = [emb._to_device(make_batch(items[s:s + batch])) for s in range(0, n, batch)]
         backbone = emb._backbone()
 
         @torch.no_grad()
@@ -109,7 +110,7 @@ def stage1_step(model_dir, device, dtype, ids, steps, checkpointing=False, quant
     scale = Temperature(0.1, False).to(emb.device)
     images, pids = _images(2 * ids, seed=1), torch.arange(ids, device=emb.device).repeat_interleave(2)
     captions = [TEXTS[i // 2 % len(TEXTS)] + f" #{i // 2}" for i in range(2 * ids)]
-    img_batch, txt_batch = emb.batch("image", images), emb.batch("text", captions)
+    img_batch, txt_batch = emb.image_batch(images), emb.text_batch(captions)
 
     def step():
         loss = contrastive_loss(emb.embed(img_batch), emb.embed(txt_batch), scale(), pids)

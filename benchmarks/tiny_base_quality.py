@@ -30,7 +30,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.data import load_split, load_vqa  # noqa: E402
-from finetune.data.world import WorldConfig, generate_world  # noqa: E402
+from finetune.data.world import WorldConfig, generate_world, world_texts  # noqa: E402
 from finetune.stage0 import Judgements, Stage0Config, judge_accuracy, pretrain, split_people  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from mllm_embed.tiny import build_tiny_base  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
         stage0 = json.loads((base / "stage0_done.json").read_text())
         cfg = Stage0Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stage0["config"].items()})
     else:
-        base = build_tiny_base(world, work / "base", size=args.size)
+        base = build_tiny_base(world_texts(world), work / "base", size=args.size)
         build_s = time.time() - started
         cfg = Stage0Config(epochs=args.epochs)
         pretrain(base, world, cfg)

@@ -97,7 +97,8 @@ class ChatSession:
             if value is None:
                 raise LineupError(self.vocabulary.hint(self.pending["key"], text))
         rnd = self.thi.answer(self.pending, value)
-        return self._push(Step("answer", rnd.ranking, f"{self.pending['question']} → {rnd.answer or 'skipped'}"))
+        said = rnd.action.answer or "skipped"
+        return self._push(Step("answer", rnd.ranking, f"{self.pending['question']} → {said}"))
 
     def _shown(self, rank: int) -> Any:
         shown = min(self.k, len(self.ranking))

@@ -16,7 +16,8 @@ from mllm_embed.errors import LineupError
 from mllm_embed.files import atomic_output, check_writable, write_text_atomic
 
 from cli.project import Project
-from cli.ui import console, contact_sheet, metrics_table, preview_strip, progress_bar
+from cli.training import run_training, show_stage0
+from cli.ui import console, contact_sheet, metrics_table, progress_bar, show_hits
 
 if TYPE_CHECKING:
     from finetune.data import PersonImage
@@ -150,23 +151,6 @@ def _distinct(out: Path, inputs: dict[str, Path | None]) -> None:
             raise LineupError(f"--out {out}: is the {role} input; write to another file")
 
 
-def show_hits(hits, title: str, preview: bool = True) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in ("#", "score", "person", "camera"):
-        table.add_column(col, justify="right")
-    table.add_column("image")
-    for rank, hit in enumerate(hits, 1):
-        p = hit.payload
-        table.add_row(str(rank), f"{hit.score:.3f}", str(p.get("person_id", "?")), str(p.get("camera_id", "?")),
-                      Path(p.get("image", "")).name)
-    console.print(table)
-    shown = [(i, h.payload["image"]) for i, h in enumerate(hits, 1) if Path(h.payload.get("image", "")).is_file()]
-    if preview and shown:
-        console.print(preview_strip([p for _, p in shown], [f"#{i}" for i, _ in shown]))
-
-
 # ---------------------------------------------------------------- commands
 
 def cmd_world(args, project: Project) -> int:
@@ -219,17 +203,6 @@ def cmd_bootstrap(args, project: Project) -> int:
                        progress=lambda step, n: advance(n, info=step))
     show_stage0(Path(out))
     return 0
-
-
-def show_stage0(model_dir: Path) -> None:
-    done = json.loads((model_dir / "stage0_done.json").read_text())
-    row = {"final loss": done["loss_curve"][-1], "steps": done["steps"], "seconds": done["seconds"]}
-    vision = model_dir / "vision_pretrain.json"
-    if vision.exists():
-        row["vision attr acc %"] = 100 * json.loads(vision.read_text()).get("held_out_mean_accuracy", 0.0)
-    if "val_vqa" in done:
-        row["val VQA acc %"] = 100 * done["val_vqa"]["accuracy"]
-    console.print(metrics_table(f"stage 0 — {model_dir}", {"base": row}))
 
 
 def cmd_index(args, project: Project) -> int:
@@ -353,23 +326,6 @@ def cmd_train(args, project: Project) -> int:
     return 0
 
 
-def run_training(stage: str, cfg) -> Path:
-    """train() with a rich progress bar (loss, samples/s) and an evaluation table after each epoch."""
-    from finetune.train import train
-
-    with progress_bar(f"training {stage}", total=None) as advance:
-        def callback(event: dict) -> None:
-            if event["event"] == "step":
-                advance(1, total=event["total_steps"], info=f"epoch {event['epoch']} loss {event['loss']:.3f} "
-                                f"{event['samples_per_s']:.1f} samples/s")
-            elif event["event"] == "eval":
-                metrics = " · ".join(f"{k} {v:.1f}" for k, v in event.items()
-                                     if k not in ("event", "step", "epoch") and isinstance(v, float))
-                console.print(f"[dim]{stage} epoch {event['epoch']} ({cfg.run.eval_split}):[/] {metrics}")
-
-        return train(stage, cfg, callback=callback)
-
-
 def cmd_caption(args, project: Project) -> int:
     from finetune.augment import caption_images
     from finetune.data import write_jsonl
@@ -431,6 +387,7 @@ def _read_captions(path: Path) -> list[str]:
 
 
 def cmd_eval(args, project: Project) -> int:
+    from finetune.data import load_split
     from retrieval.evaluate import TASKS, EvalConfig, evaluate_dataset
 
     path = args.dataset or _world(args, project)
@@ -439,10 +396,15 @@ def cmd_eval(args, project: Project) -> int:
     if args.plots:
         check_writable(args.plots / "roc.png", "--plots")
     embedder = _embedder(args, project)
-    tasks = TASKS if args.task == "all" else (args.task,)
-    with progress_bar("evaluating", total=None) as advance:
-        results = evaluate_dataset(embedder, path, tasks, EvalConfig(split=args.split, nam_layer=args.nam_layer),
-                                   plots=args.plots, progress=advance)
+    if args.task == "noise":  # NAM's wrong-word detection: a training-side evaluation (finetune.evaluate_nam)
+        from finetune.evaluate_nam import evaluate_noise
+
+        results = {"noise": evaluate_noise(embedder, load_split(path, args.split, required=True), args.nam_layer, path)}
+    else:
+        tasks = TASKS if args.task == "all" else (args.task,)
+        with progress_bar("evaluating", total=None) as advance:
+            results = evaluate_dataset(embedder, path, tasks, EvalConfig(split=args.split), plots=args.plots,
+                                       progress=advance)
     if args.thi != "off":
         results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds)
     show_results(results)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from cli.project import Project
-from cli.ui import console, metrics_table, progress_bar
+from cli.training import run_training, show_stage0
+from cli.ui import console, metrics_table, progress_bar, show_hits
 
 if TYPE_CHECKING:
     from finetune.data import PersonImage
@@ -53,8 +54,6 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     from mllm_embed.tiny import SHIPPED_BASES
     from retrieval.engine import SearchEngine
     from retrieval.store import open_store
-
-    from cli.commands import run_training, show_stage0
 
     started = time.time()
     project.root.mkdir(parents=True, exist_ok=True)
@@ -158,8 +157,6 @@ def _thi(project: Project, engine, records: list[PersonImage], cfg: DemoConfig) 
 
 def _searches(project: Project, engine, records: list[PersonImage]) -> dict:
     from finetune.data import load_triplets
-
-    from cli.commands import show_hits
 
     query = records[0]
     text = query.captions[0]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from mllm_embed.errors import LineupError
 
+from cli import commands
+from cli.flags import TRAIN_EXPLICIT, add_config_args
 from cli.project import Project
 from cli.ui import console
 
@@ -53,8 +55,8 @@ def _top_k(text: str) -> int:
 
 def _add_project(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", type=Path, default=None,
-                   help="project folder holding world/, model/, adapters/, qdrant/ (default: ./lineup-project "
-                        "or $LINEUP_PROJECT)")
+                   help="project folder holding world/, model/, runs/ (training runs, each with its adapter/), "
+                        "qdrant/, reports/ (default: ./lineup-project or $LINEUP_PROJECT)")
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("world", help="render the synthetic person world (images + annotations)")
+    p.set_defaults(run=commands.cmd_world)
     p.add_argument("--out", type=Path, default=None, help="output folder (default: project world/)")
     p.add_argument("--identities", type=_at_least(3), default=200, help="number of base identities (>= 3)")
     p.add_argument("--images-per-id", type=POSITIVE, default=6, help="images per identity")
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("bootstrap", help="build the offline tiny base MLLM: local tokenizer + stage-0 pre-training")
+    p.set_defaults(run=commands.cmd_bootstrap)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--out", type=Path, default=None, help="model folder (default: project model/)")
     p.add_argument("--size", choices=["test", "tiny", "small"], default="tiny", help="model size")
@@ -106,21 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("train", help="LoRA fine-tune: stage1 (image–text alignment) or stage2 (composed)")
+    p.set_defaults(run=commands.cmd_train)
     p.add_argument("stage", choices=["stage1", "stage2"])
     _add_model(p)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--dataset", type=Path, default=None, help="a real dataset annotation file or folder instead")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default: project adapters/STAGE)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder; the adapter goes to its adapter/ (default: project runs/STAGE)")
     p.add_argument("--config", type=Path, default=None,
                    help="a recipe file (YAML, e.g. recipes/demo-stage1.yaml); any flag overrides it")
     from finetune.config import TrainConfig
-
-    from cli.flags import TRAIN_EXPLICIT, add_config_args
 
     add_config_args(p, TrainConfig, skip=TRAIN_EXPLICIT, title="training options (finetune.config.TrainConfig)")
     _add_project(p)
 
     p = sub.add_parser("caption", help="TDE: caption images with diverse templates by the MLLM")
+    p.set_defaults(run=commands.cmd_caption)
     _add_model(p)
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="JSONL of {image, caption}")
@@ -128,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("rewrite", help="LLM-DA: rewrite captions with a causal LM, filtered by TFF")
+    p.set_defaults(run=commands.cmd_rewrite)
     _add_model(p)
     p.add_argument("--rewriter", required=True, help="causal LM folder or hub name")
     p.add_argument("--captions", type=Path, required=True, help="JSONL with a 'caption' or 'captions' field")
@@ -136,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("index", help="embed gallery images and upsert them into Qdrant (resumable)")
+    p.set_defaults(run=commands.cmd_index)
     _add_model(p)
     _add_store(p)
     src = p.add_mutually_exclusive_group()
@@ -150,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("search", help="one query: text, image, or image + modification")
+    p.set_defaults(run=commands.cmd_search)
     _add_model(p)
     _add_store(p)
     p.add_argument("--text", help="describe the person")
@@ -163,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("chat", help="interactive search session with THI questions, composed steps and undo")
+    p.set_defaults(run=commands.cmd_chat)
     _add_model(p)
     _add_store(p)
     p.add_argument("-k", "--top-k", type=_top_k, default=5)
@@ -173,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("batch", help="run a JSONL/CSV/parquet file of queries, write ranked results")
+    p.set_defaults(run=commands.cmd_batch)
     _add_model(p)
     _add_store(p)
     p.add_argument("--queries", type=Path, required=True)
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("eval", help="Rank-1/5/10, mAP, mINP, composed Recall@K, verification, THI rounds")
+    p.set_defaults(run=commands.cmd_eval)
     _add_model(p)
     p.add_argument("--world", type=Path, default=None, help="world folder (default: project world/)")
     p.add_argument("--dataset", type=Path, default=None, help="a real dataset instead")
@@ -196,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_project(p)
 
     p = sub.add_parser("demo", help="the offline demo: world → bootstrap → stage1 → stage2 → index → eval → search")
+    p.set_defaults(run=commands.cmd_demo)
     p.add_argument("--identities", type=_at_least(3), default=None, help="world size (default: the demo's)")
     p.add_argument("--fast", action="store_true", help="a much smaller demo (minutes), for smoke tests")
     _add_project(p)
@@ -229,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_library_progress()
     project = Project(args.project) if getattr(args, "project", None) else Project()
-    from cli import commands
-
     try:
-        return getattr(commands, f"cmd_{args.command}")(args, project) or 0
+        return args.run(args, project) or 0
     except LineupError as err:
         return _fail(err)
     except Exception as exc:  # a fault no check foresaw: still one line; -v shows the traceback

@@ -1,4 +1,5 @@
-"""A Lineup project folder: where the world, the base model, adapters and the Qdrant store live by default."""
+"""A Lineup project folder: where the world, the base model, the training runs (each with its adapter) and the
+Qdrant store live by default."""
 
 from __future__ import annotations
 

@@ -122,3 +122,19 @@ def contact_sheet(paths: Sequence[str | Path], labels: Sequence[str], out: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def show_hits(hits, title: str, preview: bool = True) -> None:
+    """A ranked list of store hits as a table (rank, score, person, camera, image), with image previews."""
+    table = Table(title=title)
+    for col in ("#", "score", "person", "camera"):
+        table.add_column(col, justify="right")
+    table.add_column("image")
+    for rank, hit in enumerate(hits, 1):
+        p = hit.payload
+        table.add_row(str(rank), f"{hit.score:.3f}", str(p.get("person_id", "?")), str(p.get("camera_id", "?")),
+                      Path(p.get("image", "")).name)
+    console.print(table)
+    shown = [(i, h.payload["image"]) for i, h in enumerate(hits, 1) if Path(h.payload.get("image", "")).is_file()]
+    if preview and shown:
+        console.print(preview_strip([p for _, p in shown], [f"#{i}" for i, _ in shown]))

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 REWRITE_PROMPT = "Rewrite this image caption: {caption}\nRewritten caption:"
 DESCRIBE_PROMPT = "Describe the person."
-TEMPLATE_PROMPT = "Describe the person in the image following this template: {template}"
 
 
 # ---------------------------------------------------------------------------------------------------- RDA
@@ -122,21 +121,16 @@ def caption_images(
     images: Sequence,
     templates: Sequence[str] | None = None,
     per_image: int = 2,
-    mode: str = "vqa",
     seed: int = 0,
     max_new_tokens: int = 64,
     progress: Callable[[int], None] | None = None,
 ) -> list[list[str]]:
     """TDE captioning: `per_image` captions per image, each following a different template (seeded choice).
 
-    mode="vqa" (small offline models): ask "Describe the person." (kept as a caption when the model answers)
-    and the question bank, map the answers onto the attribute vocabulary and fill the slot templates
-    (default: the world's CAPTION_TEMPLATES). mode="template" (instruction-following MLLMs): the template goes
-    into the prompt and the model writes the caption itself."""
+    Ask "Describe the person." (kept as a caption when the model answers) and the question bank, map the
+    answers onto the attribute vocabulary and fill the slot templates (default: the world's CAPTION_TEMPLATES)."""
     from finetune.data.world import CAPTION_TEMPLATES, QUESTION_BANK, describe
 
-    if mode not in ("vqa", "template"):
-        raise LineupError(f"caption mode={mode!r}: choose vqa or template")
     templates = list(templates or CAPTION_TEMPLATES)
     if per_image < 1 or per_image > len(templates):
         raise LineupError(f"per_image={per_image}: must be between 1 and the number of templates ({len(templates)})")
@@ -144,14 +138,11 @@ def caption_images(
     out, unknown = [], 0
     for image in images:
         chosen = [templates[i] for i in rng.choice(len(templates), size=per_image, replace=False)]
-        if mode == "template":
-            captions = [embedder.answer(image, TEMPLATE_PROMPT.format(template=t), max_new_tokens) for t in chosen]
-        else:
-            answers = {q["key"]: embedder.answer(image, q["question"]) for q in QUESTION_BANK}
-            attrs, n_unknown = answers_to_attributes(answers)
-            unknown += n_unknown
-            free = embedder.answer(image, DESCRIBE_PROMPT, max_new_tokens)
-            captions = ([free] if len(words(free)) >= 3 else []) + [describe(attrs, rng, t) for t in chosen]
+        answers = {q["key"]: embedder.answer(image, q["question"]) for q in QUESTION_BANK}
+        attrs, n_unknown = answers_to_attributes(answers)
+        unknown += n_unknown
+        free = embedder.answer(image, DESCRIBE_PROMPT, max_new_tokens)
+        captions = ([free] if len(words(free)) >= 3 else []) + [describe(attrs, rng, t) for t in chosen]
         out.append([c for c in captions if c.strip()])
         if progress:
             progress(1)

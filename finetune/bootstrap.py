@@ -33,12 +33,13 @@ def bootstrap_base(world_dir: str | Path, out_dir: str | Path, size: str = "tiny
                    vision_steps: int | None = None, progress: Callable[[str, int], None] | None = None) -> Path:
     """Build (or finish building) the offline base in `out_dir` from the world in `world_dir`.
     `progress(step_name, n)` is called as work advances."""
+    from finetune.data.world import world_texts
     from mllm_embed.tiny import build_tiny_base
 
     out = Path(out_dir)
     cfg = bootstrap_config(size, stage0_epochs, vision_steps)
     if not (out / "lineup_base.json").exists():
-        build_tiny_base(world_dir, out, size=size)
+        build_tiny_base(world_texts(world_dir), out, size=size)
     if not (out / VISION_DONE).exists():
         pretrain_vision(out, world_dir, cfg.vision,
                         progress=progress and (lambda n: progress("vision pre-training", n)))

@@ -144,13 +144,13 @@ def estimate_word_noise(embedder, pairs: Sequence[tuple], layer: int = -1, joint
     with embedder.inference():
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
-            text_batch = embedder.batch("composed" if joint else "text",
-                                        list(chunk) if joint else [c for _, c in chunk])
+            text_batch = (embedder.composed_batch(list(chunk)) if joint
+                          else embedder.text_batch([c for _, c in chunk]))
             text_h, text_kinds = embedder.hidden_states(text_batch, layer)
             if joint:
                 image_h, image_kinds = text_h, text_kinds
             else:
-                image_h, image_kinds = embedder.hidden_states(embedder.batch("image", [i for i, _ in chunk]), layer)
+                image_h, image_kinds = embedder.hidden_states(embedder.image_batch([i for i, _ in chunk]), layer)
             text_mean = text_h[text_kinds == TEXT].mean(0) if center else 0.0
             image_mean = image_h[image_kinds == IMAGE].mean(0) if center else 0.0
             for row, (_, caption) in enumerate(chunk):

@@ -342,9 +342,9 @@ class Alignment:
         records = [data.records[i] for i in idx]
         pids = torch.tensor([r.person_id for r in records], device=emb.device)
         layer = self.cfg.augment.nam_layer if cfg.word_patch_weight else None
-        img_batch = emb.batch("image", [data.image(r.image) for r in records])
+        img_batch = emb.image_batch([data.image(r.image) for r in records])
         captions = [data.caption(i, rng, self.masker) for i in idx]
-        txt_batch = emb.batch("text", captions)
+        txt_batch = emb.text_batch(captions)
         img, img_h = emb.embed_with_states(img_batch, layer)
         txt, txt_h = emb.embed_with_states(txt_batch, layer)
         terms = {"contrastive": contrastive_loss(img, txt, scale, pids)}
@@ -399,8 +399,8 @@ class Composed(Alignment):
         emb, scale = self.embedder, self.temperature()
         trip = [self.data.triplets[i] for i in idx]
         target_pids = torch.tensor([t.target_id for t in trip], device=emb.device)
-        q = emb.embed(emb.batch("composed", [(self.data.image(t.reference), t.modification) for t in trip]))
-        tgt = emb.embed(emb.batch("image", [self.data.image(t.target) for t in trip]))
+        q = emb.embed(emb.composed_batch([(self.data.image(t.reference), t.modification) for t in trip]))
+        tgt = emb.embed(emb.image_batch([self.data.image(t.target) for t in trip]))
         return {"composed": contrastive_loss(q, tgt, scale, target_pids)}
 
 

@@ -14,7 +14,8 @@ IMAGE_MARKER = "<image>"  # where a prompt puts the image; each family swaps in 
 
 @dataclass
 class EmbedderConfig:
-    """What defines an embedder artifact: prompts, pooling and the base model it belongs to.
+    """What defines an embedder artifact: prompts and the base model it belongs to (pooling is always the last
+    token's final hidden state).
 
     Prompts follow E5-V: the model is asked to compress the input into one word and the final hidden
     state of the last prompt token is the embedding. `<image>` marks the image; `{text}`,
@@ -46,7 +47,6 @@ class EmbedderConfig:
         metadata={"help": "yes/no question about two crops side by side (verification judge, stage 0)"})
     use_chat_template: bool = field(default=True,
                                     metadata={"help": "wrap prompts in the tokenizer's chat template"})
-    pooling: str = field(default="last", metadata={"help": "pooling of the final hidden state: last"})
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings"})
     base_model: str = field(default="", metadata={"help": "name or path of the base model"})
     base_fingerprint: str = field(default="", metadata={"help": "architecture/identity hash of the base"})
@@ -62,8 +62,6 @@ class EmbedderConfig:
             missing = [p for p in parts if p not in getattr(self, name)]
             if missing:
                 raise ValueError(f"EmbedderConfig.{name} must contain {missing}")
-        if self.pooling != "last":
-            raise ValueError(f"EmbedderConfig.pooling={self.pooling!r}: only 'last' is supported")
 
     @classmethod
     def from_style(cls, style: str, **fields_) -> EmbedderConfig:
@@ -76,10 +74,6 @@ class EmbedderConfig:
         """This config with its embedding prompts replaced by a preset's (base model and judge questions kept)."""
         keep = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _STYLE_FIELDS}
         return EmbedderConfig.from_style(style, **keep)
-
-    def system_for(self, kind: str) -> str:
-        """The system turn of an input kind: image, text or composed."""
-        return {"image": self.image_system, "text": self.text_system, "composed": self.composed_system}[kind]
 
     def match_prompt(self, text: str) -> str:
         """`match_question` asked about `text`."""

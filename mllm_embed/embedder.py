@@ -189,24 +189,27 @@ class MLLMEmbedder:
             out.update(self.family.token_inputs(out["input_ids"]))
         return out
 
-    def batch(self, kind: str, items: Sequence) -> dict[str, torch.Tensor]:
-        """Model inputs (plus `token_kinds`, `word_ids`) for kind in {"image", "text", "composed"}."""
-        if kind == "text":
-            for i, text in enumerate(items):
-                if not isinstance(text, str) or not text.strip():
-                    raise LineupError(f"texts[{i}] is empty; every text query needs at least one word")
-            prompt = self._prompt(self.config.text_prompt, self.config.text_system, self.config.suffix)
-            return self._collate([self._tokens(prompt, t.strip(), None) for t in items], {})
-        if kind == "image":
-            images, texts, template = list(items), [None] * len(items), self.config.image_prompt
-        elif kind == "composed":
-            images = [pair[0] for pair in items]
-            texts = [str(pair[1]).strip() for pair in items]
-            template = self.config.composed_prompt
-        else:
-            raise LineupError(f"kind={kind!r}: unknown batch kind; choose image, text or composed")
+    def text_batch(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Model inputs (plus `token_kinds`, `word_ids`) for text queries."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise LineupError(f"texts[{i}] is empty; every text query needs at least one word")
+        prompt = self._prompt(self.config.text_prompt, self.config.text_system, self.config.suffix)
+        return self._collate([self._tokens(prompt, t.strip(), None) for t in texts], {})
+
+    def image_batch(self, images: Sequence) -> dict[str, torch.Tensor]:
+        """Model inputs (plus `token_kinds`, `word_ids`) for PIL images or image paths."""
+        return self._vision_batch(list(images), [None] * len(images), self.config.image_prompt,
+                                  self.config.image_system)
+
+    def composed_batch(self, pairs: Sequence[tuple]) -> dict[str, torch.Tensor]:
+        """Model inputs (plus `token_kinds`, `word_ids`) for (image, modification text) pairs."""
+        return self._vision_batch([pair[0] for pair in pairs], [str(pair[1]).strip() for pair in pairs],
+                                  self.config.composed_prompt, self.config.composed_system)
+
+    def _vision_batch(self, images: list, texts: list[str | None], template: str, system: str) -> dict:
         vision = self.family.images([load_image(img) for img in images])
-        prompt = self._prompt(template, self.config.system_for(kind), self.config.suffix)
+        prompt = self._prompt(template, system, self.config.suffix)
         rows = [self._tokens(prompt, t, p) for t, p in zip(texts, vision.placeholders)]
         return self._collate(rows, vision.tensors)
 
@@ -261,7 +264,7 @@ class MLLMEmbedder:
         `batch["word_ids"]` maps TEXT tokens to word indices of the slot text (str.split())."""
         return self.embed_with_states(batch, layer)[1], batch["token_kinds"].to(self.device)
 
-    def _encode(self, kind: str, items: Sequence, batch_size: int, progress: Progress,
+    def _encode(self, make_batch: Callable[[Sequence], dict], items: Sequence, batch_size: int, progress: Progress,
                 length=lambda item: 0) -> np.ndarray:
         if batch_size < 1:
             raise LineupError(f"batch_size={batch_size}: must be >= 1")
@@ -271,7 +274,7 @@ class MLLMEmbedder:
         with self.inference():
             for start in range(0, len(items), batch_size):
                 idx = order[start:start + batch_size]
-                vectors = self.embed(self.batch(kind, [items[i] for i in idx]))
+                vectors = self.embed(make_batch([items[i] for i in idx]))
                 out[idx] = vectors.cpu().numpy()
                 if progress:
                     progress(len(idx))
@@ -290,15 +293,15 @@ class MLLMEmbedder:
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 16, progress: Progress = None) -> np.ndarray:
         """(n, dim) float32 embeddings of text queries."""
-        return self._encode("text", texts, batch_size, progress, length=lambda t: len(str(t)))
+        return self._encode(self.text_batch, texts, batch_size, progress, length=lambda t: len(str(t)))
 
     def encode_images(self, images: Sequence, batch_size: int = 16, progress: Progress = None) -> np.ndarray:
         """(n, dim) float32 embeddings of PIL images or image paths."""
-        return self._encode("image", images, batch_size, progress)
+        return self._encode(self.image_batch, images, batch_size, progress)
 
     def encode_composed(self, pairs: Sequence[tuple], batch_size: int = 16, progress: Progress = None) -> np.ndarray:
         """(n, dim) float32 embeddings of (image, modification text) pairs."""
-        return self._encode("composed", pairs, batch_size, progress, length=lambda p: len(str(p[1])))
+        return self._encode(self.composed_batch, pairs, batch_size, progress, length=lambda p: len(str(p[1])))
 
     def answer(self, image, question: str, max_new_tokens: int = 8) -> str:
         """Greedy answer to a question about an image (lower-case, stripped). A loaded LoRA adapter is

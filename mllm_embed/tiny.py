@@ -2,7 +2,7 @@
 
 Nothing can be downloaded here, so `build_tiny_base` writes a folder that loads exactly like a hub
 checkpoint (`AutoProcessor` / `AutoModelForImageTextToText`): a byte-level BPE tokenizer trained on the
-world's text with ChatML special tokens and a chat template, a CLIP vision tower + Qwen2 language model
+given texts (a world's) with ChatML special tokens and a chat template, a CLIP vision tower + Qwen2 language model
 joined by the LLaVA projector, and a PIL-backend CLIP image processor (no torchvision needed).
 The weights are random: generative pre-training ("stage 0") lives in `finetune.stage0`.
 """
@@ -63,27 +63,6 @@ SIZES: dict[str, TinySize] = {
 }
 
 
-def world_texts(world_dir: str | Path) -> list[str]:
-    """Every caption, question, answer and modification of a world folder (the tokenizer's corpus)."""
-    world_dir = Path(world_dir)
-    texts: list[str] = []
-    fields = {"annotations.jsonl": ("captions", "noisy_caption"), "vqa.jsonl": ("question", "answer"),
-              "triplets.jsonl": ("modification",)}
-    for name, keys in fields.items():
-        path = world_dir / name
-        if not path.exists():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            for key in keys:
-                value = row.get(key)
-                texts.extend(value if isinstance(value, list) else [value] if value else [])
-    if not texts:
-        raise LineupError(f"{world_dir}: no annotations.jsonl / vqa.jsonl text found; pass a world folder "
-                          "(lineup world generate) or a list of texts")
-    return texts
-
-
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A byte-level BPE tokenizer with ChatML special tokens, as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -101,9 +80,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     return fast
 
 
-def build_tiny_base(texts_or_world: str | Path | Iterable[str], out_dir: str | Path, size: str = "tiny",
-                    seed: int = 0) -> Path:
-    """Train a tokenizer, build a tiny LLaVA model from config and `save_pretrained` all into `out_dir`."""
+def build_tiny_base(texts: Iterable[str], out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Train a tokenizer on `texts` (a world's: `finetune.data.world.world_texts`), build a tiny LLaVA model
+    from config and `save_pretrained` all into `out_dir`."""
     import torch
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config)
@@ -111,11 +90,12 @@ def build_tiny_base(texts_or_world: str | Path | Iterable[str], out_dir: str | P
     if size not in SIZES:
         raise LineupError(f"size={size!r}: unknown tiny base size; choose one of {sorted(SIZES)}")
     shape = SIZES[size]
-    if isinstance(texts_or_world, (str, Path)):
-        texts = world_texts(texts_or_world)
-    else:
-        texts = list(texts_or_world)
-    texts += list(EmbedderConfig().prompt_texts())
+    if isinstance(texts, (str, Path)):
+        raise LineupError(f"build_tiny_base({str(texts)!r}): pass the tokenizer's texts, e.g. a world's "
+                          "(finetune.data.world.world_texts)")
+    texts = list(texts) + list(EmbedderConfig().prompt_texts())
+    if not texts:
+        raise LineupError("build_tiny_base: no texts to train the tokenizer on")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

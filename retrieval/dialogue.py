@@ -22,7 +22,6 @@ from typing import Any
 YES = ("yes", "y", "yeah", "yep", "true")
 NO = ("no", "n", "nope", "false")
 NEGATIONS = {"no", "without", "not", "neither", "nor"}
-FILLERS = {"a", "an", "the", "any", "in", "and", "or"}
 PRONOUNS = {"female": ("she", "her"), "male": ("he", "his", "him")}
 # nouns a description uses for a group that has no type attribute of its own (shoes_color → "shoes")
 GROUP_NOUNS = {"hair": ("hair",), "shoes": ("shoes", "sneakers", "trainers", "boots"), "upper": ("top",),

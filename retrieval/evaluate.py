@@ -43,7 +43,6 @@ Progress = Callable[[int], None] | None
 if TYPE_CHECKING:
     from finetune.data import PersonImage
 TASKS = ("t2i", "i2i", "composed", "verify")
-WORLD_TASKS = ("noise",)  # need the synthetic world's attributes
 
 
 @dataclass
@@ -56,7 +55,6 @@ class EvalConfig:
         default=None, metadata={"help": "cosine threshold; None = best accuracy on the pairs (optimistic)"})
     mllm_judge: bool = field(default=True, metadata={"help": "also score pairs by the MLLM's yes/no"})
     seed: int = field(default=0, metadata={"help": "pair sampling seed"})
-    nam_layer: int = field(default=-1, metadata={"help": "noise task: the hidden layer NAM compares"})
 
     def __post_init__(self) -> None:
         if self.pairs < 2:
@@ -317,9 +315,9 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
                      plots: str | Path | None = None, progress: Progress = None) -> dict[str, dict]:
     """Run the chosen tasks on ``path`` (a world folder or a real dataset); one metrics dict per task."""
     config = config or EvalConfig()
-    unknown = set(tasks) - set(TASKS) - set(WORLD_TASKS)
+    unknown = set(tasks) - set(TASKS)
     if unknown:
-        raise LineupError(f"unknown eval task(s) {sorted(unknown)}; choose from {list(TASKS + WORLD_TASKS)}")
+        raise LineupError(f"unknown eval task(s) {sorted(unknown)}; choose from {list(TASKS)}")
     from finetune.data.loaders import composed_benchmark_format
 
     if composed_benchmark_format(path):  # CIRR / FashionIQ: composed retrieval only, with their own protocol
@@ -330,7 +328,7 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
     from finetune.data import load_split, load_triplets
 
     records = load_split(path, config.split, required=True)
-    vecs = encode_gallery(embedder, records, config.batch_size, progress) if set(tasks) & set(TASKS) else None
+    vecs = encode_gallery(embedder, records, config.batch_size, progress)
     kw = dict(image_vecs=vecs, batch_size=config.batch_size, ks=config.ks)
     out: dict[str, dict] = {}
     if "t2i" in tasks:
@@ -347,22 +345,7 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
             out["composed"] = evaluate_composed(embedder, records, triplets, progress=progress, **kw)
     if "verify" in tasks:
         out["verify"] = evaluate_verification(embedder, records, vecs, config, plots, progress)
-    if "noise" in tasks:
-        out["noise"] = evaluate_noise(embedder, records, config.nam_layer, path)
     return out
-
-
-def evaluate_noise(embedder, records: Sequence[PersonImage], layer: int = -1, source: str | Path = "dataset") -> dict:
-    """NAM's wrong-word detection: AUC (%) of its calibrated noise r ranking injected wrong words above correct
-    ones, on two freshly corrupted captions per record, for the joint pass and the two-tower pass."""
-    from finetune import nam
-
-    people = [r for r in records if r.attributes]
-    if not people:
-        raise LineupError(f"{source}: the noise task needs records with attributes (a synthetic world from "
-                          "`lineup world`); real datasets have no known wrong words")
-    return {f"AUC_{name}": 100 * nam.detection_auc(embedder, people, layer, joint)
-            for name, joint in (("joint", True), ("two_tower", False))}
 
 
 def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dict[str, str]], thi_config=None,

@@ -272,9 +272,6 @@ class Store(ABC):
     def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
         """Merge ``payload`` keys into one point's payload."""
 
-    @abstractmethod
-    def delete_collection(self, name: str) -> None: ...
-
     def index_payload_field(self, name: str, key: str, kind: str = "keyword") -> None:
         """Create a payload index on ``key`` (a dotted path such as ``attributes.bag`` works) so filters on it
         stay fast and filtered HNSW search keeps its recall. ``kind``: integer, keyword, bool or float."""
@@ -354,7 +351,7 @@ class EdgeStore(Store):
         super().__init__(config)
         self.root = Path(path)
         if self.root.exists() and not self.root.is_dir():
-            raise LineupError(f"index path {self.root} is a file: pass a folder for --index")
+            raise LineupError(f"index path {self.root} is a file: pass a folder for --qdrant-path")
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, Any] = {}
         self._building: dict[str, BackgroundBuild] = {}
@@ -417,7 +414,7 @@ class EdgeStore(Store):
             except Exception as exc:  # the engine locks its folder: one process per path
                 raise LineupError(
                     f"cannot open collection '{name}' under {self.root} ({exc}): close the other process "
-                    "using this --index, or use a Qdrant server (--qdrant-url) for concurrent access"
+                    "using this --qdrant-path, or use a Qdrant server (--qdrant-url) for concurrent access"
                 ) from exc
         return self._shards[name]
 
@@ -540,16 +537,6 @@ class EdgeStore(Store):
         copy.rename(src)
         shutil.rmtree(old, ignore_errors=True)
         self._building.pop(name, None)
-
-    def delete_collection(self, name: str) -> None:
-        check_collection_name(name)
-        if name in self._building:
-            self._building[name].cancel()
-        shard = self._shards.pop(name, None)
-        if shard is not None:
-            shard.close()
-        self._dims.pop(name, None)
-        shutil.rmtree(self.root / name, ignore_errors=True)
 
     def close(self) -> None:
         for build in list(self._building.values()):
@@ -772,10 +759,6 @@ class ClientStore(Store):
     def set_payload(self, name: str, id: str, payload: dict[str, Any]) -> None:
         self.client.set_payload(name, payload=payload, points=[id], wait=True)
 
-    def delete_collection(self, name: str) -> None:
-        self.client.delete_collection(name)
-        self._dims.pop(name, None)
-
     def close(self) -> None:
         self.client.close()
 
@@ -817,11 +800,11 @@ def open_store(
 ) -> Store:
     """path → embedded qdrant-edge-py; url → qdrant-client server; ":memory:" (either) → in-memory client."""
     if path is not None and url is not None:
-        raise LineupError("give either an index path (--index) or a Qdrant URL (--qdrant-url), not both")
+        raise LineupError("give either a store folder (--qdrant-path) or a Qdrant URL (--qdrant-url), not both")
     if MEMORY in (str(path), url):
         return ClientStore(MEMORY, config)
     if url is not None:
         return ClientStore(url, config)
     if path is None:
-        raise LineupError("no vector store given: pass an index folder (--index) or a Qdrant URL (--qdrant-url)")
+        raise LineupError("no vector store given: pass a store folder (--qdrant-path) or a Qdrant URL (--qdrant-url)")
     return EdgeStore(path, config)

@@ -84,20 +84,45 @@ def rewrite_query(query: str, answers: Sequence[tuple[dict[str, str], str]]) -> 
     return ". ".join(parts) + "."
 
 
+@dataclass(frozen=True)
+class Asked:
+    """Interactive: the question asked and the user's normalised answer (None: skipped)."""
+
+    question: dict[str, str]
+    answer: str | None
+
+
+@dataclass(frozen=True)
+class Marked:
+    """Interactive: like / unlike feedback (the marks so far are the round's positives and negatives)."""
+
+
+@dataclass(frozen=True)
+class Filtered:
+    """Interactive: a payload filter added or dropped (the filters in force are the round's filters)."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Auto: the candidate the MLLM judged this round, its yes/no, and whether it became the anchor."""
+
+    candidate: Hit
+    verdict: bool
+    accepted: bool = False
+
+
 @dataclass
 class Round:
+    """One step of a session: what happened (None for round 0), the ranking after it, and the interactive
+    state in force after it (marked point ids, filters), so `undo()` restores any step alike."""
+
     index: int
     ranking: list[Hit]
     refined_query: str
-    question: dict[str, str] | None = None  # interactive: the question asked
-    answer: str | None = None
-    candidate: Hit | None = None  # auto: the candidate checked this round
-    verdict: bool | None = None  # auto: the MLLM's yes/no on it
-    anchor: str | None = None  # auto: point id of the accepted anchor
-    kind: str = "question"  # interactive: "question" | "feedback" | "filter"
-    positives: tuple[str, ...] = ()  # interactive: point ids marked relevant so far
+    action: Asked | Marked | Filtered | Checked | None = None
+    positives: tuple[str, ...] = ()
     negatives: tuple[str, ...] = ()
-    filters: tuple[AnswerFilter, ...] = ()  # interactive: the payload filters active after this round
+    filters: tuple[AnswerFilter, ...] = ()
 
 
 class THISession:
@@ -196,11 +221,12 @@ class THISession:
 
     @property
     def answers(self) -> list[tuple[dict[str, str], str]]:
-        return [(r.question, r.answer) for r in self.rounds if r.question is not None and r.answer is not None]
+        return [(r.action.question, r.action.answer) for r in self.rounds
+                if isinstance(r.action, Asked) and r.action.answer is not None]
 
     @property
     def asked(self) -> set[str]:
-        return {r.question["key"] for r in self.rounds if r.question is not None}
+        return {r.action.question["key"] for r in self.rounds if isinstance(r.action, Asked)}
 
     @property
     def known(self) -> dict[str, str]:
@@ -229,7 +255,8 @@ class THISession:
 
     @property
     def anchor(self) -> str | None:
-        return next((r.anchor for r in self.rounds if r.anchor), None)
+        return next((r.action.candidate.id for r in self.rounds if isinstance(r.action, Checked) and r.action.accepted),
+                    None)
 
     @property
     def done(self) -> bool:
@@ -272,11 +299,11 @@ class THISession:
         cand = base_ranking[k - 1]
         said_yes = bool(self.judge(cand.payload["image"], self.query))
         top1 = base_ranking[0].score
-        earlier_no = all(r.verdict is False for r in self.rounds[1:])
+        earlier_no = not any(r.action.verdict for r in self.rounds[1:])
         xi = self.config.xi
         accepted = said_yes and (cand.score > xi if k == 1 else (earlier_no and top1 <= xi))
         if not accepted:
-            rnd = Round(k, self.ranking, self.rounds[-1].refined_query, candidate=cand, verdict=said_yes)
+            rnd = Round(k, self.ranking, self.rounds[-1].refined_query, Checked(cand, said_yes))
             self.rounds.append(rnd)
             return rnd
         cached = cand.payload.get("answers") or {}
@@ -285,7 +312,7 @@ class THISession:
         refined = rewrite_query(self.query, [(q, a) for q, a in qa if a not in NO_ANSWER])
         scores = self._fused(refined)
         scores[self.ids.index(cand.id)] = max(1.0, float(scores.max()) + 1e-6)  # the anchor's S̄ = 1
-        rnd = Round(k, self._rank(scores), refined, candidate=cand, verdict=True, anchor=cand.id)
+        rnd = Round(k, self._rank(scores), refined, Checked(cand, True, accepted=True))
         self.rounds.append(rnd)
         return rnd
 
@@ -313,7 +340,8 @@ class THISession:
         if norm is None or norm in NO_ANSWER:
             norm = None
         given = self.answers + ([(question, norm)] if norm is not None else [])
-        return self._push(Round(len(self.rounds), [], "", question=question, answer=norm), given)
+        return self._push(Round(len(self.rounds), [], "", Asked(question, norm), self.positives, self.negatives,
+                                self.filters), given)
 
     def feedback(self, positives: Sequence[str] = (), negatives: Sequence[str] = ()) -> Round:
         """Mark pool points (ids) as like / unlike the wanted person; re-ranks with the Qdrant feedback query
@@ -324,15 +352,14 @@ class THISession:
             raise LineupError(f"feedback on {len(unknown)} point(s) that are not among the candidates shown")
         pos = tuple(dict.fromkeys([p for p in self.positives if p not in negatives] + list(positives)))
         neg = tuple(dict.fromkeys([n for n in self.negatives if n not in positives] + list(negatives)))
-        rnd = Round(len(self.rounds), [], "", kind="feedback", positives=pos, negatives=neg, filters=self.filters)
+        rnd = Round(len(self.rounds), [], "", Marked(), pos, neg, self.filters)
         return self._push(rnd, self.answers)
 
     def add_filter(self, f: AnswerFilter) -> Round:
         """Keep only points whose payload matches ``f`` (e.g. cached answer bag = backpack)."""
         self._interactive("add_filter()")
         filters = tuple(x for x in self.filters if x.conditions.keys() != f.conditions.keys()) + (f,)
-        rnd = Round(len(self.rounds), [], "", kind="filter", positives=self.positives, negatives=self.negatives,
-                    filters=filters)
+        rnd = Round(len(self.rounds), [], "", Filtered(), self.positives, self.negatives, filters)
         return self._push(rnd, self.answers)
 
     def drop_filter(self, words: Sequence[str]) -> Round:
@@ -342,8 +369,7 @@ class THISession:
         if len(kept) == len(self.filters):
             active = ", ".join(f.label for f in self.filters) or "none"
             raise LineupError(f"no active filter matches '{' '.join(words)}' (active: {active})")
-        rnd = Round(len(self.rounds), [], "", kind="filter", positives=self.positives, negatives=self.negatives,
-                    filters=kept)
+        rnd = Round(len(self.rounds), [], "", Filtered(), self.positives, self.negatives, kept)
         return self._push(rnd, self.answers)
 
     def _interactive(self, what: str) -> None:
@@ -352,8 +378,6 @@ class THISession:
 
     def _push(self, rnd: Round, given: list[tuple[dict[str, str], str]]) -> Round:
         """Score the pool for the state ``rnd`` describes (answers ``given``, its feedback and filters)."""
-        if rnd.kind == "question":
-            rnd.positives, rnd.negatives, rnd.filters = self.positives, self.negatives, self.filters
         cfg = self.config
         flt = merge_filters(self.filter, rnd.filters)
         refined = rewrite_query(self.query, given) if given else self.query

@@ -39,11 +39,12 @@ def tiny_base(tiny_world, tmp_path_factory) -> Path:
     """A tiny LLaVA-style base with a local tokenizer, briefly stage-0 pre-trained (owner: mllm_embed.tiny
     + finetune.stage0). Loaded through exactly the path a hub checkpoint takes."""
     from finetune.stage0 import Stage0Config, pretrain
+    from finetune.data.world import world_texts
     from mllm_embed.tiny import build_tiny_base
 
     out = _cache_dir(tmp_path_factory, "base")
     if not (out / "config.json").exists() or not (out / "stage0_done.json").exists():
-        build_tiny_base(tiny_world, out, size="test")
+        build_tiny_base(world_texts(tiny_world), out, size="test")
         pretrain(out, tiny_world, Stage0Config.for_tests())
     return out
 

@@ -63,7 +63,7 @@ def test_last_token_pool_handles_left_and_right_padding():
 
 def test_hidden_states_mark_image_patches_and_caption_words(embedder, tiny_world):
     (path, caption), = _records(tiny_world, 1)
-    batch = embedder.batch("composed", [(path, caption), (path, "red")])
+    batch = embedder.composed_batch([(path, caption), (path, "red")])
     hidden, kinds = embedder.hidden_states(batch, layer=1)
     assert hidden.shape[:2] == kinds.shape and hidden.shape[2] == embedder.dim
     n_image = (kinds == IMAGE).sum(1).tolist()
@@ -141,7 +141,7 @@ def test_4bit_base_runs_lora_forward_and_backward(tiny_base, tiny_world):
     assert np.mean(np.sum(full * quant, axis=1)) > 0.8  # NF4 keeps the embedding close
     q.add_adapter(_lora(init=True))
     q.model.train()
-    loss = 1 - q.embed(q.batch("composed", [(p, "red shirt") for p, _ in recs])).sum(1).mean()
+    loss = 1 - q.embed(q.composed_batch([(p, "red shirt") for p, _ in recs])).sum(1).mean()
     loss.backward()
     grads = [p.grad for n, p in q.model.named_parameters() if "lora_" in n]
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
@@ -207,7 +207,7 @@ def test_qwen2_vl_family_forward_and_pooling(tmp_path):
     emb = load_embedder(tmp_path, device="cpu")
     assert emb.family.name == "qwen2_vl" and emb.dim == 64
     images = _noise_images(3)
-    batch = emb.batch("image", images[:1])
+    batch = emb.image_batch(images[:1])
     assert (batch["token_kinds"] == IMAGE).sum() == int(batch["image_grid_thw"][0].prod()) // 4 + 2
     vecs = emb.encode_images(images)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
@@ -229,7 +229,7 @@ def test_qwen2_vl_full_processor_agrees_on_image_tokens(tmp_path):
     processor = Qwen2VLProcessor(image_processor=emb.family.image_processor, tokenizer=tok,
                                  video_processor=Qwen2VLVideoProcessor())
     ids = processor(text="<|vision_start|><|image_pad|><|vision_end|>", images=image)["input_ids"][0]
-    assert (emb.batch("image", image)["token_kinds"] == IMAGE).sum() == len(ids)
+    assert (emb.image_batch(image)["token_kinds"] == IMAGE).sum() == len(ids)
 
 
 def test_bf16_precision_string_gives_close_float32_vectors(embedder, tiny_base, tiny_world):

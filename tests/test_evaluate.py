@@ -11,7 +11,7 @@ from PIL import Image
 
 from finetune.data import PersonImage, Triplet
 from mllm_embed.errors import LineupError
-from retrieval.evaluate import (EvalConfig, evaluate_composed, evaluate_i2i, evaluate_noise, evaluate_t2i,
+from retrieval.evaluate import (EvalConfig, evaluate_composed, evaluate_i2i, evaluate_t2i,
                                 evaluate_verification, sample_pairs)
 from retrieval.metrics import rank_metrics, recall_at_k
 
@@ -139,5 +139,7 @@ def test_real_model_end_to_end(tiny_base, tiny_world, tmp_path):
 
 
 def test_noise_task_needs_a_world_with_attributes():
+    from finetune.evaluate_nam import evaluate_noise
+
     with pytest.raises(LineupError, match="real.csv: the noise task needs records with attributes"):
         evaluate_noise(None, [PersonImage("a.png", 0, captions=("a man",))], source="real.csv")

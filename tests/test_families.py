@@ -35,7 +35,7 @@ def test_family_trains_reloads_indexes_and_searches(family, small_world, tmp_pat
     from finetune.data import load_split
     from mllm_embed import load_embedder
     from mllm_embed.scaled import build_scaled
-    from mllm_embed.tiny import world_texts
+    from finetune.data.world import world_texts
 
     base = build_scaled(family, world_texts(small_world), tmp_path / "base")
     project = ["--project", str(tmp_path / "project")]
@@ -90,18 +90,18 @@ def test_prompt_styles_build_the_published_formats(tiny_base):
 
     for style in PROMPT_STYLES:
         assert EmbedderConfig.from_style(style).prompt_style == style  # every preset passes validation
-    decode = lambda e, kind, items: e.tokenizer.decode(e.batch(kind, items)["input_ids"][0])  # noqa: E731
+    decode = lambda e, batch: e.tokenizer.decode(batch["input_ids"][0])  # noqa: E731
     gme = load_embedder(tiny_base, prompt_style="gme", device="cpu")
-    text = decode(gme, "text", ["a man in a red coat"])
+    text = decode(gme, gme.text_batch(["a man in a red coat"]))
     assert text.startswith("<|im_start|>system\nFind an image that matches the given text.<|im_end|>")
     assert text.endswith("<|im_start|>assistant\n<|endoftext|>")  # GME appends <|endoftext|>, pools it
-    assert "You are a helpful assistant." in decode(gme, "image", [_image()])
+    assert "You are a helpful assistant." in decode(gme, gme.image_batch([_image()]))
     vlm2vec = load_embedder(tiny_base, prompt_style="vlm2vec", device="cpu")
-    text = decode(vlm2vec, "text", ["a man"])
+    text = decode(vlm2vec, vlm2vec.text_batch(["a man"]))
     assert text == "Find me an everyday image that matches the given caption: a man"  # raw text, no chat turns
     e5v = load_embedder(tiny_base, prompt_style="e5v", device="cpu")
-    assert decode(e5v, "text", ["a man"]).endswith("a man\nSummary above sentence in one word:<|im_end|>\n"
-                                                   "<|im_start|>assistant\n")
+    assert decode(e5v, e5v.text_batch(["a man"])).endswith("a man\nSummary above sentence in one word:"
+                                                           "<|im_end|>\n<|im_start|>assistant\n")
     v = [e.encode_text(["a man in a red coat"]) for e in (gme, vlm2vec, e5v)]
     assert not np.allclose(v[0], v[1]) and not np.allclose(v[1], v[2])  # the preset changes the embedding
 
@@ -196,4 +196,4 @@ def test_prompts_survive_hub_style_chat_templates(tiny_base):
                                (strings_only, "[user]a man\nSummarize the person described in one word:>")):
         emb.tokenizer.chat_template = template
         emb._pieces.clear()
-        assert emb.tokenizer.decode(emb.batch("text", ["a man"])["input_ids"][0]) == expected
+        assert emb.tokenizer.decode(emb.text_batch(["a man"])["input_ids"][0]) == expected

@@ -88,7 +88,7 @@ class _ColourEmbedder:
             self.vocab[word] = torch.randn(16, generator=self.g)
         return self.vocab[word]
 
-    def batch(self, kind, items):
+    def composed_batch(self, items):
         from mllm_embed.embedder import IMAGE, PROMPT, TEXT
 
         rows = []

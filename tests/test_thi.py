@@ -10,7 +10,7 @@ from mllm_embed.errors import LineupError
 from retrieval.engine import SearchEngine
 from retrieval.metrics import rank_metrics
 from retrieval.store import open_store
-from retrieval.thi import THIConfig, THISession, evaluate_thi, rewrite_query, run_session
+from retrieval.thi import Asked, THIConfig, THISession, evaluate_thi, rewrite_query, run_session
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_session_questions_split_candidates_and_undo(world):
     split = {b["key"]: len({a[b["key"]] for a in top}) for b in BANK}
     assert split[first["key"]] == max(split.values()) > 1  # it splits the top-K; unanimous keys never win
     r1 = session.step(simulated_user(q))
-    assert r1.question == first and r1.answer == q["attributes"][first["key"]]
+    assert r1.action == Asked(first, q["attributes"][first["key"]])
     assert q["attributes"][first["key"]] in r1.refined_query
     assert session.next_question()["key"] != first["key"]
     session.step(simulated_user(q))
@@ -68,7 +68,7 @@ def test_session_questions_split_candidates_and_undo(world):
     session.undo()  # never below round 0
     assert len(session.rounds) == 1
     skipped = session.answer(first, "don't know")
-    assert skipped.answer is None and skipped.ranking == session.rounds[0].ranking
+    assert skipped.action.answer is None and skipped.ranking == session.rounds[0].ranking
     run_session(session, simulated_user(q))
     assert session.done and session.ranking[0].payload["person_id"] == q["person_id"]
 

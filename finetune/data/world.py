@@ -21,6 +21,7 @@ from finetune.data.jsonl import write_jsonl
 from finetune.data.records import PersonImage
 from finetune.data.render import COLORS, HAIR_COLORS, make_style, render
 from finetune.data.text import word_spans, words
+from mllm_embed.errors import LineupError
 
 log = logging.getLogger(__name__)
 
@@ -560,3 +561,24 @@ def generate_world(out_dir, config: WorldConfig | None = None, progress: Callabl
     log.info("world: %d identities, %d images, %d triplets, %d VQA pairs in %s", len(identities), len(annotations),
              len(triplets), len(vqa), out)
     return out
+
+
+def world_texts(world_dir: str | Path) -> list[str]:
+    """Every caption, question, answer and modification of a world folder (the tokenizer's corpus)."""
+    world_dir = Path(world_dir)
+    texts: list[str] = []
+    fields = {"annotations.jsonl": ("captions", "noisy_caption"), "vqa.jsonl": ("question", "answer"),
+              "triplets.jsonl": ("modification",)}
+    for name, keys in fields.items():
+        path = world_dir / name
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for key in keys:
+                value = row.get(key)
+                texts.extend(value if isinstance(value, list) else [value] if value else [])
+    if not texts:
+        raise LineupError(f"{world_dir}: no annotations.jsonl / vqa.jsonl text found; pass a world folder "
+                          "(`lineup world`)")
+    return texts
