@@ -317,7 +317,7 @@ class TrainConfig(_Nested):
         data = load_recipe(path)
         wanted = data.pop("stage", stage)
         if wanted != stage:
-            raise LineupError(f"{path} is a {wanted} recipe; train {wanted} with it (lineup train {wanted} --config FILE)")
+            raise LineupError(f"{path} is a {wanted} recipe; pass it to the {wanted} training (the stage named in the file)")
         return cls.from_dict(data, source=str(path))
 
 
