@@ -3,7 +3,6 @@ adapter, a user typing a description, relevance feedback and filters, then Ctrl-
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import re
