@@ -106,10 +106,10 @@ def test_verification_scores_and_plots(data, tmp_path):
 @pytest.mark.slow
 def test_real_model_end_to_end(tiny_base, tiny_world, tmp_path):
     """The tiny pre-trained MLLM through every path: ingest, search, eval tasks, verification, THI."""
+    from finetune.data import load_split
     from finetune.data.world import QUESTION_BANK
     from mllm_embed import load_embedder
     from retrieval.engine import SearchEngine
-    from finetune.data import load_split
     from retrieval.evaluate import evaluate_dataset, evaluate_thi_dataset
     from retrieval.store import open_store
     from retrieval.thi import THIConfig

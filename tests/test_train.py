@@ -177,7 +177,6 @@ def test_identity_loss_lifts_image_reid_on_people_never_seen(tiny_base, tiny_wor
     alone, same steps; image→image (cross-camera) on a second world whose 40 people were never trained on.
     Measured: mAP 12.6 vs 4.3, Rank-1 10.0 vs 0.6 (chance mAP about 4)."""
     from finetune.data.world import WorldConfig, generate_world
-    from finetune.data import load_split
     from finetune.train import evaluate
 
     unseen = generate_world(tmp_path / "unseen", WorldConfig(identities=40, images_per_id=4, seed=99,
@@ -222,7 +221,6 @@ def test_word_grounding_makes_nam_find_injected_wrong_words(tiny_base, tiny_worl
     with AUC > 0.7 (measured: base 0.53, 60 epochs 0.74; on the benchmark world LoRA on the vision tower
     stops near 0.65)."""
     from finetune import nam
-    from finetune.data import load_split
 
     records = load_split(tiny_world, "train")
     base_auc = nam.detection_auc(load_embedder(tiny_base), records, layer=0, joint=False)
