@@ -36,7 +36,6 @@ from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("stage1", "stage2")
 RESOLVED_FILE = "resolved_config.yaml"
 # ------------------------------------------------------------------------------------------------ data
 
@@ -419,7 +418,7 @@ def train(stage: str, cfg: TrainConfig, callback: Callback = None) -> Path:
     "step", "epoch", "split", **metrics} after each epoch's evaluation.
     """
     if stage not in OBJECTIVES:
-        raise LineupError(f"stage={stage!r}: choose one of {list(STAGES)}")
+        raise LineupError(f"stage={stage!r}: choose one of {list(OBJECTIVES)}")
     if stage == "stage2" and not cfg.model.init_adapter:
         logger.warning("stage 2 without init_adapter: starting from a fresh LoRA instead of the stage-1 adapter")
     out = Path(cfg.run.output_dir)
