@@ -1,8 +1,10 @@
 """Vector store at scale: bulk ingest, disk, recall-vs-latency curve, filters, numpy exact baseline.
 
     OMP_NUM_THREADS=1 python benchmarks/vector_store.py                       # 10k + 100k, ~25 min
-    OMP_NUM_THREADS=1 python benchmarks/vector_store.py --sizes 1000000 --variants flat-binary \\
-        --out benchmarks/results/vector_store_1m.json                          # 1M, the flat index only
+    OMP_NUM_THREADS=1 python benchmarks/vector_store.py --sizes 1000000 --variants flat-binary flat-int8 \\
+        --large-variants flat-binary flat-int8 --oversamplings 1 2 4 8 --queries 1000 --timed 200 \\
+        --engine-alone flat-binary --engine-alone-max 1000000 --out benchmarks/results/vector_store_1m.json
+                                                            # 1M, flat indexes (~15 CPU-min; HNSW: ~1 h more each)
     ... --data world --world DIR --model DIR [--adapter DIR]                     # real embeddings, tiled
 
 Data: ``clustered`` unit vectors shaped like identity clusters (a Gaussian mixture, ~10 images per
