@@ -373,7 +373,7 @@ def main() -> None:
                 got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, sweep, args.timed,
                                     lambda line, partial=None: log(line, {**base, **partial} if partial else None))
                 if name in args.engine_alone and n <= args.engine_alone_max:
-                    log(f"  {name}: the engine alone")
+                    log(f"  {name}: the engine alone", {**base, "variant": name, "rows_so_far": got})
                     alone = bench_engine_alone(x, Path(tmp), cfg)
                     for r in got:
                         r.update(alone, time_to_index_vs_engine_build=r["time_to_index_s"] / alone["engine_build_s"],
