@@ -242,6 +242,26 @@ def test_payload_filters_use_payload_indexes_at_scale(tmp_path):
         assert recall() >= 0.9
 
 
+def test_filtered_search_on_binary_codes_scans_floats(tmp_path):
+    """A binary flat index ranks filtered matches on floats by default (the scan ignores the 1-bit codes)."""
+    rng = np.random.default_rng(5)
+    n, d = 2000, 64
+    vecs = _unit(rng, n, d)
+    payloads = [{"image": f"{i}.png", "person_id": i, "camera_id": i % 6, "split": "test"} for i in range(n)]
+    ids = [point_id(p["image"]) for p in payloads]
+    cfg = StoreConfig(hnsw_m=0, quantization="binary", oversampling=1.0, indexing_threshold_kb=10,
+                      full_scan_threshold_kb=10)
+    with EdgeStore(tmp_path / "idx", cfg) as s:
+        s.ensure_collection("g", d, {"model": "m"})
+        s.bulk_ingest("g", ids, vecs, payloads)
+        queries = _unit(rng, 20, d)
+        keep = np.arange(n) % 6 == 1
+        found = s.search_batch("g", queries, k=10, filter={"camera_id": 1})
+        for q, hits in zip(queries, found):
+            truth = [ids[i] for i in np.argsort(-np.where(keep, vecs @ q, -np.inf))[:10]]
+            assert [h.id for h in hits] == truth
+
+
 def test_background_build_keeps_searches_going(tmp_path):
     """build_in_background: exact-scan searches work while a child process builds the HNSW graph on a copy;
     writes are refused until wait() swaps the indexed copy in."""
