@@ -1,8 +1,10 @@
 """Vector store at scale: bulk ingest, disk, recall-vs-latency curve, filters, numpy exact baseline.
 
     OMP_NUM_THREADS=1 python benchmarks/vector_store.py                       # 10k + 100k, ~25 min
-    OMP_NUM_THREADS=1 python benchmarks/vector_store.py --sizes 1000000 --variants flat-binary \\
-        --out benchmarks/results/vector_store_1m.json                          # 1M, the flat index only
+    OMP_NUM_THREADS=1 python benchmarks/vector_store.py --sizes 1000000 --variants flat-binary flat-int8 \\
+        --large-variants flat-binary flat-int8 --oversamplings 1 2 4 8 --queries 1000 --timed 200 \\
+        --engine-alone flat-binary --engine-alone-max 1000000 --out benchmarks/results/vector_store_1m.json
+                                                            # 1M, flat indexes (~15 CPU-min; HNSW: ~1 h more each)
     ... --data world --world DIR --model DIR [--adapter DIR]                     # real embeddings, tiled
 
 Data: ``clustered`` unit vectors shaped like identity clusters (a Gaussian mixture, ~10 images per
@@ -16,8 +18,10 @@ quantized codes). Reported: durable upsert vectors/s, build seconds, time until 
 the process (it holds the float32 input array too), disk (allocated blocks, and the apparent size of its sparse
 files), then for each search ef: single-query p50/p99, recall@10 against the exact top-10, and batch queries/s
 through one ``search_batch`` request. The engine alone (raw qdrant-edge upserts of pre-built points, then its
-own build, same config) is measured in the same run for the time-to-index ratio, plus one filtered row
-(camera ∈ {1, 2} and ``attributes.bag == "backpack"``, ~8 % of points, through payload indexes) and numpy's
+own build, same config) is measured in the same run for the time-to-index ratio, plus filtered rows
+(camera ∈ {1, 2} and ``attributes.bag == "backpack"``, ~8 % of points, through payload indexes: the store's
+default, which scores every match when the indexes estimate few enough (``StoreConfig.filter_scan_kb``), then for
+HNSW variants the graph's own filtered search, plain and with ACORN) and numpy's
 exact scan. One search thread and one indexing thread unless told otherwise.
 """
 
@@ -56,13 +60,14 @@ FILTER = {"camera_id": [1, 2], "attributes.bag": "backpack"}
 
 def clustered(n: int, dim: int, per_id: int = 10, spread: float = 0.35, seed: int = 0):
     rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(max(1, n // per_id), dim)).astype(np.float32)
+    centers = rng.standard_normal((max(1, n // per_id), dim), dtype=np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     x = np.empty((n, dim), np.float32)
-    for start in range(0, n, 65536):  # in chunks: a 1M float64 temporary would double the peak memory
+    for start in range(0, n, 65536):  # float32 and in chunks: no 1M float64 temporary
         m = min(n, start + 65536) - start
-        x[start : start + m] = centers[rng.integers(0, len(centers), size=m)] + np.float32(
-            spread / np.sqrt(dim)) * rng.normal(size=(m, dim)).astype(np.float32)
+        x[start : start + m] = rng.standard_normal((m, dim), dtype=np.float32)
+        x[start : start + m] *= np.float32(spread / np.sqrt(dim))
+        x[start : start + m] += centers[rng.integers(0, len(centers), size=m)]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x, centers
 
@@ -70,8 +75,23 @@ def clustered(n: int, dim: int, per_id: int = 10, spread: float = 0.35, seed: in
 def queries_near(centers: np.ndarray, n: int, spread: float = 0.5, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     dim = centers.shape[1]
-    q = centers[rng.integers(0, len(centers), size=n)] + spread / np.sqrt(dim) * rng.normal(size=(n, dim))
+    q = centers[rng.integers(0, len(centers), size=n)] + np.float32(spread / np.sqrt(dim)) * rng.standard_normal(
+        (n, dim), dtype=np.float32)
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def cached(key: str, make) -> tuple[np.ndarray, ...]:
+    """The arrays ``make()`` returns, saved under $BENCH_CACHE (default /tmp/lineup-vector-cache) on the first
+    run and loaded on the next: at 1M, data and ground truth take minutes on a shared machine."""
+    folder = Path(os.environ.get("BENCH_CACHE", Path(tempfile.gettempdir()) / "lineup-vector-cache")) / key
+    if (folder / "done").exists():
+        return tuple(np.load(f) for f in sorted(folder.glob("*.npy")))
+    arrays = make()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, a in enumerate(arrays):
+        np.save(folder / f"{i}.npy", a)
+    (folder / "done").touch()
+    return arrays
 
 
 def world_data(n: int, n_queries: int, world: Path, model: str, adapter: str | None, noise: float = 0.05):
@@ -95,13 +115,14 @@ def world_data(n: int, n_queries: int, world: Path, model: str, adapter: str | N
 
 
 def exact_top(x: np.ndarray, q: np.ndarray, k: int = 10, mask: np.ndarray | None = None) -> np.ndarray:
+    """Exact top-k rows of x for each query (float32 matmul, 64 queries at a time); ``mask``: among those rows."""
+    rows = np.arange(len(x)) if mask is None else np.flatnonzero(mask)
+    sub = x if mask is None else x[rows]
     out = []
-    for start in range(0, len(q), 32):
-        s = q[start : start + 32] @ x.T
-        if mask is not None:
-            s[:, ~mask] = -np.inf
+    for start in range(0, len(q), 64):
+        s = q[start : start + 64] @ sub.T
         top = np.argpartition(-s, k, axis=1)[:, :k]
-        out.append(np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1))
+        out.append(rows[np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1)])
     return np.concatenate(out)
 
 
@@ -158,47 +179,52 @@ def timed_queries(search, queries: np.ndarray) -> tuple[list, dict]:
                      "p50_cpu_ms": float(np.percentile(cpu, 50))}
 
 
-def bench_numpy(x, q, truth) -> dict:
+def bench_numpy(x, q, truth, timed: int) -> dict:
     def top10(v):
         s = x @ v
         top = np.argpartition(-s, 10)[:10]
         return top[np.argsort(-s[top])]
 
-    res, lat = timed_queries(top10, q)
+    res, lat = timed_queries(top10, q[:timed])
     t = time.perf_counter()
     exact_top(x, q)
     return {"variant": "numpy exact", **lat, "batch_qps": len(q) / (time.perf_counter() - t),
-            "recall@10": recall10([r.tolist() for r in res], truth)}
+            "recall@10": recall10([r.tolist() for r in res], truth[:timed])}
 
 
 def bench_engine_alone(x, root: Path, cfg: StoreConfig) -> dict:
-    """qdrant-edge by itself: pre-built points upserted in 2,048-point batches, then its own index build."""
+    """qdrant-edge by itself: points upserted in 2,048-point batches (only the engine's calls are timed, not the
+    building of the Python point objects), then its own index build."""
     import qdrant_edge as qe
 
     from retrieval.store import EdgeStore
 
     shard = qe.EdgeShard.create(str(root / "engine"), EdgeStore(root / "unused", cfg)._edge_config(x.shape[1]))
     payloads = Payloads(len(x))
-    rows = x.tolist()
-    batches = [[qe.Point(i, rows[i], payloads[i]) for i in range(s, min(len(x), s + 2048))]
-               for s in range(0, len(x), 2048)]
-    del rows
-    t, c = time.perf_counter(), time.process_time()
-    for points in batches:
+    upsert_s = upsert_cpu = 0.0
+    for s in range(0, len(x), 2048):
+        points = [qe.Point(i, row, payloads[i]) for i, row in enumerate(x[s : s + 2048].tolist(), s)]
+        t, c = time.perf_counter(), time.process_time()
         shard.update(qe.UpdateOperation.upsert_points(points))
+        upsert_s, upsert_cpu = upsert_s + time.perf_counter() - t, upsert_cpu + time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
     shard.flush()
-    upsert_s, upsert_cpu = time.perf_counter() - t, time.process_time() - c
-    del batches
+    upsert_s, upsert_cpu = upsert_s + time.perf_counter() - t, upsert_cpu + time.process_time() - c
     t, c = time.perf_counter(), time.process_time()
     shard.optimize()
     build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
     shard.close()
     shutil.rmtree(root / "engine", ignore_errors=True)
+    shutil.rmtree(root / "unused", ignore_errors=True)
     return {"engine_upsert_per_s": len(x) / upsert_s, "engine_upsert_per_cpu_s": len(x) / upsert_cpu,
             "engine_build_s": build_s, "engine_build_cpu_s": build_cpu}
 
 
-def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, efs: list[int]) -> list[dict]:
+def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, sweep: list[int | float],
+                  timed: int, log) -> list[dict]:
+    """One store variant: durable upsert, one build, then per sweep value (search ef, or oversampling for a flat
+    index) recall@10 over all queries in one ``search_batch`` (batch queries/s) and single-query latency over
+    the first ``timed``; then one filtered row at the fastest setting reaching recall 0.95."""
     path = root / name
     reset_peak_rss()
     store = open_store(path=path, config=cfg)
@@ -209,9 +235,14 @@ def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, 
     t, c = time.perf_counter(), time.process_time()
     store.bulk_ingest("bench", ids, x, Payloads(len(x)), optimize=False)
     upsert_s, upsert_cpu = time.perf_counter() - t, time.process_time() - c
-    nq = q[:50]  # searchable at once, by exact scan of the unindexed segments
+    nq = q[: min(timed, 50)]  # searchable at once, by exact scan of the unindexed segments
     res, unindexed = timed_queries(lambda v: store.search("bench", v, 10), nq)
-    unindexed_recall = recall10([[index[h.id] for h in r] for r in res], truth[:50])
+    unindexed_recall = recall10([[index[h.id] for h in r] for r in res], truth[: len(nq)])
+    common = {"variant": name, "upsert_per_s": len(x) / upsert_s, "upsert_per_cpu_s": len(x) / upsert_cpu,
+              "upsert_s": upsert_s, "unindexed_p50_ms": unindexed["p50_ms"],
+              "unindexed_p50_cpu_ms": unindexed["p50_cpu_ms"], "unindexed_recall@10": unindexed_recall,
+              "peak_rss_upsert_mb": peak_rss_mb()}
+    log(f"  {name}: upsert {upsert_s:.0f}s ({upsert_cpu:.0f} CPU-s); building", partial=common)
     t, c = time.perf_counter(), time.process_time()
     store.optimize("bench")
     build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
@@ -220,34 +251,56 @@ def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, 
     alloc, apparent = disk_mb(path)
     store = open_store(path=path, config=cfg)
     info = store._shard("bench").info()
-    common = {"variant": name, "upsert_per_s": len(x) / upsert_s, "upsert_per_cpu_s": len(x) / upsert_cpu,
-              "upsert_s": upsert_s, "build_s": build_s, "build_cpu_s": build_cpu,
-              "time_to_index_s": upsert_s + build_s, "time_to_index_cpu_s": upsert_cpu + build_cpu,
-              "unindexed_p50_ms": unindexed["p50_ms"], "unindexed_p50_cpu_ms": unindexed["p50_cpu_ms"],
-              "unindexed_recall@10": unindexed_recall, "peak_rss_mb": peak, "disk_mb": alloc,
-              "disk_apparent_mb": apparent, "disk_x_raw": alloc / (x.nbytes / 2**20),
-              "indexed": info.indexed_vectors_count, "segments": info.segments_count}
-    rows = []
-    for ef in efs if cfg.hnsw_m else [cfg.hnsw_ef]:
-        store.config.hnsw_ef = ef
-        res, lat = timed_queries(lambda v: store.search("bench", v, 10), q)
+    common.update({"build_s": build_s, "build_cpu_s": build_cpu,
+                   "time_to_index_s": upsert_s + build_s, "time_to_index_cpu_s": upsert_cpu + build_cpu,
+                   "peak_rss_mb": peak, "disk_mb": alloc, "disk_apparent_mb": apparent,
+                   "disk_x_raw": alloc / (x.nbytes / 2**20), "indexed": info.indexed_vectors_count,
+                   "segments": info.segments_count})
+    log(f"  {name}: built in {build_s:.0f}s ({build_cpu:.0f} CPU-s)", partial=common)
+
+    def measure(label: str, filt: dict | None, want: np.ndarray) -> dict:
+        res, lat = timed_queries(lambda v: store.search("bench", v, 10, filt), q[:timed])
         t = time.perf_counter()
-        store.search_batch("bench", q, 10)
-        rows.append({**common, "ef": ef if cfg.hnsw_m else None, **lat,
-                     "batch_qps": len(q) / (time.perf_counter() - t),
-                     "recall@10": recall10([[index[h.id] for h in r] for r in res], truth)})
-    good = [r for r in rows if r["recall@10"] >= 0.95]  # the filter row uses the fastest ef reaching 0.95
+        found = store.search_batch("bench", q, 10, filt)
+        return {**common, "variant": label, **lat, "batch_qps": len(q) / (time.perf_counter() - t),
+                "recall@10": recall10([[index[h.id] for h in r] for r in found], want)}
+
+    flat = not cfg.hnsw_m
+    rows = []
+    for value in sweep:
+        if flat:
+            store.config.oversampling = float(value)
+        else:
+            store.config.hnsw_ef = int(value)
+        row = measure(name, None, truth)
+        rows.append({**row, "ef": None if flat else int(value),
+                     "oversampling": store.config.oversampling if cfg.quantization else None})
+        log(f"  {name} {'oversampling' if flat else 'ef'} {value}: recall {row['recall@10']:.3f} "
+            f"p50 {row['p50_ms']:.2f} ms", partial={**common, "rows_so_far": rows})
+    good = [r for r in rows if r["recall@10"] >= 0.95]  # the filter row uses the fastest setting reaching 0.95
     best = min(good, key=lambda r: r["p50_ms"]) if good else max(rows, key=lambda r: r["recall@10"])
-    store.config.hnsw_ef = best["ef"] or cfg.hnsw_ef
-    res, lat = timed_queries(lambda v: store.search("bench", v, 10, FILTER), q)
-    rows.append({**common, "variant": name + " +filter", "ef": best["ef"], **lat,
-                 "recall@10": recall10([[index[h.id] for h in r] for r in res], ftruth),
-                 "filter_selectivity": float(filter_mask(len(x)).mean())})
+    if flat:
+        store.config.oversampling = best["oversampling"] or cfg.oversampling
+    else:
+        store.config.hnsw_ef = best["ef"]
+    selectivity = float(filter_mask(len(x)).mean())
+    rows.append({**measure(name + " +filter", FILTER, ftruth), "ef": best["ef"], "oversampling": best["oversampling"],
+                 "filter_selectivity": selectivity})
+    if cfg.hnsw_m:  # the store's default scans the matches; the graph's own filtered search, without and with ACORN
+        scan_kb = store.config.filter_scan_kb
+        store.config.filter_scan_kb = 0
+        for acorn in (False, True):
+            store.config.acorn = acorn
+            for ef in sorted({best["ef"], 4 * best["ef"]}):
+                store.config.hnsw_ef = ef
+                label = f"{name} +filter graph" + (" acorn" if acorn else "")
+                rows.append({**measure(label, FILTER, ftruth), "ef": ef, "oversampling": best["oversampling"],
+                             "filter_selectivity": selectivity})
+                log(f"  {label} ef {ef}: recall {rows[-1]['recall@10']:.3f} p50 {rows[-1]['p50_ms']:.2f} ms")
+        store.config.filter_scan_kb, store.config.acorn, store.config.hnsw_ef = scan_kb, False, best["ef"]
     if name == "hnsw-m16-efc64":
         store.config.exact = True
-        res, lat = timed_queries(lambda v: store.search("bench", v, 10), q)
-        rows.append({**common, "variant": "edge exact", "ef": None, **lat,
-                     "recall@10": recall10([[index[h.id] for h in r] for r in res], truth)})
+        rows.append({**measure("edge exact", None, truth), "ef": None})
     store.close()
     shutil.rmtree(path, ignore_errors=True)
     return rows
@@ -261,42 +314,66 @@ def main() -> None:
     ap.add_argument("--model", help="base model folder (--data world)")
     ap.add_argument("--adapter", help="adapter folder (--data world)")
     ap.add_argument("--dim", type=int, default=256, help="clustered data dimension")
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=200, help="queries for recall and batch queries/s")
+    ap.add_argument("--timed", type=int, default=200, help="of those, how many are timed one by one (p50/p99)")
     ap.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v != "hnsw-m16-efc64-nofg"],
                     choices=list(VARIANTS))
     ap.add_argument("--large-variants", nargs="+", default=["hnsw-m16-efc64", "flat-binary"],
                     choices=list(VARIANTS), help="the variants run at sizes >= 100k (each HNSW build takes minutes)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    ap.add_argument("--oversamplings", type=float, nargs="+", default=[2.0, 4.0, 8.0],
+                    help="the sweep of the flat (hnsw_m 0) variants: quantized candidates rescored per hit")
     ap.add_argument("--indexing-threads", type=int, default=1)
+    ap.add_argument("--engine-alone", nargs="*", default=["hnsw-m16-efc64", "hnsw-m16-efc64-nofg"],
+                    choices=list(VARIANTS), help="variants whose index the engine alone builds again (one more build)")
     ap.add_argument("--engine-alone-max", type=int, default=10_000,
-                    help="largest size at which the engine alone builds the same index again (one more build)")
+                    help="largest size at which the engine alone builds the same index again")
+    ap.add_argument("--log", type=Path, help="also append progress lines to this file")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vector_store.json")
     args = ap.parse_args()
 
     console = Console(width=200)
     rows, started = [], time.perf_counter()
+
+    def log(line: str, partial: dict | None = None) -> None:
+        console.log(line)
+        if args.log:
+            with args.log.open("a") as f:
+                f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        write_json(args, rows, started, partial)  # a long run stopped early keeps what it measured
+
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         for n in args.sizes:
             if args.data == "world":
                 x, q, distinct = world_data(n, args.queries, args.world, args.model, args.adapter)
+                truth, ftruth = exact_top(x, q), exact_top(x, q, mask=filter_mask(n))
             else:
-                x, centers = clustered(n, args.dim)
-                q, distinct = queries_near(centers, args.queries), None
-                del centers
-            truth, ftruth = exact_top(x, q), exact_top(x, q, mask=filter_mask(n))
-            console.log(f"{n} vectors × {x.shape[1]}-d ({args.data})")
-            base = {"n": n, "data": args.data, "dim": int(x.shape[1]), "raw_mb": x.nbytes / 2**20}
+                def make():
+                    x, centers = clustered(n, args.dim)
+                    q = queries_near(centers, args.queries)
+                    return x, q, exact_top(x, q), exact_top(x, q, mask=filter_mask(n))
+
+                t = time.perf_counter()
+                x, q, truth, ftruth = cached(f"clustered-{n}x{args.dim}-q{args.queries}", make)
+                distinct = None
+                log(f"{n} vectors: data and ground truth in {time.perf_counter() - t:.0f}s")
+            base = {"n": n, "data": args.data, "dim": int(x.shape[1]), "raw_mb": x.nbytes / 2**20,
+                    "queries": len(q), "timed_queries": min(args.timed, len(q))}
             if distinct:
                 base["distinct_images"] = distinct
-            numpy_row = {**base, **bench_numpy(x, q, truth)}
+            numpy_row = {**base, **bench_numpy(x, q, truth, args.timed)}
             rows.append(numpy_row)
+            log(f"{n} vectors × {x.shape[1]}-d ({args.data}): numpy exact p50 {numpy_row['p50_ms']:.1f} ms")
             variants = [v for v in args.variants if n < 100_000 or v in args.large_variants]
             for name in variants:
                 cfg = StoreConfig(**VARIANTS[name], hnsw_ef=64, search_threads=1, indexing_threads=args.indexing_threads,
                                   indexing_threshold_kb=1000, full_scan_threshold_kb=1000)
                 t = time.perf_counter()
-                got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, args.efs)
-                if name in ("hnsw-m16-efc64", "hnsw-m16-efc64-nofg") and n <= args.engine_alone_max:
+                sweep = args.efs if cfg.hnsw_m else (args.oversamplings if cfg.quantization else [1])
+                got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, sweep, args.timed,
+                                    lambda line, partial=None: log(line, {**base, **partial} if partial else None))
+                if name in args.engine_alone and n <= args.engine_alone_max:
+                    log(f"  {name}: the engine alone", {**base, "variant": name, "rows_so_far": got})
                     alone = bench_engine_alone(x, Path(tmp), cfg)
                     for r in got:
                         r.update(alone, time_to_index_vs_engine_build=r["time_to_index_s"] / alone["engine_build_s"],
@@ -305,17 +382,17 @@ def main() -> None:
                     r["x_faster_than_numpy"] = numpy_row["p50_ms"] / r["p50_ms"]
                     r["x_faster_than_numpy_cpu"] = numpy_row["p50_cpu_ms"] / max(r["p50_cpu_ms"], 1e-3)
                 rows.extend({**base, **r} for r in got)
-                console.log(f"  {name}: {time.perf_counter() - t:.0f}s")
-                write_json(args, rows, started)  # after every variant: a long run stopped early keeps its rows
+                log(f"  {name}: {time.perf_counter() - t:.0f}s")
             del x
 
-    cols = ["n", "variant", "ef", "upsert_per_s", "upsert_per_cpu_s", "build_cpu_s", "cpu_to_index_vs_engine_build",
-            "p50_ms", "p50_cpu_ms", "p99_ms", "batch_qps", "recall@10", "x_faster_than_numpy_cpu",
-            "unindexed_p50_cpu_ms", "peak_rss_mb", "disk_mb", "disk_x_raw"]
-    table = Table(title=f"vector store ({args.data}, {args.queries} queries, 1 search thread, "
+    cols = ["n", "variant", "ef", "oversampling", "upsert_per_s", "upsert_per_cpu_s", "build_cpu_s",
+            "cpu_to_index_vs_engine_build", "p50_ms", "p50_cpu_ms", "p99_ms", "batch_qps", "recall@10",
+            "x_faster_than_numpy_cpu", "unindexed_p50_cpu_ms", "peak_rss_mb", "disk_mb", "disk_x_raw"]
+    table = Table(title=f"vector store ({args.data}, {args.queries} queries ({args.timed} timed), 1 search thread, "
                         f"{args.indexing_threads} indexing thread(s))")
     for c in cols:
-        table.add_column(c.replace("_", " "), justify="left" if c == "variant" else "right")
+        table.add_column(c.replace("_", " "), justify="left" if c == "variant" else "right",
+                         min_width=30 if c == "variant" else None)
     for r in rows:
         table.add_row(*["-" if r.get(c) is None else (f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]))
                         for c in cols])
@@ -324,13 +401,14 @@ def main() -> None:
     console.print(f"wrote {args.out}")
 
 
-def write_json(args: argparse.Namespace, rows: list[dict], started: float) -> None:
+def write_json(args: argparse.Namespace, rows: list[dict], started: float, partial: dict | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "command": "OMP_NUM_THREADS=1 python benchmarks/vector_store.py " + " ".join(sys.argv[1:]),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": f"{platform.platform()}, {os.cpu_count()} cores shared with other jobs",
         "wall_minutes": round((time.perf_counter() - started) / 60, 1), "rows": rows,
+        **({"in_progress": partial} if partial else {}),
         "notes": "peak_rss_mb: the process's peak resident memory during that variant's ingest and build, which "
                  "includes the float32 input array (raw_mb) and the query set. disk_mb: allocated blocks after "
                  "close (disk_apparent_mb counts the engine's preallocated sparse files at full length). "

@@ -110,6 +110,8 @@ def test_open_store_arguments():
         StoreConfig(quantization="int4")
     with pytest.raises(ValueError, match="hnsw_m"):
         StoreConfig(hnsw_m=-1)
+    with pytest.raises(ValueError, match="filter_scan_kb"):
+        StoreConfig(filter_scan_kb=-1)
 
 
 def test_search_batch_takes_one_k_and_filter_per_query(store):
@@ -195,7 +197,8 @@ def test_bulk_ingest_resumes_after_kill_without_duplicates(tmp_path):
 
 
 def test_payload_filters_use_payload_indexes_at_scale(tmp_path):
-    """Filtered HNSW search on indexed payload fields keeps recall against an exact filtered scan."""
+    """Filtered search on indexed payload fields keeps recall against an exact filtered scan: by scoring every
+    match where the indexes estimate few (the default), and through the HNSW graph (with and without ACORN)."""
     rng = np.random.default_rng(4)
     n, d = 3000, 32
     centers = _unit(rng, n // 10, d)
@@ -218,14 +221,45 @@ def test_payload_filters_use_payload_indexes_at_scale(tmp_path):
         flt = {"camera_id": [1, 2], "attributes.bag": "backpack"}
         keep = np.array([p["camera_id"] in (1, 2) and p["attributes"]["bag"] == "backpack" for p in payloads])
         queries = vecs[rng.choice(n, 40, replace=False)]
-        found = s.search_batch("g", queries, k=10, filter=flt)
-        recall = []
+
+        def recall() -> float:
+            found, got = s.search_batch("g", queries, k=10, filter=flt), []
+            for q, hits in zip(queries, found):
+                assert all(h.payload["camera_id"] in (1, 2) and h.payload["attributes"]["bag"] == "backpack"
+                           for h in hits)
+                scores = np.where(keep, vecs @ q, -np.inf)
+                truth = {ids[i] for i in np.argsort(-scores)[:10]}
+                got.append(len(truth & {h.id for h in hits}) / 10)
+            return float(np.mean(got))
+
+        # ~250 matches: few enough for the default filter_scan_kb, so every match is scored (exact)
+        assert s._scan_filtered("g", flt) and not s._scan_filtered("g", None)
+        assert recall() == 1.0
+        s.config.filter_scan_kb = 0  # the graph's own filtered search (payload-index links), then with ACORN
+        assert not s._scan_filtered("g", flt)
+        assert recall() >= 0.9
+        s.config.acorn = True
+        assert recall() >= 0.9
+
+
+def test_filtered_search_on_binary_codes_scans_floats(tmp_path):
+    """A binary flat index ranks filtered matches on floats by default (the scan ignores the 1-bit codes)."""
+    rng = np.random.default_rng(5)
+    n, d = 2000, 64
+    vecs = _unit(rng, n, d)
+    payloads = [{"image": f"{i}.png", "person_id": i, "camera_id": i % 6, "split": "test"} for i in range(n)]
+    ids = [point_id(p["image"]) for p in payloads]
+    cfg = StoreConfig(hnsw_m=0, quantization="binary", oversampling=1.0, indexing_threshold_kb=10,
+                      full_scan_threshold_kb=10)
+    with EdgeStore(tmp_path / "idx", cfg) as s:
+        s.ensure_collection("g", d, {"model": "m"})
+        s.bulk_ingest("g", ids, vecs, payloads)
+        queries = _unit(rng, 20, d)
+        keep = np.arange(n) % 6 == 1
+        found = s.search_batch("g", queries, k=10, filter={"camera_id": 1})
         for q, hits in zip(queries, found):
-            assert all(h.payload["camera_id"] in (1, 2) and h.payload["attributes"]["bag"] == "backpack" for h in hits)
-            scores = np.where(keep, vecs @ q, -np.inf)
-            truth = {ids[i] for i in np.argsort(-scores)[:10]}
-            recall.append(len(truth & {h.id for h in hits}) / 10)
-        assert np.mean(recall) >= 0.9
+            truth = [ids[i] for i in np.argsort(-np.where(keep, vecs @ q, -np.inf))[:10]]
+            assert [h.id for h in hits] == truth
 
 
 def test_background_build_keeps_searches_going(tmp_path):
