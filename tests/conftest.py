@@ -60,3 +60,29 @@ def tiny_adapter(tiny_base, tiny_world, tmp_path_factory) -> Path:
         train("stage1", TrainConfig(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(out),
                                     epochs=40, eval_split=""))
     return adapter
+
+
+@pytest.fixture(scope="session")
+def tiny_gallery(tiny_world, tiny_base, tiny_adapter, tmp_path_factory) -> dict:
+    """The world's test split indexed through the CLI with the stage-1 adapter, THI answers cached from ground
+    truth (the simulated user's world: answers it gives and answers in the cache agree). Shared by the CLI
+    end-to-end and pty tests, which only read it. `common` is the flags that reach it."""
+    import json
+
+    from cli.main import main
+    from finetune.data.loaders import load_person_dataset
+    from finetune.data.world import QUESTION_BANK, answer_from_attributes
+    from mllm_embed import load_embedder
+    from retrieval.engine import SearchEngine
+    from retrieval.store import open_store
+
+    qdrant = tmp_path_factory.mktemp("qdrant")
+    common = ["--model", str(tiny_base), "--adapter", str(tiny_adapter), "--qdrant-path", str(qdrant)]
+    assert main(["index", *common, "--dataset", str(tiny_world)]) == 0
+    records = [r for r in load_person_dataset(tiny_world) if r["split"] == "test"]
+    attrs = {r["image"]: json.loads(r["attributes"]) for r in records}
+    key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
+    with open_store(path=qdrant) as store:
+        engine = SearchEngine(load_embedder(tiny_base, adapter=tiny_adapter), store, "gallery")
+        engine.cache_answers(QUESTION_BANK, answer_fn=lambda img, q: answer_from_attributes(attrs[img], key_of[q]))
+    return {"common": common, "records": records, "attrs": attrs, "qdrant": qdrant}
