@@ -1,26 +1,42 @@
 """Session fixtures: one tiny world and one tiny pre-trained base shared by the whole suite.
 
-Set LINEUP_TEST_CACHE=/some/dir during development to reuse them across pytest runs (CI builds fresh).
+Set LINEUP_TEST_CACHE=/some/dir during development to reuse them across pytest runs (CI builds fresh). Under
+pytest-xdist (`-n 2`) the workers share one build: the first to need a fixture builds it under a file lock in
+the run's common temp folder, the others wait for it and reuse it; OMP_NUM_THREADS is split between workers.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
-torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "2"))))
+_THREADS = max(1, int(os.environ.get("OMP_NUM_THREADS", "2")))
+torch.set_num_threads(max(1, _THREADS // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
-def _cache_dir(tmp_path_factory, name: str) -> Path:
+@contextmanager
+def _cache_dir(tmp_path_factory, name: str):
+    """The folder a session fixture is built in, held under a lock while the caller checks and builds it."""
     root = os.environ.get("LINEUP_TEST_CACHE")
     if root:
         path = Path(root) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp(name)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.getbasetemp().parent / "shared" / name  # the temp folder all workers share
+    else:
+        path = tmp_path_factory.getbasetemp() / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(_THREADS)  # a worker waiting on this lock idles: the build takes its threads too
+        try:
+            yield path
+        finally:
+            torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +44,9 @@ def tiny_world(tmp_path_factory) -> Path:
     """A small synthetic world: 48 identities x 4 images (owner: finetune.data.world)."""
     from finetune.data.world import WorldConfig, generate_world
 
-    out = _cache_dir(tmp_path_factory, "world")
-    if not (out / "world.json").exists():
-        generate_world(out, WorldConfig(identities=48, images_per_id=4, seed=7))
+    with _cache_dir(tmp_path_factory, "world") as out:
+        if not (out / "world.json").exists():
+            generate_world(out, WorldConfig(identities=48, images_per_id=4, seed=7))
     return out
 
 
@@ -41,10 +57,10 @@ def tiny_base(tiny_world, tmp_path_factory) -> Path:
     from finetune.stage0 import Stage0Config, pretrain
     from mllm_embed.tiny import build_tiny_base
 
-    out = _cache_dir(tmp_path_factory, "base")
-    if not (out / "config.json").exists() or not (out / "stage0_done.json").exists():
-        build_tiny_base(tiny_world, out, size="test")
-        pretrain(out, tiny_world, Stage0Config.for_tests())
+    with _cache_dir(tmp_path_factory, "base") as out:
+        if not (out / "config.json").exists() or not (out / "stage0_done.json").exists():
+            build_tiny_base(tiny_world, out, size="test")
+            pretrain(out, tiny_world, Stage0Config.for_tests())
     return out
 
 
@@ -54,11 +70,11 @@ def tiny_adapter(tiny_base, tiny_world, tmp_path_factory) -> Path:
     end-to-end tests that search with it. Its run folder (metrics.jsonl) is the adapter's parent."""
     from finetune.train import TrainConfig, train
 
-    out = _cache_dir(tmp_path_factory, "stage1")
-    adapter = out / "adapter"
-    if not (adapter / "lineup_embedder.json").exists():
-        train("stage1", TrainConfig(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(out),
-                                    epochs=40, eval_split=""))
+    with _cache_dir(tmp_path_factory, "stage1") as out:
+        adapter = out / "adapter"
+        if not (adapter / "lineup_embedder.json").exists():
+            train("stage1", TrainConfig(base_model=str(tiny_base), data=str(tiny_world), output_dir=str(out),
+                                        epochs=40, eval_split=""))
     return adapter
 
 
