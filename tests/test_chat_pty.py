@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -64,23 +62,9 @@ class Terminal:
 
 
 @pytest.fixture(scope="module")
-def project(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
-    """The world's test split indexed through the CLI, with THI answers cached from ground truth."""
-    from finetune.data import load_split
-    from finetune.data.world import QUESTION_BANK, answer_from_attributes
-    from mllm_embed import load_embedder
-    from retrieval.engine import SearchEngine
-    from retrieval.store import open_store
-
-    qdrant = tmp_path_factory.mktemp("qdrant")
-    common = ["--model", str(tiny_base), "--adapter", str(tiny_adapter), "--qdrant-path", str(qdrant)]
-    assert main(["index", *common, "--dataset", str(tiny_world)]) == 0
-    attrs = {r.image: r.attributes for r in load_split(tiny_world, "all")}
-    key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
-    with open_store(path=qdrant) as store:
-        engine = SearchEngine(load_embedder(tiny_base, adapter=tiny_adapter), store, "gallery")
-        engine.cache_answers(QUESTION_BANK, answer_fn=lambda img, q: answer_from_attributes(attrs[img], key_of[q]))
-    return common
+def project(tiny_gallery):
+    """The flags that reach the shared indexed gallery (conftest `tiny_gallery`)."""
+    return tiny_gallery["common"]
 
 
 def test_chat_in_a_terminal_feedback_filters_interrupt_resume(project, tmp_path):

@@ -18,13 +18,14 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
     names = set(build_parser()._subparsers._group_actions[0].choices)
     assert names - COVERED_ELSEWHERE == {"world", "bootstrap", "train", "demo"}
 
-    world = tmp_path / "world"
-    assert main(["world", "--out", str(world), "--identities", "6", "--images-per-id", "2", "--seed", "3"]) == 0
-    assert len((world / "annotations.jsonl").read_text().splitlines()) == 12
-
-    model = tmp_path / "model"
+    # `world` and `bootstrap` build the demo project's world and base; the demo then resumes from them
+    project = tmp_path / "demo"
+    world, model = project / "world", project / "model"
+    assert main(["world", "--out", str(world), "--identities", "16", "--images-per-id", "4", "--seed", "3"]) == 0
+    assert len((world / "annotations.jsonl").read_text().splitlines()) == 64
     assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
-    assert json.loads((model / "stage0_done.json").read_text())["steps"] > 0
+    stage0 = (model / "stage0_done.json").read_bytes()
+    assert json.loads(stage0)["steps"] > 0 and (model / "vision_pretrain.json").exists()
 
     # a recipe file, every flag kind the generated options take on top of it, and --quantization, which `train`
     # passes itself; the resolved config beside the adapter reruns the same run
@@ -49,7 +50,8 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
                  "--world", str(tiny_world), "--out", str(run2), "--epochs", "1", "--eval-split", ""]) == 0
     assert (run2 / "adapter" / "lineup_embedder.json").exists()
 
-    project = tmp_path / "demo"
-    assert main(["demo", "--fast", "--project", str(project)]) == 0
+    assert main(["demo", "--fast", "--identities", "16", "--project", str(project)]) == 0
     report = json.loads((project / "reports" / "demo.json").read_text())
     assert {"eval", "thi", "search"} <= set(report)
+    assert (model / "stage0_done.json").read_bytes() == stage0  # the demo kept the base `bootstrap` built
+    assert (project / "runs" / "stage2" / "adapter" / "lineup_embedder.json").exists()

@@ -11,26 +11,11 @@ from cli.main import main
 
 
 @pytest.fixture(scope="module")
-def gallery(tiny_world, tiny_base, tiny_adapter, tmp_path_factory):
-    """The world's test split indexed through the CLI, then THI answers cached from ground truth
-    (the simulated user's world: answers it gives and answers in the cache agree)."""
-    from finetune.data import load_split
-    from finetune.data.world import QUESTION_BANK, answer_from_attributes
+def gallery(tiny_gallery, tiny_base, tiny_adapter):
+    """The shared indexed gallery (conftest `tiny_gallery`) plus the embedder that built it."""
     from mllm_embed import load_embedder
-    from retrieval.engine import SearchEngine
-    from retrieval.store import open_store
 
-    qdrant = tmp_path_factory.mktemp("qdrant")
-    common = ["--model", str(tiny_base), "--adapter", str(tiny_adapter), "--qdrant-path", str(qdrant)]
-    assert main(["index", *common, "--dataset", str(tiny_world)]) == 0
-    records = load_split(tiny_world, "test")
-    attrs = {r.image: r.attributes for r in records}
-    key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
-    embedder = load_embedder(tiny_base, adapter=tiny_adapter)
-    with open_store(path=qdrant) as store:
-        engine = SearchEngine(embedder, store, "gallery")
-        engine.cache_answers(QUESTION_BANK, answer_fn=lambda img, q: answer_from_attributes(attrs[img], key_of[q]))
-    return {"common": common, "records": records, "attrs": attrs, "embedder": embedder, "qdrant": qdrant}
+    return {**tiny_gallery, "embedder": load_embedder(tiny_base, adapter=tiny_adapter)}
 
 
 def test_index_is_idempotent_and_image_search_finds_itself(gallery, capsys, tmp_path):
