@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     env.setdefault("OMP_NUM_THREADS", "2")
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     parallel = ["-n", str(args.workers), "--dist", "loadfile"] if args.workers else []
-    cmd = [sys.executable, "-m", "pytest", "-q", *parallel, *args.tests, "--durations=15", "-p", "no:cacheprovider"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", *parallel, *args.tests, "--durations=15", "-p", "no:cacheprovider"]
     load_before = os.getloadavg()
     start, cpu0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     slowest = [{"seconds": float(m[1]), "phase": m[2], "test": m[3]}
                for m in re.finditer(r"^([\d.]+)s (setup|call|teardown)\s+(\S+)", out, re.MULTILINE)]
     result = {"command": " ".join(["python", "-m", "pytest", *cmd[3:]]), "returncode": proc.returncode,
-              "summary": summary, "wall_s": round(wall, 1),
+              "summary": summary,
+              "failed": [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))], "wall_s": round(wall, 1),
               "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1),
               "cores": os.cpu_count(), "omp_num_threads": env["OMP_NUM_THREADS"],
               "load_average_before": [round(x, 2) for x in load_before],
