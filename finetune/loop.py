@@ -8,7 +8,6 @@ building it, so a resumed run continues exactly where the killed one stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from finetune.data import append_jsonl, read_jsonl, write_jsonl
 from mllm_embed.errors import LineupError
 from mllm_embed.files import atomic_output
 
@@ -128,11 +128,6 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _append(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def accelerator_for(precision: str):
     from accelerate import Accelerator
 
@@ -169,8 +164,7 @@ def fit(objective: Objective, settings: LoopSettings, out: Path, accelerator, ca
         _set_rng_state(state["rng"])
         step = state["step"]
         if metrics_path.exists():  # drop what the killed run logged after its last checkpoint
-            rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+            write_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["step"] <= step], "metrics")
         logger.info("resumed %s from %s (step %d)", name, ckpt, step)
     elif metrics_path.exists():
         metrics_path.unlink()
@@ -214,14 +208,14 @@ def fit(objective: Objective, settings: LoopSettings, out: Path, accelerator, ca
                    "lr": scheduler.get_last_lr()[0], **objective.log(),
                    "samples_per_s": samples / max(busy, 1e-9)}
             if accelerator.is_main_process:
-                _append(metrics_path, row)
+                append_jsonl(metrics_path, row)
                 if callback:
                     callback(row)
             if (s == steps_per_epoch - 1 or step >= total) and accelerator.is_main_process:
                 metrics = objective.evaluate(epoch)
                 if metrics is not None:
                     row = {"event": "eval", "step": step, "epoch": epoch, **metrics}
-                    _append(metrics_path, row)
+                    append_jsonl(metrics_path, row)
                     logger.info("%s epoch %d eval: %s", name, epoch, metrics)
                     if callback:
                         callback(row)

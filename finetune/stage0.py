@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from finetune.data import PersonImage, load_split, load_vqa, words
+from finetune.data import PersonImage, load_split, load_vqa, read_jsonl, words
 from finetune.config import Stage0Config
-from finetune.loop import LoopSettings, accelerator_for, damaged, fit
+from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, damaged, fit
 from mllm_embed import load_embedder
 from mllm_embed.embedder import load_image, side_by_side
 from mllm_embed.errors import LineupError
@@ -314,7 +314,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
                             resume=cfg.resume)
     steps = fit(objective, settings, run, accelerator_for("no"), name="stage 0",
                 callback=progress and (lambda row: row["event"] == "step" and progress(1)))
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_jsonl(run / METRICS_FILE)
     by_epoch = defaultdict(list)
     for row in rows:
         by_epoch[row["epoch"]].append(row["loss"])

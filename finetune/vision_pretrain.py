@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from finetune.data import PersonImage, load_split
+from finetune.data import PersonImage, load_split, read_jsonl
 from finetune.config import VisionPretrainConfig
 from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, damaged, fit
 from mllm_embed.errors import LineupError
@@ -221,7 +221,7 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
         settings = LoopSettings(epochs=1, max_grad_norm=1.0, save_every=cfg.save_every, resume=True)
         fit(cycle, settings, folder, accelerator_for("no"), name=f"vision pre-training cycle {c}",
             callback=progress and (lambda row: row["event"] == "step" and progress(1)))
-        curve = [json.loads(x)["loss"] for x in (folder / METRICS_FILE).read_text().splitlines() if x.strip()]
+        curve = [row["loss"] for row in read_jsonl(folder / METRICS_FILE)]
         out = {"loss_curve": [round(v, 4) for v in curve[:: max(1, cfg.steps // 50)]],
                "final_loss": sum(curve[-20:]) / len(curve[-20:])}
         if held_pixels is not None:

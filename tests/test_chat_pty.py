@@ -89,6 +89,8 @@ def test_chat_in_a_terminal_feedback_filters_interrupt_resume(project, tmp_path)
         assert "does not answer" in session or "→ red" in session  # "red" was checked against the question
         tables = [line for line in session.splitlines() if set(line) & set("│┃┏┗└┌━─")]
         assert tables and max(len(line) for line in tables) <= 80  # every table fits the terminal
+        if not re.search(r"\?:\s*$", term.text):  # Ctrl-C at the question's prompt, as a user would
+            term.expect(r"\?:\s*$")
         term.proc.send_signal(signal.SIGINT)  # Ctrl-C
         term.expect(r"interrupted; the transcript is in")
         assert term.close() == 0

@@ -177,7 +177,7 @@ def test_cli_train_stage2_on_a_cirr_folder(cirr, tiny_base, tmp_path):
     """Stage 2 on CIRR's train split (triplets only: no stage-1 replay, no per-epoch person evaluation); the adapter
     then evaluates with the protocol."""
     from cli.main import main
-    from finetune.train import METRICS_FILE
+    from finetune.loop import METRICS_FILE
     from mllm_embed import load_embedder
     from retrieval.evaluate import evaluate_cirr
 

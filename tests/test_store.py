@@ -104,7 +104,7 @@ def test_edge_persists_and_reopens_with_hnsw_and_quantization(tmp_path):
 def test_open_store_arguments():
     with pytest.raises(LineupError, match="not both"):
         open_store(path="x", url="http://localhost:6333")
-    with pytest.raises(LineupError, match="--index"):
+    with pytest.raises(LineupError, match="--qdrant-path"):
         open_store()
     with pytest.raises(ValueError, match="quantization"):
         StoreConfig(quantization="int4")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune.data.jsonl import write_jsonl
+from finetune.data.jsonl import read_jsonl, write_jsonl
 from finetune.data.records import PersonImage
 from finetune.data.render import COLORS, HAIR_COLORS, make_style, render
 from finetune.data.text import word_spans, words
@@ -573,8 +573,7 @@ def world_texts(world_dir: str | Path) -> list[str]:
         path = world_dir / name
         if not path.exists():
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in read_jsonl(path):
             for key in keys:
                 value = row.get(key)
                 texts.extend(value if isinstance(value, list) else [value] if value else [])
