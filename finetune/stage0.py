@@ -296,7 +296,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
              progress: Callable[[int], None] | None = None) -> Path:
     """Full-parameter LM training of the base in `model_dir` on the world's train split; saves in place. With
     `cfg.save_every` it checkpoints into `model_dir/stage0_run/` and (`cfg.resume`) continues a killed run
-    exactly; the checkpoints are removed once the weights are saved."""
+    exactly; the run folder is removed once the weights are saved."""
     cfg = cfg or Stage0Config()
     model_dir, world_dir = Path(model_dir), Path(world_dir)
     if not (world_dir / "annotations.jsonl").exists():
@@ -321,8 +321,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
     curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
     embedder.model.eval()
     embedder.model.save_pretrained(model_dir)
-    for ckpt in run.glob("checkpoint-*"):
-        shutil.rmtree(ckpt)
+    shutil.rmtree(run)  # the loss curve goes into DONE_FILE; a finished base folder holds only the model
 
     result = {"loss_curve": curve, "steps": steps,
               "train_pairs": {"vqa": len(qa), "captions": len(captions),
