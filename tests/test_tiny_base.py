@@ -171,11 +171,8 @@ def test_killed_stage0_resumes_to_the_same_loss_curve_and_weights(tiny_base, tin
     pretrain(killed, tiny_world, cfg, progress=steps.append)
     done = [json.loads((folder / "stage0_done.json").read_text()) for folder in (full, killed)]
     assert done[0]["steps"] == done[1]["steps"] == 3 + len(steps) and done[0]["steps"] >= 6
-    losses = [[json.loads(x)["loss"] for x in (folder / RUN_DIR / "metrics.jsonl").read_text().splitlines()]
-              for folder in (full, killed)]
-    assert losses[1] == pytest.approx(losses[0], abs=1e-6) and done[1]["loss_curve"] == pytest.approx(
-        done[0]["loss_curve"], abs=1e-6)
-    assert not list((killed / RUN_DIR).glob("checkpoint-*"))  # removed once the weights are saved
+    assert done[1]["loss_curve"] == pytest.approx(done[0]["loss_curve"], abs=1e-6)
+    assert not (killed / RUN_DIR).exists()  # removed once the weights are saved
     from safetensors.torch import load_file
 
     weights = [load_file(str(folder / "model.safetensors")) for folder in (full, killed)]
