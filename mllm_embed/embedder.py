@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def side_by_side(a, b, height: int = 256):
     out.paste(ims[1], (ims[0].width + 8, 0))
     out.info["pair"] = (str(a), str(b))
     return out
+
+
+@contextlib.contextmanager
+def quiet_tied_embeddings():
+    """Silence peft's note that tied input/output embeddings are not re-tied after a merge: adapters are never
+    merged into a saved base here, and trained token embeddings are saved with the adapter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tie_word_embeddings", category=UserWarning)
+        yield
 
 
 def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -320,7 +330,8 @@ class MLLMEmbedder:
         """Wrap the model with a new peft adapter (e.g. a LoraConfig) for training."""
         from peft import get_peft_model
 
-        self.model = get_peft_model(self.model, peft_config)
+        with quiet_tied_embeddings():
+            self.model = get_peft_model(self.model, peft_config)
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the peft adapter files and lineup_embedder.json into `directory`."""
@@ -411,16 +422,13 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
         if config.base_fingerprint and config.base_fingerprint != fingerprint:
             raise LineupError(f"{adapter}: adapter was trained on base {config.base_model!r}, not on {name!r}; "
                               f"load it with that base model")
-        import warnings
-
         from peft import PeftModel
 
         from mllm_embed.merge import apply_merged
 
         try:
             model, merged = apply_merged(model, Path(adapter), config.merged_adapters)
-            with warnings.catch_warnings():  # peft's note that tied embeddings are not re-tied (we never merge)
-                warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`", category=UserWarning)
+            with quiet_tied_embeddings():
                 model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
             raise LineupError(f"--adapter {adapter}: cannot load the adapter ({_first_line(exc)}); the folder is "
