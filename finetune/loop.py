@@ -89,6 +89,25 @@ def damaged(ckpt: Path, what: str, exc: BaseException) -> LineupError:
                        "folder to resume from an older one, or train without --resume")
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], folder: Path, name: str) -> None:
+    """A checkpoint file of named tensors (safetensors: loading it runs no code)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(folder / name))
+
+
+def load_tensors(folder: Path, name: str, apply: Callable[[dict[str, torch.Tensor]], Any]) -> None:
+    """Read a checkpoint file of named tensors and `apply` them; a missing, damaged or mismatching file is one
+    line (`damaged`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        apply(load_file(str(folder / name)))
+    except (OSError, SafetensorError, KeyError, RuntimeError) as exc:
+        raise damaged(folder, name, exc) from None
+
+
 def _load_state(ckpt: Path) -> dict:
     """The trainer state, unpickled with torch's weights-only loader: tensors, numbers, strings and containers,
     never objects or calls, so a planted checkpoint cannot run code."""

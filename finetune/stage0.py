@@ -24,7 +24,7 @@ import torch
 
 from finetune.data import PersonImage, load_split, load_vqa, read_jsonl, words
 from finetune.config import Stage0Config
-from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, damaged, fit
+from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, fit, load_tensors, save_tensors
 from mllm_embed import load_embedder
 from mllm_embed.embedder import load_image, side_by_side
 from mllm_embed.errors import LineupError
@@ -32,6 +32,7 @@ from mllm_embed.errors import LineupError
 logger = logging.getLogger(__name__)
 
 DONE_FILE = "stage0_done.json"
+WEIGHTS_FILE = "trained.safetensors"  # a stage-0 checkpoint's trained parameters
 RUN_DIR = "stage0_run"  # inside the model folder: metrics.jsonl and the checkpoints of an unfinished run
 
 
@@ -275,21 +276,15 @@ class LanguageModelling:
         pass
 
     def save_weights(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        save_file({n: p.detach().contiguous() for n, p in self.named}, str(folder / "trained.safetensors"))
+        save_tensors(dict(self.named), folder, WEIGHTS_FILE)
 
     def load_weights(self, folder: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            weights = load_file(str(folder / "trained.safetensors"))
+        def copy(weights: dict) -> None:
             with torch.no_grad():
                 for n, p in self.named:
                     p.copy_(weights[n])
-        except (OSError, SafetensorError, KeyError, RuntimeError) as exc:
-            raise damaged(folder, "trained.safetensors", exc) from None
+
+        load_tensors(folder, WEIGHTS_FILE, copy)
 
 
 def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | None = None,

@@ -27,7 +27,7 @@ import torch
 from finetune import augment, nam
 from finetune.config import TrainConfig, save_resolved
 from finetune.data import PersonImage, Triplet, load_split, load_triplets
-from finetune.loop import Callback, LoopSettings, accelerator_for, damaged, fit
+from finetune.loop import Callback, LoopSettings, accelerator_for, fit, load_tensors
 from finetune.losses import (Temperature, caption_word_positives, contrastive_loss, identity_loss, word_grounding_loss,
                              word_patch_loss)
 from mllm_embed import load_embedder
@@ -271,14 +271,8 @@ def _optimizer(schedule, params: list):
 
 def _load_adapter_weights(embedder, ckpt: Path) -> None:
     from peft import set_peft_model_state_dict
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
-    try:
-        weights = load_file(str(ckpt / "adapter_model.safetensors"))
-    except (OSError, SafetensorError) as exc:
-        raise damaged(ckpt, "adapter_model.safetensors", exc) from None
-    set_peft_model_state_dict(embedder.model, weights)
+    load_tensors(ckpt, "adapter_model.safetensors", lambda weights: set_peft_model_state_dict(embedder.model, weights))
 
 
 # ------------------------------------------------------------------------------------------ objectives

@@ -29,7 +29,7 @@ import torch
 
 from finetune.data import PersonImage, load_split, read_jsonl
 from finetune.config import VisionPretrainConfig
-from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, damaged, fit
+from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, fit, load_tensors, save_tensors
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 DONE_FILE = "vision_pretrain.json"
 RUN_DIR = "vision_run"  # inside the model folder while vision pre-training runs: a folder per cycle
 TOWER_FILE = "tower.safetensors"
+HEADS_FILE = "heads.safetensors"
 
 
 def _people(world_dir: Path, splits: tuple[str, ...]) -> list[PersonImage]:
@@ -71,22 +72,6 @@ class _AttributeHeads(torch.nn.Module):
         weights = torch.softmax(torch.einsum("nlh,ah->nal", tokens, self.queries), dim=-1)
         pooled = torch.einsum("nal,nlh->nah", weights, tokens)
         return [head(pooled[:, a]) for a, head in enumerate(self.heads)]
-
-
-def _save_tower(tower: torch.nn.Module, folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().clone().contiguous() for k, v in tower.state_dict().items()}, str(folder / TOWER_FILE))
-
-
-def _load_tower(tower: torch.nn.Module, folder: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tower.load_state_dict(load_file(str(folder / TOWER_FILE)))
-    except (OSError, SafetensorError, RuntimeError) as exc:
-        raise damaged(folder, TOWER_FILE, exc) from None
 
 
 class _Cycle:
@@ -153,20 +138,12 @@ class _Cycle:
         pass
 
     def save_weights(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        _save_tower(self.tower, folder)
-        save_file({k: v.detach().contiguous() for k, v in self.heads.state_dict().items()}, str(folder / "heads.safetensors"))
+        save_tensors(self.tower.state_dict(), folder, TOWER_FILE)
+        save_tensors(self.heads.state_dict(), folder, HEADS_FILE)
 
     def load_weights(self, folder: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        _load_tower(self.tower, folder)
-        try:
-            self.heads.load_state_dict(load_file(str(folder / "heads.safetensors")))
-        except (OSError, SafetensorError, RuntimeError) as exc:
-            raise damaged(folder, "heads.safetensors", exc) from None
+        load_tensors(folder, TOWER_FILE, self.tower.load_state_dict)
+        load_tensors(folder, HEADS_FILE, self.heads.load_state_dict)
 
 
 def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPretrainConfig | None = None,
@@ -216,7 +193,7 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
             cycles.append(json.loads((folder / "result.json").read_text()))
             continue
         if c:
-            _load_tower(tower, run / f"cycle-{c - 1}")
+            load_tensors(run / f"cycle-{c - 1}", TOWER_FILE, tower.load_state_dict)
         cycle = _Cycle(tower, hidden, [len(ATTRIBUTES[k]) for k in keys], pixels, labels, by_pid, cfg, cfg.seed + c)
         settings = LoopSettings(epochs=1, max_grad_norm=1.0, save_every=cfg.save_every, resume=True)
         fit(cycle, settings, folder, accelerator_for("no"), name=f"vision pre-training cycle {c}",
@@ -232,7 +209,7 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
             acc = {k: float((logits[a].argmax(1) == held_labels[:, a]).float().mean()) for a, k in enumerate(keys)}
             out |= {"held_out_attribute_accuracy": acc, "held_out_mean_accuracy": sum(acc.values()) / len(acc)}
             logger.info("vision pre-training cycle %d: held-out attribute accuracy %.3f", c, out["held_out_mean_accuracy"])
-        _save_tower(tower, folder)
+        save_tensors(tower.state_dict(), folder, TOWER_FILE)
         (folder / "result.json").write_text(json.dumps(out))
         cycles.append(out)
     result = {"steps": cfg.steps * cfg.cycles, "train_images": len(train), "held_out_images": len(held_out),
