@@ -218,11 +218,9 @@ def _quiet_library_progress() -> None:
     """Lineup draws its own rich progress; the libraries' tqdm bars would interleave with it."""
     import warnings
 
-    import datasets
     import transformers
 
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
 
 
