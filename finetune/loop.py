@@ -47,8 +47,6 @@ class Objective(Protocol):
     def loss(self, batch: tuple[str, Any], epoch: int, position: int) -> dict[str, torch.Tensor]:
         """The batch's weighted loss terms by name: their sum is optimised, each is logged."""
 
-    def batch_size(self, batch: tuple[str, Any]) -> int: ...
-
     def log(self) -> dict:
         """Extra fields of each step's metrics row."""
 
@@ -220,7 +218,7 @@ def fit(objective: Objective, settings: LoopSettings, out: Path, accelerator, ca
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            samples += objective.batch_size(batch) * n_proc
+            samples += len(batch[1]) * n_proc  # a batch is (kind, items)
             busy += time.perf_counter() - t0
             row = {"event": "step", "step": step, "total_steps": total, "epoch": epoch, "kind": batch[0],
                    "loss": float(loss.detach()), "terms": {k: float(v.detach()) for k, v in terms.items()},

@@ -257,9 +257,6 @@ class LanguageModelling:
     def batch(self, epoch: int, position: int) -> tuple[str, list]:
         return "stage0", self._plan[1][position]
 
-    def batch_size(self, batch) -> int:
-        return len(batch[1])
-
     def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
         return {"lm": self.embedder.lm_loss(self.embedder.lm_batch(batch[1]))}
 

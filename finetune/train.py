@@ -323,9 +323,6 @@ class Alignment:
             self._plan = (epoch, self.data.plan(epoch))
         return self._plan[1][position]
 
-    def batch_size(self, batch) -> int:
-        return len(batch[1])
-
     def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.schedule.seed, 2, epoch, position])
         return self.alignment_terms(batch[1], rng)

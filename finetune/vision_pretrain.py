@@ -106,9 +106,6 @@ class _Cycle:
         return "vision", [rng.choice(by_pid[p]) if len(by_pid[p]) < cfg.images_per_identity else i
                           for p in chosen for i in rng.sample(by_pid[p], min(len(by_pid[p]), cfg.images_per_identity))]
 
-    def batch_size(self, batch) -> int:
-        return len(batch[1])
-
     def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
         from finetune.losses import supcon_loss
 
