@@ -6,7 +6,9 @@ For the base and each adapter: the mean pairwise cosine of image embeddings and 
 (near 1.0 means every input lands on one vector: collapse), and how well a ridge-regression probe trained on
 the train split's embeddings predicts attributes of held-out (test split) people, next to the majority
 answer and the same probe on raw 8x16 pixels. A text→image embedder is only possible when both modalities
-carry the attributes; this is the check behind the text→image gap reported for issue 4.
+carry the attributes; this is the check behind the text→image gap reported for issues 4 and 14. Also the
+world's text→image ceiling: the Rank-1 of a reader that matches every attribute a test caption states exactly
+(ties broken at random), i.e. what perfect perception and alignment reach when captions leave attributes out.
 Prints a table and writes benchmarks/results/alignment_probe.json.
 """
 
@@ -26,9 +28,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.data import PersonImage, load_split  # noqa: E402
+from finetune.data.world import stated_attributes  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 
-ATTRIBUTES = ("gender", "upper_color", "lower_color", "hair_color", "bag")
+ATTRIBUTES = ("gender", "upper_color", "upper_type", "lower_color", "lower_type", "hair_color", "shoes_color", "bag")
 
 
 def probe(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list, ridge: float = 10.0) -> float:
@@ -40,6 +43,18 @@ def probe(train_x: np.ndarray, train_y: list, test_x: np.ndarray, test_y: list, 
     targets = np.eye(len(classes))[[index[y] for y in train_y]]
     w = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ targets)
     return float(np.mean((b @ w).argmax(1) == np.array([index[y] for y in test_y])))
+
+
+def ceiling(gallery: list[PersonImage]) -> float:
+    """Expected text→image Rank-1 (%) of an exact reader of the stated attributes, over every caption of
+    `gallery`: the target's share of the gallery images that agree with everything the caption states."""
+    scores = []
+    for r in gallery:
+        for caption in r.captions:
+            said = stated_attributes(caption)
+            agree = [g.person_id for g in gallery if all(g.attributes[a] == r.attributes[a] for a in said)]
+            scores.append(agree.count(r.person_id) / len(agree))
+    return 100 * float(np.mean(scores))
 
 
 def spread(x: np.ndarray) -> float:
@@ -66,6 +81,8 @@ def main() -> None:
     labels = {a: ([r.attributes[a] for r in train], [r.attributes[a] for r in test]) for a in ATTRIBUTES}
     rows = {"majority": {a: max(te.count(v) for v in set(te)) / len(te) for a, (_, te) in labels.items()},
             "pixels 8x16": {a: probe(pixels(train), tr, pixels(test), te) for a, (tr, te) in labels.items()}}
+    full_test = load_split(args.world, "test")
+    t2i_ceiling = ceiling(full_test)
     for adapter in [None, *args.adapter]:
         emb = load_embedder(args.base, adapter=adapter)
         name = "base" if adapter is None else Path(adapter).parent.name or str(adapter)
@@ -80,8 +97,10 @@ def main() -> None:
     for name, row in rows.items():
         table.add_row(name, *(f"{row[c]:.2f}" if c in row else "" for c in ("mean cosine", *ATTRIBUTES)))
     Console().print(table)
+    Console().print(f"text→image Rank-1 ceiling of an exact attribute reader on the whole test split "
+                    f"({len(full_test)} images): {t2i_ceiling:.1f}")
     result = {"world": args.world, "base": args.base, "adapters": args.adapter, "train": len(train),
-              "test": len(test), "rows": rows, "seconds": round(time.time() - started, 1)}
+              "test": len(test), "rows": rows, "t2i_rank1_ceiling": t2i_ceiling, "seconds": round(time.time() - started, 1)}
     Path(args.out).write_text(json.dumps(result, indent=2))
 
 

@@ -56,9 +56,18 @@ def contrastive_loss(
 
     With `pids`, every pair of the same identity is a positive instead of an in-batch negative (a caption of
     person 3 is never pushed away from another image of person 3). For composed pairs pass the identities of
-    the targets: two queries that both describe person 7 share their positives.
+    the targets: two queries that both describe person 7 share their positives. Rows of `b` after the first
+    len(a) are extra negatives for `a` (captions of people outside the batch): a→b ranks them, b→a skips them.
     """
-    return _bidirectional_ce(scale * a @ b.t(), pids)
+    n = len(a)
+    if len(b) == n:
+        return _bidirectional_ce(scale * a @ b.t(), pids)
+    logits = scale * a @ b.t()
+    positives = torch.zeros_like(logits, dtype=torch.bool)
+    positives[:, :n] = torch.eye(n, dtype=torch.bool, device=logits.device)
+    if pids is not None:
+        positives[:, :n] |= _same_id(pids, pids)
+    return 0.5 * (_multi_positive_ce(logits, positives) + _multi_positive_ce(logits[:, :n].t(), positives[:, :n].t()))
 
 
 def _bidirectional_ce(logits: torch.Tensor, pids: torch.Tensor | None) -> torch.Tensor:

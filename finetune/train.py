@@ -148,6 +148,16 @@ class _Data:
             batches = [next(extra) if s1 else next(triplet_batches) for s1 in is_stage1]
         return batches
 
+    def outsiders(self, idx: tuple, n: int, rng: np.random.Generator) -> list[int]:
+        """`n` records of people not in the batch `idx` (for extra caption negatives)."""
+        inside = {self.records[i].person_id for i in idx}
+        out: list[int] = []
+        while len(self.by_id) > len(inside) and len(out) < n:
+            i = int(rng.integers(len(self.records)))
+            if self.records[i].person_id not in inside:
+                out.append(i)
+        return out
+
     def caption(self, index: int, rng: np.random.Generator, masker: nam.NoiseAwareMasker) -> str:
         """One training caption for record `index`: clean or noisy, maybe a rewrite (BSS), RDA, masked."""
         r, cfg = self.records[index], self.aug
@@ -334,16 +344,20 @@ class Alignment:
         layer = self.cfg.augment.nam_layer if cfg.word_patch_weight else None
         img_batch = emb.image_batch([data.image(r.image) for r in records])
         captions = [data.caption(i, rng, self.masker) for i in idx]
-        txt_batch = emb.text_batch(captions)
+        outsiders = data.outsiders(idx, self.cfg.batches.text_negatives, rng)
+        negatives = [data.caption(i, rng, self.masker) for i in outsiders]
+        txt_batch = emb.text_batch(captions + negatives)
         img, img_h = emb.embed_with_states(img_batch, layer)
         txt, txt_h = emb.embed_with_states(txt_batch, layer)
         terms = {"contrastive": contrastive_loss(img, txt, scale, pids)}
+        n = len(captions)
+        txt_h = None if txt_h is None else txt_h[:n]
         if cfg.word_patch_weight:
-            txt_mask = txt_batch["token_kinds"].to(emb.device) == TEXT
+            txt_mask = txt_batch["token_kinds"][:n].to(emb.device) == TEXT
             img_mask = img_batch["token_kinds"].to(emb.device) == IMAGE
             if cfg.word_patch_level == "word":
                 shown = [data.person_text[r.person_id] for r in records]
-                positives = caption_word_positives(captions, txt_batch["word_ids"], shown, pids)
+                positives = caption_word_positives(captions, txt_batch["word_ids"][:n], shown, pids)
                 wp = word_grounding_loss(txt_h, txt_mask, img_h, img_mask, positives, scale)
             else:
                 wp = word_patch_loss(txt_h, txt_mask, img_h, img_mask, scale, pids)

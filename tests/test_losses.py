@@ -41,6 +41,19 @@ def test_same_identity_is_never_a_negative():
     assert with_ids.item() < 1e-3
 
 
+def test_extra_negatives_count_for_a_only():
+    g = torch.Generator().manual_seed(2)
+    a, b = _unit(torch.randn(4, 8, generator=g)), _unit(torch.randn(4, 8, generator=g))
+    extra = _unit(torch.randn(5, 8, generator=g))
+    pids = torch.arange(4)
+    logits = 10.0 * a @ torch.cat([b, extra]).t()
+    # a→b ranks each row's pair against all 9 texts; b→a ranks images for the 4 paired texts only
+    expected = 0.5 * (F.cross_entropy(logits, pids) + F.cross_entropy(logits[:, :4].t(), pids))
+    assert torch.allclose(contrastive_loss(a, torch.cat([b, extra]), 10.0, pids), expected, atol=1e-6)
+    # an extra text identical to a's pair is a negative, so the loss rises above the square one
+    assert contrastive_loss(a, torch.cat([b, b[:1]]), 10.0, pids) > contrastive_loss(a, b, 10.0, pids)
+
+
 def test_contrastive_target_pids_for_composed_pairs():
     # composed query 0 targets person 7, query 1 also targets person 7 (another image): both are positives
     q = _unit([[1, 0], [1, 0]])

@@ -197,3 +197,18 @@ def test_config_validation_names_the_field():
         WorldConfig(captions_per_image=1)
     with pytest.raises(ValueError, match="test_fraction"):
         WorldConfig(val_fraction=0.5, test_fraction=0.6)
+
+
+def test_stated_attributes_read_back_what_each_caption_says():
+    from finetune.data.world import sample_attributes, stated_attributes, value_words
+
+    rng = np.random.default_rng(3)
+    for template in range(len(CAPTION_TEMPLATES)):
+        attrs = sample_attributes(rng)
+        caption = describe(attrs, rng, template)
+        said = stated_attributes(caption)
+        assert {"upper_color", "upper_type"} <= said, caption  # every template names the upper garment
+        for attr in said - {"gender", "hat", "glasses", "bag", "bag_color"}:
+            # each stated value's words are in the caption (hat/glasses/bag may be stated as absent)
+            assert value_words(attr, attrs[attr]) & set(words(caption.lower())), (attr, caption)
+    assert stated_attributes("a person somewhere") == set()

@@ -347,6 +347,33 @@ def describe(attributes: dict, rng, template: int | str | None = None) -> str:
     return _fix_case("".join(t for t, _ in _render_caption(attributes, tpl, _draw_u(rng))))
 
 
+_SLOT_ATTRIBUTES = {"hair": ("hair_length", "hair_color"), "upper": ("upper_color", "upper_type"),
+                    "lower": ("lower_color", "lower_type"), "shoes": ("shoes_color",), "carry": ("bag", "bag_color"),
+                    "acc": ("hat", "glasses"), "pron": ("gender",), "poss": ("gender",)}
+_TEMPLATE_RES = [(re.compile("^" + "".join(re.escape(p) if i % 2 == 0 else "(.+?)"
+                                           for i, p in enumerate(re.split(r"\{(\w+)\}", t))) + "$", re.I),
+                  [name.lower() for name in _SLOT_RE.findall(t)]) for t in CAPTION_TEMPLATES]
+_GENDER_WORDS = {w for phrases in VALUE_PHRASES["gender"].values() for p in phrases for w in p.split()}
+
+
+def stated_attributes(caption: str) -> set[str]:
+    """The attributes a clean world caption states, read back through the template it was rendered from
+    (the longest matching one); empty for any other text."""
+    best = None
+    for rx, slots in _TEMPLATE_RES:
+        m = rx.match(caption)
+        if m and (best is None or len(rx.pattern) > len(best[0].re.pattern)):
+            best = (m, slots)
+    if best is None:
+        return set()
+    out: set[str] = set()
+    for slot, text in zip(best[1], best[0].groups()):
+        out.update(_SLOT_ATTRIBUTES.get(slot, ()))
+        if slot in ("person", "a_person") and _GENDER_WORDS & set(words(text)):
+            out.add("gender")
+    return out
+
+
 def _fix_case(text: str) -> str:
     return text[:1].upper() + text[1:]
 
