@@ -154,6 +154,9 @@ class LossConfig:
     word_patch_weight: float = field(default=0.0, metadata={
         "help": "weight of the word–patch alignment loss on layer nam_layer's token states: trains the states NAM "
                 "compares so unsupported words stand out"})
+    attribute_weight: float = field(default=0.0, metadata={
+        "help": "weight of the attribute loss (records with attributes, e.g. a generated world): per-attribute "
+                "classifiers shared by image and caption embeddings, captions scored on what they state"})
     word_patch_level: str = field(default="caption", metadata={
         "help": "caption: a caption scores an image by its words' mean best-patch cosine (FILIP), InfoNCE over "
                 "captions/images; word: every word ranks the batch's images by its best patch, the positives being "
@@ -170,6 +173,7 @@ class LossConfig:
             ("identity_temperature", self.identity_temperature > 0, "must be > 0"),
             ("triplet_margin", self.triplet_margin >= 0, "must be >= 0"),
             ("word_patch_weight", self.word_patch_weight >= 0, "must be >= 0"),
+            ("attribute_weight", self.attribute_weight >= 0, "must be >= 0"),
             ("word_patch_level", self.word_patch_level in ("caption", "word"), "must be caption or word"),
         ])
 

@@ -173,6 +173,30 @@ def batch_hard_triplet_loss(emb: torch.Tensor, pids: torch.Tensor, margin: float
     return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
 
 
+class AttributeHeads(torch.nn.Module):
+    """One linear classifier per attribute, shared by image and caption embeddings: both modalities must put
+    an attribute's value on the same direction of the embedding space, so a caption that states "red coat"
+    lands where images of red coats do. Trained beside the adapter and thrown away with the optimizer."""
+
+    SCALE = 10.0  # unit-norm embeddings times this: confident logits without waiting for the weights to grow
+
+    def __init__(self, dim: int, values: dict[str, list[str]]):
+        super().__init__()
+        self.index = {a: {v: i for i, v in enumerate(vs)} for a, vs in values.items()}
+        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(vs)) for a, vs in values.items()})
+
+    def forward(self, emb: torch.Tensor, labels: list[dict[str, str]]) -> torch.Tensor:
+        """Mean cross-entropy over the (row, attribute) pairs that `labels[row]` names."""
+        total, count = emb.new_zeros(()), 0
+        for attr, head in self.heads.items():
+            rows = [i for i, row in enumerate(labels) if row.get(attr) in self.index[attr]]
+            if rows:
+                target = torch.tensor([self.index[attr][labels[i][attr]] for i in rows], device=emb.device)
+                total = total + torch.nn.functional.cross_entropy(head(self.SCALE * emb[rows]), target, reduction="sum")
+                count += len(rows)
+        return total / max(count, 1)
+
+
 def identity_loss(kind: str, emb: torch.Tensor, pids: torch.Tensor, temperature: float = 0.1,
                   margin: float = 0.3) -> torch.Tensor:
     """The identity loss on image embeddings named by `kind` ("supcon" or "triplet")."""
