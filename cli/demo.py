@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class DemoConfig:
-    identities: int = field(default=160, metadata={"help": "world identities"})
+    identities: int = field(default=800, metadata={"help": "world identities"})
     images_per_id: int = field(default=6, metadata={"help": "images per identity"})
+    val_people: int = field(default=16, metadata={"help": "identities held out for per-epoch validation"})
+    test_people: int = field(default=32, metadata={"help": "identities held out for the evaluation and searches"})
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
     stage0_epochs: int | None = field(default=None, metadata={"help": "stage-0 epochs (None: the recipe's)"})
     stage1_epochs: int | None = field(default=None, metadata={"help": "stage-1 epochs (None: recipes/demo-stage1.yaml's)"})
@@ -39,6 +41,14 @@ class DemoConfig:
         return cls(identities=40, images_per_id=4, size="test", stage0_epochs=3, stage1_epochs=1, stage2_epochs=1,
                    thi_rounds=2, thi_queries=10)
 
+    def world(self):
+        """The demo world: val_people / test_people held out, at most 10 % / 20 % of a small world."""
+        from finetune.data.world import WorldConfig
+
+        n = self.identities
+        return WorldConfig(identities=n, images_per_id=self.images_per_id,
+                           val_fraction=min(self.val_people / n, 0.1), test_fraction=min(self.test_people / n, 0.2))
+
 
 def _step(title: str) -> None:
     console.rule(f"[bold cyan]{title}")
@@ -46,7 +56,7 @@ def _step(title: str) -> None:
 
 def run_demo(project: Project, cfg: DemoConfig) -> dict:
     from finetune.data import load_split
-    from finetune.data.world import QUESTION_BANK, WorldConfig, generate_world
+    from finetune.data.world import QUESTION_BANK, generate_world
     from finetune.bootstrap import bootstrap_base
     from finetune.stage0 import DONE_FILE
     from finetune.config import RECIPES, TrainConfig
@@ -62,8 +72,7 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     _step("1/6 world")
     if not (project.world / "world.json").exists():
         with progress_bar("rendering world", total=None) as advance:
-            generate_world(project.world, WorldConfig(identities=cfg.identities, images_per_id=cfg.images_per_id),
-                           progress=advance)
+            generate_world(project.world, cfg.world(), progress=advance)
     console.print(f"world: {project.world}")
 
     shipped = SHIPPED_BASES / cfg.size

@@ -123,6 +123,9 @@ class BatchConfig:
         "help": "stage 1: captions of people outside the batch added as negatives for its images (text is "
                 "cheap to embed; more negatives per image)"})
     batch_size: int = field(default=16, metadata={"help": "triplets per stage-2 batch"})
+    reference_negatives: bool = field(default=False, metadata={
+        "help": "stage 2: each query's reference image joins the candidates as a hard negative (the person the "
+                "modification must move away from)"})
     # Measured on the test fixture (stage 2, 4 epochs over the triplets, train split): mix 0.25 → text→image mAP
     # 18.2 → 13.7 (forgets), composed R@10 14.5 → 33.6; 0.5 → 15.3 / 32.9; 0.67 → 21.8 / 44.1 (no forgetting).
     stage1_mix: float = field(default=0.67, metadata={

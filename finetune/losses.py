@@ -51,13 +51,16 @@ def contrastive_loss(
     b: torch.Tensor,
     scale: torch.Tensor | float,
     pids: torch.Tensor | None = None,
+    extra_pids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bidirectional InfoNCE between row-aligned embeddings a[i] ↔ b[i] (image↔caption, composed↔target).
 
     With `pids`, every pair of the same identity is a positive instead of an in-batch negative (a caption of
     person 3 is never pushed away from another image of person 3). For composed pairs pass the identities of
     the targets: two queries that both describe person 7 share their positives. Rows of `b` after the first
-    len(a) are extra negatives for `a` (captions of people outside the batch): a→b ranks them, b→a skips them.
+    len(a) are extra candidates for `a` only (captions of people outside the batch, the references of composed
+    queries): a→b ranks them, b→a skips them; with `extra_pids` (and `pids`) one of the same identity as a row
+    of `a` is a positive of that row, every other one a negative.
     """
     n = len(a)
     if len(b) == n:
@@ -67,6 +70,8 @@ def contrastive_loss(
     positives[:, :n] = torch.eye(n, dtype=torch.bool, device=logits.device)
     if pids is not None:
         positives[:, :n] |= _same_id(pids, pids)
+        if extra_pids is not None:
+            positives[:, n:] = _same_id(pids, extra_pids)
     return 0.5 * (_multi_positive_ce(logits, positives) + _multi_positive_ce(logits[:, :n].t(), positives[:, :n].t()))
 
 

@@ -54,6 +54,17 @@ def test_extra_negatives_count_for_a_only():
     assert contrastive_loss(a, torch.cat([b, b[:1]]), 10.0, pids) > contrastive_loss(a, b, 10.0, pids)
 
 
+def test_extra_candidate_of_the_rows_identity_is_a_positive():
+    # query 0 targets person 7; the extra candidate (a reference image) shows person 7 too: with extra_pids it
+    # is a positive (loss ≈ 0), without them a negative as close as the pair (loss ≈ log 2 for that row)
+    q = _unit([[1, 0], [0, 1]])
+    t = _unit([[1, 0], [0, 1]])
+    extra = _unit([[1, 0]])
+    with_ids = contrastive_loss(q, torch.cat([t, extra]), 20.0, torch.tensor([7, 8]), torch.tensor([7]))
+    without = contrastive_loss(q, torch.cat([t, extra]), 20.0, torch.tensor([7, 8]), torch.tensor([9]))
+    assert with_ids.item() < 1e-3 and without.item() > 0.1
+
+
 def test_contrastive_target_pids_for_composed_pairs():
     # composed query 0 targets person 7, query 1 also targets person 7 (another image): both are positives
     q = _unit([[1, 0], [1, 0]])
