@@ -55,13 +55,13 @@ def main() -> None:
     if demo_eval.exists():
         rows["demo recipe (24 people/step, 300 steps, caption negatives, attribute loss)"] = json.loads(
             demo_eval.read_text())["stage1"]
-    for i, name in enumerate(args.variants):
+    for name in args.variants:
         if name in rows:
             continue
         started = time.time()
+        out = args.work / f"variant-{list(VARIANTS).index(name)}"
         cfg = TrainConfig.from_recipe(RECIPES / "demo-stage1.yaml", "stage1").with_overrides(
-            {"base_model": str(model), "data": str(world), "output_dir": str(args.work / f"variant-{i}"),
-             **VARIANTS[name]})
+            {"base_model": str(model), "data": str(world), "output_dir": str(out), **VARIANTS[name]})
         adapter = train("stage1", cfg)
         rows[name] = {**evaluate_dataset(load_embedder(model, adapter=adapter), world, ("t2i", "i2i", "composed")),
                       "seconds": round(time.time() - started, 1)}
