@@ -119,9 +119,6 @@ class BatchConfig:
     hard_negatives: bool = field(default=False, metadata={
         "help": "stage-1 batches pair each identity with a one-edit neighbour (the world's composed triplets: "
                 "people who differ in one attribute) as in-batch hard negatives"})
-    text_negatives: int = field(default=0, metadata={
-        "help": "stage 1: captions of people outside the batch added as negatives for its images (text is "
-                "cheap to embed; more negatives per image)"})
     batch_size: int = field(default=16, metadata={"help": "triplets per stage-2 batch"})
     reference_negatives: bool = field(default=False, metadata={
         "help": "stage 2: each query's reference image joins the candidates as a hard negative (the person the "
@@ -135,7 +132,6 @@ class BatchConfig:
         _check(self, [
             ("ids_per_batch", self.ids_per_batch >= 2, "must be >= 2 (in-batch negatives)"),
             ("images_per_id", self.images_per_id >= 1, "must be >= 1"),
-            ("text_negatives", self.text_negatives >= 0, "must be >= 0"),
             ("batch_size", self.batch_size >= 2, "must be >= 2"),
             ("stage1_mix", 0 <= self.stage1_mix < 1, "must be in [0, 1)"),
         ])
@@ -157,9 +153,6 @@ class LossConfig:
     word_patch_weight: float = field(default=0.0, metadata={
         "help": "weight of the word–patch alignment loss on layer nam_layer's token states: trains the states NAM "
                 "compares so unsupported words stand out"})
-    attribute_weight: float = field(default=0.0, metadata={
-        "help": "weight of the attribute loss (records with attributes, e.g. a generated world): per-attribute "
-                "classifiers shared by image and caption embeddings, captions scored on what they state"})
     word_patch_level: str = field(default="caption", metadata={
         "help": "caption: a caption scores an image by its words' mean best-patch cosine (FILIP), InfoNCE over "
                 "captions/images; word: every word ranks the batch's images by its best patch, the positives being "
@@ -176,7 +169,6 @@ class LossConfig:
             ("identity_temperature", self.identity_temperature > 0, "must be > 0"),
             ("triplet_margin", self.triplet_margin >= 0, "must be >= 0"),
             ("word_patch_weight", self.word_patch_weight >= 0, "must be >= 0"),
-            ("attribute_weight", self.attribute_weight >= 0, "must be >= 0"),
             ("word_patch_level", self.word_patch_level in ("caption", "word"), "must be caption or word"),
         ])
 

@@ -58,9 +58,9 @@ def contrastive_loss(
     With `pids`, every pair of the same identity is a positive instead of an in-batch negative (a caption of
     person 3 is never pushed away from another image of person 3). For composed pairs pass the identities of
     the targets: two queries that both describe person 7 share their positives. Rows of `b` after the first
-    len(a) are extra candidates for `a` only (captions of people outside the batch, the references of composed
-    queries): a→b ranks them, b→a skips them; with `extra_pids` (and `pids`) one of the same identity as a row
-    of `a` is a positive of that row, every other one a negative.
+    len(a) are extra candidates for `a` only (the reference images of composed queries): a→b ranks them, b→a
+    skips them; with `extra_pids` (and `pids`) one of the same identity as a row of `a` is a positive of that
+    row, every other one a negative.
     """
     n = len(a)
     if len(b) == n:
@@ -176,30 +176,6 @@ def batch_hard_triplet_loss(emb: torch.Tensor, pids: torch.Tensor, margin: float
     hardest_pos = dist.masked_fill(~pos_mask, float("-inf")).max(1).values
     hardest_neg = dist.masked_fill(~neg_mask, float("inf")).min(1).values
     return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
-
-
-class AttributeHeads(torch.nn.Module):
-    """One linear classifier per attribute, shared by image and caption embeddings: both modalities must put
-    an attribute's value on the same direction of the embedding space, so a caption that states "red coat"
-    lands where images of red coats do. Trained beside the adapter and thrown away with the optimizer."""
-
-    SCALE = 10.0  # unit-norm embeddings times this: confident logits without waiting for the weights to grow
-
-    def __init__(self, dim: int, values: dict[str, list[str]]):
-        super().__init__()
-        self.index = {a: {v: i for i, v in enumerate(vs)} for a, vs in values.items()}
-        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(dim, len(vs)) for a, vs in values.items()})
-
-    def forward(self, emb: torch.Tensor, labels: list[dict[str, str]]) -> torch.Tensor:
-        """Mean cross-entropy over the (row, attribute) pairs that `labels[row]` names."""
-        total, count = emb.new_zeros(()), 0
-        for attr, head in self.heads.items():
-            rows = [i for i, row in enumerate(labels) if row.get(attr) in self.index[attr]]
-            if rows:
-                target = torch.tensor([self.index[attr][labels[i][attr]] for i in rows], device=emb.device)
-                total = total + torch.nn.functional.cross_entropy(head(self.SCALE * emb[rows]), target, reduction="sum")
-                count += len(rows)
-        return total / max(count, 1)
 
 
 def identity_loss(kind: str, emb: torch.Tensor, pids: torch.Tensor, temperature: float = 0.1,

@@ -27,9 +27,8 @@ import torch
 from finetune import augment, nam
 from finetune.config import TrainConfig, save_resolved
 from finetune.data import PersonImage, Triplet, load_split, load_triplets
-from finetune.data.world import stated_attributes
 from finetune.loop import Callback, LoopSettings, accelerator_for, fit, load_tensors
-from finetune.losses import (AttributeHeads, Temperature, caption_word_positives, contrastive_loss, identity_loss, word_grounding_loss,
+from finetune.losses import (Temperature, caption_word_positives, contrastive_loss, identity_loss, word_grounding_loss,
                              word_patch_loss)
 from mllm_embed import load_embedder
 from mllm_embed.embedder import IMAGE, TEXT, load_image
@@ -148,38 +147,6 @@ class _Data:
             triplet_batches = iter(batches)
             batches = [next(extra) if s1 else next(triplet_batches) for s1 in is_stage1]
         return batches
-
-    def attribute_values(self) -> dict[str, list[str]]:
-        """Every value each attribute takes in the train records ({} when they carry none)."""
-        values: dict[str, set[str]] = {}
-        for r in self.records:
-            for attr, value in (r.attributes or {}).items():
-                values.setdefault(attr, set()).add(str(value))
-        return {a: sorted(v) for a, v in values.items()}
-
-    @staticmethod
-    def visible_attributes(record: PersonImage) -> dict[str, str]:
-        """Attribute labels of an image: all but glasses, which a back view does not show (records do not say
-        which view they are)."""
-        return {a: str(v) for a, v in (record.attributes or {}).items() if a != "glasses"}
-
-    @staticmethod
-    def stated(record: PersonImage, caption: str) -> dict[str, str]:
-        """Attribute labels of a caption: what it states, when it is one of the record's clean captions
-        (a noisy, rewritten or masked caption is not scored)."""
-        if not record.attributes or caption not in record.captions:
-            return {}
-        return {a: str(record.attributes[a]) for a in stated_attributes(caption)}
-
-    def outsiders(self, idx: tuple, n: int, rng: np.random.Generator) -> list[int]:
-        """`n` records of people not in the batch `idx` (for extra caption negatives)."""
-        inside = {self.records[i].person_id for i in idx}
-        out: list[int] = []
-        while len(self.by_id) > len(inside) and len(out) < n:
-            i = int(rng.integers(len(self.records)))
-            if self.records[i].person_id not in inside:
-                out.append(i)
-        return out
 
     def caption(self, index: int, rng: np.random.Generator, masker: nam.NoiseAwareMasker) -> str:
         """One training caption for record `index`: clean or noisy, maybe a rewrite (BSS), RDA, masked."""
@@ -320,11 +287,8 @@ class Alignment:
         self.data = _Data(stage, cfg)
         self.embedder = _build_embedder(cfg, device)
         self.temperature = Temperature(cfg.loss.temperature, cfg.loss.learn_temperature).to(self.embedder.device)
-        values = self.data.attribute_values() if cfg.loss.attribute_weight else {}
-        self.attribute_heads = AttributeHeads(self.embedder.dim, values).to(self.embedder.device) if values else None
         self.params = ([p for p in self.embedder.model.parameters() if p.requires_grad]
-                       + list(self.temperature.parameters())
-                       + (list(self.attribute_heads.parameters()) if self.attribute_heads else []))
+                       + list(self.temperature.parameters()))
         self.steps_per_epoch = self.data.batches_per_epoch
         self.masker = nam.NoiseAwareMasker(cfg.augment.mask_rate, cfg.augment.mask_mode)
         split = cfg.run.eval_split
@@ -370,29 +334,20 @@ class Alignment:
         layer = self.cfg.augment.nam_layer if cfg.word_patch_weight else None
         img_batch = emb.image_batch([data.image(r.image) for r in records])
         captions = [data.caption(i, rng, self.masker) for i in idx]
-        outsiders = data.outsiders(idx, self.cfg.batches.text_negatives, rng)
-        negatives = [data.caption(i, rng, self.masker) for i in outsiders]
-        txt_batch = emb.text_batch(captions + negatives)
+        txt_batch = emb.text_batch(captions)
         img, img_h = emb.embed_with_states(img_batch, layer)
         txt, txt_h = emb.embed_with_states(txt_batch, layer)
         terms = {"contrastive": contrastive_loss(img, txt, scale, pids)}
-        n = len(captions)
-        txt_h = None if txt_h is None else txt_h[:n]
         if cfg.word_patch_weight:
-            txt_mask = txt_batch["token_kinds"][:n].to(emb.device) == TEXT
+            txt_mask = txt_batch["token_kinds"].to(emb.device) == TEXT
             img_mask = img_batch["token_kinds"].to(emb.device) == IMAGE
             if cfg.word_patch_level == "word":
                 shown = [data.person_text[r.person_id] for r in records]
-                positives = caption_word_positives(captions, txt_batch["word_ids"][:n], shown, pids)
+                positives = caption_word_positives(captions, txt_batch["word_ids"], shown, pids)
                 wp = word_grounding_loss(txt_h, txt_mask, img_h, img_mask, positives, scale)
             else:
                 wp = word_patch_loss(txt_h, txt_mask, img_h, img_mask, scale, pids)
             terms["word_patch"] = cfg.word_patch_weight * wp
-        if self.attribute_heads is not None:
-            texts = [(data.records[i], c) for i, c in zip(idx + tuple(outsiders), captions + negatives)]
-            terms["attributes"] = cfg.attribute_weight * 0.5 * (
-                self.attribute_heads(img, [data.visible_attributes(r) for r in records])
-                + self.attribute_heads(txt, [data.stated(r, c) for r, c in texts]))
         if cfg.identity_loss:
             terms["identity"] = cfg.identity_weight * identity_loss(cfg.identity_loss, img, pids,
                                                                     cfg.identity_temperature, cfg.triplet_margin)
@@ -408,16 +363,11 @@ class Alignment:
         return {"split": self.cfg.run.eval_split, **metrics}
 
     def state_dict(self) -> dict:
-        state = {"temperature": self.temperature.state_dict(), "masker": self.masker.state_dict()}
-        if self.attribute_heads is not None:
-            state["attribute_heads"] = self.attribute_heads.state_dict()
-        return state
+        return {"temperature": self.temperature.state_dict(), "masker": self.masker.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.temperature.load_state_dict(state["temperature"])
         self.masker.load_state_dict(state["masker"])
-        if self.attribute_heads is not None:
-            self.attribute_heads.load_state_dict(state["attribute_heads"])
 
     def save_weights(self, folder: Path) -> None:
         self.embedder.save_adapter(folder)

@@ -190,24 +190,3 @@ def test_word_grounding_loss_rewards_words_matching_only_the_images_that_show_th
     assert aligned < 0.1 < 1.0 < swapped
     first_word = torch.tensor([[True, False]] * 2)
     assert word_grounding_loss(text, first_word, image, masks[1], pos, 10.0) == 0.0
-
-
-def test_shared_attribute_heads_put_both_modalities_on_one_direction():
-    from finetune.losses import AttributeHeads
-
-    g = torch.Generator().manual_seed(3)
-    heads = AttributeHeads(8, {"colour": ["red", "blue"]})
-    images = torch.randn(6, 8, generator=g, requires_grad=True)
-    texts = torch.randn(6, 8, generator=g, requires_grad=True)
-    labels = [{"colour": c} for c in ["red", "blue"] * 3]
-    opt = torch.optim.Adam([images, texts, *heads.parameters()], lr=0.05)
-    for _ in range(60):
-        loss = heads(F.normalize(images, dim=1), labels) + heads(F.normalize(texts, dim=1), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.1
-    # one head scores both: a red caption is closer to red images than to blue ones
-    sim = F.normalize(texts, dim=1) @ F.normalize(images, dim=1).t()
-    assert sim[0, [0, 2, 4]].mean() > sim[0, [1, 3, 5]].mean()
-    assert heads(images, [{}, {"colour": "green"}]).item() == 0.0  # nothing labelled (or unknown value): no loss
