@@ -100,7 +100,8 @@ def main() -> None:
     Console().print(f"text→image Rank-1 ceiling of an exact attribute reader on the whole test split "
                     f"({len(full_test)} images): {t2i_ceiling:.1f}")
     result = {"world": args.world, "base": args.base, "adapters": args.adapter, "train": len(train),
-              "test": len(test), "rows": rows, "t2i_rank1_ceiling": t2i_ceiling, "seconds": round(time.time() - started, 1)}
+              "test": len(test), "rows": rows, "t2i_rank1_ceiling": t2i_ceiling,
+              "seconds": round(time.time() - started, 1)}
     Path(args.out).write_text(json.dumps(result, indent=2))
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 class DemoConfig:
     identities: int = field(default=800, metadata={"help": "world identities"})
     images_per_id: int = field(default=6, metadata={"help": "images per identity"})
+    # held out by whole families of one-edit neighbours, so the splits hold about this many people
     val_people: int = field(default=16, metadata={"help": "identities held out for per-epoch validation"})
     test_people: int = field(default=32, metadata={"help": "identities held out for the evaluation and searches"})
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
