@@ -88,13 +88,17 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
                            progress=lambda step, n: advance(n, info=step))
     show_stage0(project.model)
 
+    train_people = json.loads((project.world / "world.json").read_text())["counts"]["train_identities"]
     for stage, epochs in (("stage1", cfg.stage1_epochs), ("stage2", cfg.stage2_epochs)):
         _step(f"{'3' if stage == 'stage1' else '4'}/6 {stage} LoRA fine-tune")
         if not (project.adapter(stage) / "lineup_embedder.json").exists():
             init = str(project.adapter("stage1")) if stage == "stage2" else None
-            run_training(stage, TrainConfig.from_recipe(RECIPES / f"demo-{stage}.yaml", stage).with_overrides(
+            recipe = TrainConfig.from_recipe(RECIPES / f"demo-{stage}.yaml", stage)
+            run_training(stage, recipe.with_overrides(
                 {"base_model": str(project.model), "data": str(project.world), "output_dir": str(project.run(stage)),
-                 "init_adapter": init, **({"epochs": epochs} if epochs else {})}))
+                 "init_adapter": init, **({"epochs": epochs} if epochs else {}),
+                 # a small world (--identities) has fewer people than a recipe batch
+                 "ids_per_batch": min(recipe.batches.ids_per_batch, train_people)}))
         console.print(f"adapter: {project.adapter(stage)}")
 
     _step("5/6 index the test gallery into Qdrant, with the MLLM's answers to the THI questions")
