@@ -50,6 +50,7 @@ VARIANTS = {  # name → StoreConfig fields; hnsw_m 0 = no graph (flat scan of t
     "hnsw-m8-efc32": dict(hnsw_m=8, hnsw_ef_construct=32),
     "hnsw-m16-efc64": dict(hnsw_m=16, hnsw_ef_construct=64),
     "hnsw-m16-efc64-int8": dict(hnsw_m=16, hnsw_ef_construct=64, quantization="int8"),
+    "hnsw-m16-efc64-int8-nofg": dict(hnsw_m=16, hnsw_ef_construct=64, quantization="int8", filter_graphs=False),
     "hnsw-m16-efc64-nofg": dict(hnsw_m=16, hnsw_ef_construct=64, filter_graphs=False),
     "hnsw-m32-efc128": dict(hnsw_m=32, hnsw_ef_construct=128),
     "flat-binary": dict(hnsw_m=0, quantization="binary", oversampling=4.0),
@@ -84,14 +85,15 @@ def cached(key: str, make) -> tuple[np.ndarray, ...]:
     """The arrays ``make()`` returns, saved under $BENCH_CACHE (default /tmp/lineup-vector-cache) on the first
     run and loaded on the next: at 1M, data and ground truth take minutes on a shared machine."""
     folder = Path(os.environ.get("BENCH_CACHE", Path(tempfile.gettempdir()) / "lineup-vector-cache")) / key
-    if (folder / "done").exists():
-        return tuple(np.load(f) for f in sorted(folder.glob("*.npy")))
-    arrays = make()
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, a in enumerate(arrays):
-        np.save(folder / f"{i}.npy", a)
-    (folder / "done").touch()
-    return arrays
+    if not (folder / "done").exists():
+        arrays = make()
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, a in enumerate(arrays):
+            np.save(folder / f"{i}.npy", a)
+        (folder / "done").touch()
+        del arrays
+    # memory-mapped: the input's pages are the page cache's, not the process's anonymous memory
+    return tuple(np.load(f, mmap_mode="r") for f in sorted(folder.glob("*.npy")))
 
 
 def world_data(n: int, n_queries: int, world: Path, model: str, adapter: str | None, noise: float = 0.05):
@@ -150,10 +152,37 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss_mb() -> float:
+    return proc_status_mb("VmHWM")
+
+
+def proc_status_mb(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class AnonPeak:
+    """Peak anonymous resident memory (RssAnon: heap and the engine's in-RAM structures, not the page cache of
+    memory-mapped files that VmHWM also counts), sampled every 0.2 s by a thread; ``reset()`` starts over."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, proc_status_mb("RssAnon"))
+
+    def reset(self) -> None:
+        self.peak = proc_status_mb("RssAnon")
+
+    def read(self) -> float:
+        return max(self.peak, proc_status_mb("RssAnon"))
 
 
 def disk_mb(path: Path) -> tuple[float, float]:
@@ -220,13 +249,17 @@ def bench_engine_alone(x, root: Path, cfg: StoreConfig) -> dict:
             "engine_build_s": build_s, "engine_build_cpu_s": build_cpu}
 
 
-def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, sweep: list[int | float],
-                  timed: int, log) -> list[dict]:
-    """One store variant: durable upsert, one build, then per sweep value (search ef, or oversampling for a flat
-    index) recall@10 over all queries in one ``search_batch`` (batch queries/s) and single-query latency over
-    the first ``timed``; then one filtered row at the fastest setting reaching recall 0.95."""
+def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig,
+                  sweep: list[tuple[int | None, float | None]], timed: int, log, graph_filter: str = "acorn",
+                  anon: AnonPeak | None = None) -> list[dict]:
+    """One store variant: durable upsert, one build, then per sweep setting (search ef, oversampling of the
+    quantized codes; None = not swept) recall@10 over all queries in one ``search_batch`` (batch queries/s) and
+    single-query latency over the first ``timed``; then one filtered row at the fastest setting reaching recall
+    0.95 and, for a graph, its own filtered search (``graph_filter``: none, plain, or plain and ACORN)."""
     path = root / name
     reset_peak_rss()
+    anon = anon or AnonPeak()
+    anon.reset()
     store = open_store(path=path, config=cfg)
     ids = [point_id(f"img/{i:07d}.png") for i in range(len(x))]
     index = {pid: i for i, pid in enumerate(ids)}
@@ -241,19 +274,19 @@ def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, 
     common = {"variant": name, "upsert_per_s": len(x) / upsert_s, "upsert_per_cpu_s": len(x) / upsert_cpu,
               "upsert_s": upsert_s, "unindexed_p50_ms": unindexed["p50_ms"],
               "unindexed_p50_cpu_ms": unindexed["p50_cpu_ms"], "unindexed_recall@10": unindexed_recall,
-              "peak_rss_upsert_mb": peak_rss_mb()}
+              "peak_rss_upsert_mb": peak_rss_mb(), "peak_anon_upsert_mb": anon.read()}
     log(f"  {name}: upsert {upsert_s:.0f}s ({upsert_cpu:.0f} CPU-s); building", partial=common)
     t, c = time.perf_counter(), time.process_time()
     store.optimize("bench")
     build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
-    peak = peak_rss_mb()
+    peak, peak_anon = peak_rss_mb(), anon.read()
     store.close()
     alloc, apparent = disk_mb(path)
     store = open_store(path=path, config=cfg)
     info = store._shard("bench").info()
     common.update({"build_s": build_s, "build_cpu_s": build_cpu,
                    "time_to_index_s": upsert_s + build_s, "time_to_index_cpu_s": upsert_cpu + build_cpu,
-                   "peak_rss_mb": peak, "disk_mb": alloc, "disk_apparent_mb": apparent,
+                   "peak_rss_mb": peak, "peak_anon_mb": peak_anon, "disk_mb": alloc, "disk_apparent_mb": apparent,
                    "disk_x_raw": alloc / (x.nbytes / 2**20), "indexed": info.indexed_vectors_count,
                    "segments": info.segments_count})
     log(f"  {name}: built in {build_s:.0f}s ({build_cpu:.0f} CPU-s)", partial=common)
@@ -265,31 +298,26 @@ def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, 
         return {**common, "variant": label, **lat, "batch_qps": len(q) / (time.perf_counter() - t),
                 "recall@10": recall10([[index[h.id] for h in r] for r in found], want)}
 
-    flat = not cfg.hnsw_m
     rows = []
-    for value in sweep:
-        if flat:
-            store.config.oversampling = float(value)
-        else:
-            store.config.hnsw_ef = int(value)
+    for ef, oversampling in sweep:
+        store.config.hnsw_ef = ef or cfg.hnsw_ef
+        store.config.oversampling = oversampling or cfg.oversampling
         row = measure(name, None, truth)
-        rows.append({**row, "ef": None if flat else int(value),
+        rows.append({**row, "ef": ef if cfg.hnsw_m else None,
                      "oversampling": store.config.oversampling if cfg.quantization else None})
-        log(f"  {name} {'oversampling' if flat else 'ef'} {value}: recall {row['recall@10']:.3f} "
-            f"p50 {row['p50_ms']:.2f} ms", partial={**common, "rows_so_far": rows})
+        log(f"  {name} ef {ef} oversampling {oversampling}: recall {row['recall@10']:.3f} p50 {row['p50_ms']:.2f} ms "
+            f"({row['p50_cpu_ms']:.2f} CPU)", partial={**common, "rows_so_far": rows})
     good = [r for r in rows if r["recall@10"] >= 0.95]  # the filter row uses the fastest setting reaching 0.95
-    best = min(good, key=lambda r: r["p50_ms"]) if good else max(rows, key=lambda r: r["recall@10"])
-    if flat:
-        store.config.oversampling = best["oversampling"] or cfg.oversampling
-    else:
-        store.config.hnsw_ef = best["ef"]
+    best = min(good, key=lambda r: r["p50_cpu_ms"]) if good else max(rows, key=lambda r: r["recall@10"])
+    store.config.hnsw_ef = best["ef"] or cfg.hnsw_ef
+    store.config.oversampling = best["oversampling"] or cfg.oversampling
     selectivity = float(filter_mask(len(x)).mean())
     rows.append({**measure(name + " +filter", FILTER, ftruth), "ef": best["ef"], "oversampling": best["oversampling"],
                  "filter_selectivity": selectivity})
-    if cfg.hnsw_m:  # the store's default scans the matches; the graph's own filtered search, without and with ACORN
+    if cfg.hnsw_m and graph_filter != "none":  # the store's default scans the matches; the graph's own search
         scan_kb = store.config.filter_scan_kb
         store.config.filter_scan_kb = 0
-        for acorn in (False, True):
+        for acorn in (False, True) if graph_filter == "acorn" else (False,):
             store.config.acorn = acorn
             for ef in sorted({best["ef"], 4 * best["ef"]}):
                 store.config.hnsw_ef = ef
@@ -322,7 +350,11 @@ def main() -> None:
                     choices=list(VARIANTS), help="the variants run at sizes >= 100k (each HNSW build takes minutes)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--oversamplings", type=float, nargs="+", default=[2.0, 4.0, 8.0],
-                    help="the sweep of the flat (hnsw_m 0) variants: quantized candidates rescored per hit")
+                    help="quantized candidates rescored per hit: the sweep of the flat (hnsw_m 0) variants")
+    ap.add_argument("--graph-oversamplings", type=float, nargs="*", default=[],
+                    help="quantized graph variants: sweep these oversamplings at every ef (default: the variant's)")
+    ap.add_argument("--graph-filter", choices=["none", "plain", "acorn"], default="acorn",
+                    help="graph variants' own filtered search rows: none, plain, or plain and ACORN")
     ap.add_argument("--indexing-threads", type=int, default=1)
     ap.add_argument("--engine-alone", nargs="*", default=["hnsw-m16-efc64", "hnsw-m16-efc64-nofg"],
                     choices=list(VARIANTS), help="variants whose index the engine alone builds again (one more build)")
@@ -334,6 +366,7 @@ def main() -> None:
 
     console = Console(width=200)
     rows, started = [], time.perf_counter()
+    anon = AnonPeak()
 
     def log(line: str, partial: dict | None = None) -> None:
         console.log(line)
@@ -369,9 +402,14 @@ def main() -> None:
                 cfg = StoreConfig(**VARIANTS[name], hnsw_ef=64, search_threads=1, indexing_threads=args.indexing_threads,
                                   indexing_threshold_kb=1000, full_scan_threshold_kb=1000)
                 t = time.perf_counter()
-                sweep = args.efs if cfg.hnsw_m else (args.oversamplings if cfg.quantization else [1])
+                if not cfg.hnsw_m:
+                    sweep = [(None, o) for o in args.oversamplings] if cfg.quantization else [(None, None)]
+                else:
+                    overs = (args.graph_oversamplings or [None]) if cfg.quantization else [None]
+                    sweep = [(ef, o) for ef in args.efs for o in overs]
                 got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, sweep, args.timed,
-                                    lambda line, partial=None: log(line, {**base, **partial} if partial else None))
+                                    lambda line, partial=None: log(line, {**base, **partial} if partial else None),
+                                    args.graph_filter, anon)
                 if name in args.engine_alone and n <= args.engine_alone_max:
                     log(f"  {name}: the engine alone", {**base, "variant": name, "rows_so_far": got})
                     alone = bench_engine_alone(x, Path(tmp), cfg)
@@ -387,7 +425,8 @@ def main() -> None:
 
     cols = ["n", "variant", "ef", "oversampling", "upsert_per_s", "upsert_per_cpu_s", "build_cpu_s",
             "cpu_to_index_vs_engine_build", "p50_ms", "p50_cpu_ms", "p99_ms", "batch_qps", "recall@10",
-            "x_faster_than_numpy_cpu", "unindexed_p50_cpu_ms", "peak_rss_mb", "disk_mb", "disk_x_raw"]
+            "x_faster_than_numpy_cpu", "unindexed_p50_cpu_ms", "peak_rss_mb", "peak_anon_mb", "disk_mb",
+            "disk_x_raw"]
     table = Table(title=f"vector store ({args.data}, {args.queries} queries ({args.timed} timed), 1 search thread, "
                         f"{args.indexing_threads} indexing thread(s))")
     for c in cols:
@@ -409,8 +448,10 @@ def write_json(args: argparse.Namespace, rows: list[dict], started: float, parti
         "machine": f"{platform.platform()}, {os.cpu_count()} cores shared with other jobs",
         "wall_minutes": round((time.perf_counter() - started) / 60, 1), "rows": rows,
         **({"in_progress": partial} if partial else {}),
-        "notes": "peak_rss_mb: the process's peak resident memory during that variant's ingest and build, which "
-                 "includes the float32 input array (raw_mb) and the query set. disk_mb: allocated blocks after "
+        "notes": "peak_rss_mb: the process's peak resident memory (VmHWM) during that variant's ingest and build, "
+                 "which counts the touched pages of memory-mapped files too: the input array (read through np.memmap, "
+                 "raw_mb), the engine's segments and log. peak_anon_mb: peak anonymous memory (RssAnon sampled every "
+                 "0.2 s): what the process itself holds, page cache excluded. disk_mb: allocated blocks after "
                  "close (disk_apparent_mb counts the engine's preallocated sparse files at full length). "
                  "unindexed_*: searches right after the durable upsert, before the build (exact scan). "
                  "time_to_index_vs_engine_build: (durable upsert + build) / the engine's own build of the same "
