@@ -221,6 +221,61 @@ def bench_numpy(x, q, truth, timed: int) -> dict:
             "recall@10": recall10([r.tolist() for r in res], truth[:timed])}
 
 
+def ingest_breakdown(x, root: Path, cfg: StoreConfig) -> dict:
+    """CPU microseconds per point of each step of a fresh ``bulk_ingest`` of x, done one by one: the payload
+    dicts, uuid ids, ``tolist``, building the engine's points (with and without payload), the engine's upsert +
+    flush without and with the store's payload indexes, then the whole ``bulk_ingest`` and a re-run over the
+    same ids (existence checks only: what a resume pays for the points already stored)."""
+    import uuid
+
+    import qdrant_edge as qe
+
+    from retrieval.store import INDEXED_FIELDS, EdgeStore
+
+    n, out, batch = len(x), {}, cfg.upsert_batch
+
+    def cpu(key, work):
+        c = time.process_time()
+        got = work()
+        out[key] = (time.process_time() - c) / n * 1e6
+        return got
+
+    ids = [point_id(f"img/{i:07d}.png") for i in range(n)]
+    payloads = cpu("payload_dicts_us", lambda: [Payloads(n)[i] for i in range(n)])
+    uids = cpu("uuid_us", lambda: [uuid.UUID(i) for i in ids])
+    rows = cpu("tolist_us", lambda: np.asarray(x).tolist())
+    cpu("point_no_payload_us", lambda: [qe.Point(u, r, {}) for u, r in zip(uids, rows)])
+    points = cpu("point_with_payload_us", lambda: [qe.Point(u, r, p) for u, r, p in zip(uids, rows, payloads)])
+    del rows
+    indexed = {**INDEXED_FIELDS, "attributes.bag": "keyword"}
+    for key, fields in (("engine_upsert_us", {}), ("engine_upsert_indexed_us", indexed)):
+        store = EdgeStore(root / "breakdown", cfg)
+        store.ensure_collection("b", x.shape[1], {"model": "bench"})
+        shard = store._shard("b")
+        for field in INDEXED_FIELDS:  # the engine alone: none of the store's payload indexes, unless added back
+            shard.update(qe.UpdateOperation.delete_field_index(field))
+        for field, kind in fields.items():
+            store.index_payload_field("b", field, kind)
+
+        def load():
+            for s in range(0, n, batch):
+                shard.update(qe.UpdateOperation.upsert_points(points[s : s + batch]))
+            shard.flush()
+
+        cpu(key, load)
+        store.close()
+        shutil.rmtree(root / "breakdown")
+    del points
+    store = EdgeStore(root / "breakdown", cfg)
+    store.ensure_collection("b", x.shape[1], {"model": "bench"})
+    store.index_payload_field("b", "attributes.bag", "keyword")
+    cpu("bulk_ingest_us", lambda: store.bulk_ingest("b", ids, x, payloads, optimize=False))
+    cpu("resume_checks_us", lambda: store.bulk_ingest("b", ids, x, payloads, optimize=False))
+    store.close()
+    shutil.rmtree(root / "breakdown")
+    return {"breakdown_points": n, **{k: round(v, 2) for k, v in out.items()}}
+
+
 def bench_engine_alone(x, root: Path, cfg: StoreConfig) -> dict:
     """qdrant-edge by itself: points upserted in 2,048-point batches (only the engine's calls are timed, not the
     building of the Python point objects), then its own index build."""
@@ -360,6 +415,8 @@ def main() -> None:
                     choices=list(VARIANTS), help="variants whose index the engine alone builds again (one more build)")
     ap.add_argument("--engine-alone-max", type=int, default=10_000,
                     help="largest size at which the engine alone builds the same index again")
+    ap.add_argument("--ingest-breakdown", type=int, default=0,
+                    help="first time each step of a bulk ingest on this many points (0: skip), per size")
     ap.add_argument("--log", type=Path, help="also append progress lines to this file")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vector_store.json")
     args = ap.parse_args()
@@ -394,6 +451,11 @@ def main() -> None:
                     "queries": len(q), "timed_queries": min(args.timed, len(q))}
             if distinct:
                 base["distinct_images"] = distinct
+            if args.ingest_breakdown:
+                cfg = StoreConfig(**VARIANTS[args.variants[0]], search_threads=1, indexing_threads=1)
+                rows.append({**base, "variant": "ingest breakdown", **ingest_breakdown(
+                    x[: args.ingest_breakdown], Path(tmp), cfg)})
+                log(f"{n}: ingest breakdown (us per point) {rows[-1]}")
             numpy_row = {**base, **bench_numpy(x, q, truth, args.timed)}
             rows.append(numpy_row)
             log(f"{n} vectors × {x.shape[1]}-d ({args.data}): numpy exact p50 {numpy_row['p50_ms']:.1f} ms")

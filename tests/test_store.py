@@ -130,6 +130,28 @@ def test_search_batch_takes_one_k_and_filter_per_query(store):
         store.search_batch("people", vecs[:3], k=[1, 2])
 
 
+def test_bulk_ingest_fills_gaps_and_checks_nothing_when_empty(store, monkeypatch):
+    """A load into an empty collection skips the existence checks; into a collection holding a scattered part of
+    the ids it adds exactly the missing points, each with its own vector and payload."""
+    ids, vecs, payloads = _points(90)
+    store.config.upsert_batch = 16
+    store.ensure_collection("people", 16, {"model": "m1"})
+    checked = []
+    real_existing = store.existing_ids
+    monkeypatch.setattr(store, "existing_ids",
+                        lambda name, chunk: checked.append(len(chunk)) or real_existing(name, chunk))
+    held = [i for i in range(90) if i % 3 == 0 or 40 <= i < 57]
+    store.bulk_ingest("people", [ids[i] for i in held], vecs[held], [payloads[i] for i in held], optimize=False)
+    assert checked == [] and store.count("people") == len(held)
+
+    assert store.bulk_ingest("people", ids, vecs, payloads) == 90 - len(held)
+    assert sum(checked) == 90 and store.count("people") == 90
+    for hit in store.retrieve("people", ids, with_vectors=True):
+        i = ids.index(hit.id)
+        assert hit.payload == payloads[i]
+        np.testing.assert_allclose(hit.vector, vecs[i], atol=1e-5)
+
+
 _INGEST_CHILD = """
 import sys, time
 import numpy as np
