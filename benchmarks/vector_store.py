@@ -162,27 +162,63 @@ def proc_status_mb(key: str) -> float:
     return float("nan")
 
 
-class AnonPeak:
-    """Peak anonymous resident memory (RssAnon: heap and the engine's in-RAM structures, not the page cache of
-    memory-mapped files that VmHWM also counts), sampled every 0.2 s by a thread; ``reset()`` starts over."""
+_SAMPLER = r"""
+import json, sys, time
 
-    def __init__(self) -> None:
-        import threading
+pid, out = sys.argv[1], sys.argv[2]
+KINDS = (("/vector_storage/", "vectors"), ("/quantized", "quantized"), ("/hnsw/", "graph"), ("graph", "graph"),
+         ("/payload_", "payload"), ("/wal/", "wal"), (".npy", "input"))
 
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak = max(self.peak, proc_status_mb("RssAnon"))
+def kind(path):
+    if not path.startswith("/"):
+        return "anon"
+    return next((name for part, name in KINDS if part in path), "other files")
 
-    def reset(self) -> None:
-        self.peak = proc_status_mb("RssAnon")
 
-    def read(self) -> float:
-        return max(self.peak, proc_status_mb("RssAnon"))
+with open(out, "a") as f:
+    while True:
+        rss, key = {}, None
+        try:
+            with open(f"/proc/{pid}/smaps") as smaps:
+                for line in smaps:
+                    head = line.split(None, 6)
+                    if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+                        key = kind(head[5].strip() if len(head) > 5 else "")
+                    elif head[0] == "Rss:":
+                        rss[key] = rss.get(key, 0) + int(head[1]) / 1024
+        except (OSError, ValueError):
+            break
+        f.write(json.dumps({"t": time.time(), **rss}) + "\n")
+        f.flush()
+        time.sleep(1.0)
+"""
+
+
+class MemorySampler:
+    """The process's resident memory by kind (anonymous; file pages of the engine's vectors, quantized codes,
+    graph, payload, write-ahead log; the input array), read from /proc/PID/smaps once a second by a child
+    process: the engine holds the GIL while it builds, so no thread of this process could read it then."""
+
+    def __init__(self, path: Path) -> None:
+        import subprocess
+
+        self.path = path
+        self.proc = subprocess.Popen([sys.executable, "-c", _SAMPLER, str(os.getpid()), str(path)])
+
+    def peak(self, since: float) -> dict:
+        """Peak anonymous MB, peak total MB, and the kinds (MB) at the moment of the total's peak, since then."""
+        samples = [json.loads(line) for line in self.path.read_text().splitlines()[:-1] or []]
+        samples = [{k: v for k, v in r.items() if k != "t"} for r in samples if r["t"] >= since]
+        if not samples:
+            return {}
+        top = max(samples, key=lambda r: sum(r.values()))
+        return {"peak_anon_mb": max(r.get("anon", 0.0) for r in samples), "peak_total_mb": sum(top.values()),
+                "at_peak_mb": {k: round(v) for k, v in sorted(top.items(), key=lambda kv: -kv[1])}}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def disk_mb(path: Path) -> tuple[float, float]:
@@ -224,8 +260,9 @@ def bench_numpy(x, q, truth, timed: int) -> dict:
 def ingest_breakdown(x, root: Path, cfg: StoreConfig) -> dict:
     """CPU microseconds per point of each step of a fresh ``bulk_ingest`` of x, done one by one: the payload
     dicts, uuid ids, ``tolist``, building the engine's points (with and without payload), the engine's upsert +
-    flush without and with the store's payload indexes, then the whole ``bulk_ingest`` and a re-run over the
-    same ids (existence checks only: what a resume pays for the points already stored)."""
+    flush without and with the store's payload indexes, then the whole ``bulk_ingest`` without a build (so its
+    payload indexes kept point by point) and a re-run over the same ids (existence checks only: what a resume pays
+    for the points already stored)."""
     import uuid
 
     import qdrant_edge as qe
@@ -306,42 +343,58 @@ def bench_engine_alone(x, root: Path, cfg: StoreConfig) -> dict:
 
 def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig,
                   sweep: list[tuple[int | None, float | None]], timed: int, log, graph_filter: str = "acorn",
-                  anon: AnonPeak | None = None) -> list[dict]:
+                  memory: MemorySampler | None = None) -> list[dict]:
     """One store variant: durable upsert, one build, then per sweep setting (search ef, oversampling of the
     quantized codes; None = not swept) recall@10 over all queries in one ``search_batch`` (batch queries/s) and
     single-query latency over the first ``timed``; then one filtered row at the fastest setting reaching recall
     0.95 and, for a graph, its own filtered search (``graph_filter``: none, plain, or plain and ACORN)."""
     path = root / name
     reset_peak_rss()
-    anon = anon or AnonPeak()
-    anon.reset()
+    started = time.time()
     store = open_store(path=path, config=cfg)
     ids = [point_id(f"img/{i:07d}.png") for i in range(len(x))]
     index = {pid: i for i, pid in enumerate(ids)}
     store.ensure_collection("bench", x.shape[1], {"model": "bench"})
     store.index_payload_field("bench", "attributes.bag", "keyword")
+    common: dict = {"variant": name}
+    done, searching = [0], [0.0, 0.0]
+
+    def upserted(k: int) -> None:
+        """After each upsert; after the last one, time the upserts, then search before the build."""
+        done[0] += k
+        if done[0] < len(x):
+            return
+        upsert_s, upsert_cpu = time.perf_counter() - t, time.process_time() - c
+        t1, c1 = time.perf_counter(), time.process_time()
+        nq = q[: min(timed, 50)]  # searchable at once, by exact scan of the unindexed segments
+        res, unindexed = timed_queries(lambda v: store.search("bench", v, 10), nq)
+        common.update({"upsert_per_s": len(x) / upsert_s, "upsert_per_cpu_s": len(x) / upsert_cpu,
+                       "upsert_s": upsert_s, "upsert_cpu_s": upsert_cpu, "unindexed_p50_ms": unindexed["p50_ms"],
+                       "unindexed_p50_cpu_ms": unindexed["p50_cpu_ms"],
+                       "unindexed_recall@10": recall10([[index[h.id] for h in r] for r in res], truth[: len(nq)]),
+                       "peak_rss_upsert_mb": peak_rss_mb()})
+        if memory:
+            common["memory_upsert"] = memory.peak(started)
+        log(f"  {name}: upsert {upsert_s:.0f}s ({upsert_cpu:.0f} CPU-s); building", partial=common)
+        searching[:] = time.perf_counter() - t1, time.process_time() - c1
+
     t, c = time.perf_counter(), time.process_time()
-    store.bulk_ingest("bench", ids, x, Payloads(len(x)), optimize=False)
-    upsert_s, upsert_cpu = time.perf_counter() - t, time.process_time() - c
-    nq = q[: min(timed, 50)]  # searchable at once, by exact scan of the unindexed segments
-    res, unindexed = timed_queries(lambda v: store.search("bench", v, 10), nq)
-    unindexed_recall = recall10([[index[h.id] for h in r] for r in res], truth[: len(nq)])
-    common = {"variant": name, "upsert_per_s": len(x) / upsert_s, "upsert_per_cpu_s": len(x) / upsert_cpu,
-              "upsert_s": upsert_s, "unindexed_p50_ms": unindexed["p50_ms"],
-              "unindexed_p50_cpu_ms": unindexed["p50_cpu_ms"], "unindexed_recall@10": unindexed_recall,
-              "peak_rss_upsert_mb": peak_rss_mb(), "peak_anon_upsert_mb": anon.read()}
-    log(f"  {name}: upsert {upsert_s:.0f}s ({upsert_cpu:.0f} CPU-s); building", partial=common)
-    t, c = time.perf_counter(), time.process_time()
-    store.optimize("bench")
-    build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
-    peak, peak_anon = peak_rss_mb(), anon.read()
+    store.bulk_ingest("bench", ids, x, Payloads(len(x)), upserted)  # upserts, flush, build, payload indexes
+    build_s = time.perf_counter() - t - common["upsert_s"] - searching[0]
+    build_cpu = time.process_time() - c - common["upsert_cpu_s"] - searching[1]
+    upsert_s, upsert_cpu = common["upsert_s"], common["upsert_cpu_s"]
+    peak = peak_rss_mb()
+    if memory:
+        time.sleep(1.5)  # one more sample after the build
+        common["memory"] = memory.peak(started)
     store.close()
     alloc, apparent = disk_mb(path)
     store = open_store(path=path, config=cfg)
     info = store._shard("bench").info()
     common.update({"build_s": build_s, "build_cpu_s": build_cpu,
                    "time_to_index_s": upsert_s + build_s, "time_to_index_cpu_s": upsert_cpu + build_cpu,
-                   "peak_rss_mb": peak, "peak_anon_mb": peak_anon, "disk_mb": alloc, "disk_apparent_mb": apparent,
+                   "peak_rss_mb": peak, "peak_anon_mb": common.get("memory", {}).get("peak_anon_mb"),
+                   "disk_mb": alloc, "disk_apparent_mb": apparent,
                    "disk_x_raw": alloc / (x.nbytes / 2**20), "indexed": info.indexed_vectors_count,
                    "segments": info.segments_count})
     log(f"  {name}: built in {build_s:.0f}s ({build_cpu:.0f} CPU-s)", partial=common)
@@ -423,7 +476,7 @@ def main() -> None:
 
     console = Console(width=200)
     rows, started = [], time.perf_counter()
-    anon = AnonPeak()
+    memory = MemorySampler(Path(tempfile.mkdtemp()) / "memory.jsonl")
 
     def log(line: str, partial: dict | None = None) -> None:
         console.log(line)
@@ -471,7 +524,7 @@ def main() -> None:
                     sweep = [(ef, o) for ef in args.efs for o in overs]
                 got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, sweep, args.timed,
                                     lambda line, partial=None: log(line, {**base, **partial} if partial else None),
-                                    args.graph_filter, anon)
+                                    args.graph_filter, memory)
                 if name in args.engine_alone and n <= args.engine_alone_max:
                     log(f"  {name}: the engine alone", {**base, "variant": name, "rows_so_far": got})
                     alone = bench_engine_alone(x, Path(tmp), cfg)
@@ -499,6 +552,7 @@ def main() -> None:
                         for c in cols])
     console.print(table)
     write_json(args, rows, started)
+    memory.close()
     console.print(f"wrote {args.out}")
 
 
@@ -512,8 +566,12 @@ def write_json(args: argparse.Namespace, rows: list[dict], started: float, parti
         **({"in_progress": partial} if partial else {}),
         "notes": "peak_rss_mb: the process's peak resident memory (VmHWM) during that variant's ingest and build, "
                  "which counts the touched pages of memory-mapped files too: the input array (read through np.memmap, "
-                 "raw_mb), the engine's segments and log. peak_anon_mb: peak anonymous memory (RssAnon sampled every "
-                 "0.2 s): what the process itself holds, page cache excluded. disk_mb: allocated blocks after "
+                 "raw_mb), the engine's segments and log. peak_anon_mb: peak anonymous memory (what the process "
+                 "itself holds, page cache excluded), and memory / memory_upsert: over ingest + build / the upserts, "
+                 "peak anonymous MB, peak total resident MB and its kinds at that moment (smaps read once a second "
+                 "by a child process; a file mapped twice counts twice, as in VmHWM). upsert_*: the upserts alone "
+                 "(each durable in the log on return); build_*: then flush, index build and, for a fresh load that "
+                 "deferred them, the payload indexes. disk_mb: allocated blocks after "
                  "close (disk_apparent_mb counts the engine's preallocated sparse files at full length). "
                  "unindexed_*: searches right after the durable upsert, before the build (exact scan). "
                  "time_to_index_vs_engine_build: (durable upsert + build) / the engine's own build of the same "
