@@ -73,6 +73,11 @@ class StoreConfig:
         default=None, metadata={"help": "None, 'int8' (scalar) or 'binary' (1 bit/dim) codes, rescored on floats"}
     )
     oversampling: float = field(default=2.0, metadata={"help": "quantized candidates per hit rescored on floats"})
+    vectors_on_disk: bool = field(
+        default=False, metadata={"help": "float vectors memory-mapped but not loaded into RAM when a collection opens "
+                                         "(quantized codes stay in RAM): less resident memory, rescoring and exact "
+                                         "scans read them from the page cache or disk (set at creation)"}
+    )
     full_scan_threshold_kb: int = field(default=10_000, metadata={"help": "below this size search scans"})
     indexing_threshold_kb: int | None = field(
         default=None, metadata={"help": "segments above this size get an HNSW graph (None = Qdrant default)"}
@@ -477,7 +482,8 @@ class EdgeStore(Store):
         elif cfg.quantization == "binary":
             quant = qe.BinaryQuantizationConfig(always_ram=True)
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) if dim else None,
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine,
+                                        memory=qe.Memory.Cold if cfg.vectors_on_disk else None) if dim else None,
             hnsw_config=qe.HnswIndexConfig(
                 m=cfg.hnsw_m, ef_construct=cfg.hnsw_ef_construct, full_scan_threshold=cfg.full_scan_threshold_kb,
                 max_indexing_threads=cfg.indexing_threads,
@@ -756,7 +762,7 @@ class ClientStore(Store):
             quant = m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
         self.client.create_collection(
             name,
-            vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
+            vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE, on_disk=cfg.vectors_on_disk or None),
             hnsw_config=m.HnswConfigDiff(
                 m=cfg.hnsw_m, ef_construct=cfg.hnsw_ef_construct, full_scan_threshold=cfg.full_scan_threshold_kb
             ),
