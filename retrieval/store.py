@@ -267,20 +267,22 @@ class Store(ABC):
                 todo.extend(start + i for i, pid in enumerate(chunk) if pid not in present)
             if progress and len(todo) < len(ids):
                 progress(len(ids) - len(todo))
-        for start in range(0, len(todo), step):
-            rows = todo[start : start + step]
-            first, end = rows[0], rows[-1] + 1
-            if end - first == len(rows):  # consecutive rows (every chunk of a fresh load): sliced, not gathered
-                self.upsert(name, ids[first:end], vectors[first:end], [payloads[i] for i in rows])
-            else:
-                self.upsert(name, [ids[i] for i in rows], vectors[list(rows)], [payloads[i] for i in rows])
-            if progress:
-                progress(len(rows))
-        self.flush(name)
-        if optimize and todo:
-            self.optimize(name)
-        if deferred:
-            self._restore_payload_indexes(name)
+        try:
+            for start in range(0, len(todo), step):
+                rows = todo[start : start + step]
+                first, end = rows[0], rows[-1] + 1
+                if end - first == len(rows):  # consecutive rows (every chunk of a fresh load): sliced, not gathered
+                    self.upsert(name, ids[first:end], vectors[first:end], [payloads[i] for i in rows])
+                else:
+                    self.upsert(name, [ids[i] for i in rows], vectors[list(rows)], [payloads[i] for i in rows])
+                if progress:
+                    progress(len(rows))
+            self.flush(name)
+            if optimize and todo:
+                self.optimize(name)
+        finally:  # a load stopped by an error gets its payload indexes back too
+            if deferred:
+                self._restore_payload_indexes(name)
         return len(todo)
 
     def _defer_payload_indexes(self, name: str) -> bool:
@@ -506,7 +508,7 @@ class EdgeStore(Store):
         import qdrant_edge as qe
 
         graphs = self.config.filter_graphs
-        # lookup only: filters are equality / any-of (``_filter``); a range index would add ~4 us per upserted point
+        # lookup only: filters are equality / any-of (``_filter``); a range index adds ~4 us to each point's upsert
         schema = {"integer": qe.IntegerIndexParams(lookup=True, range=False, enable_hnsw=graphs),
                   "keyword": qe.KeywordIndexParams(enable_hnsw=graphs), "bool": qe.BoolIndexParams(enable_hnsw=graphs),
                   "float": qe.FloatIndexParams(enable_hnsw=graphs)}[kind]

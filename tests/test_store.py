@@ -172,6 +172,13 @@ def test_flat_bulk_ingest_makes_its_payload_indexes_after_the_build(tmp_path, mo
         want = {ids[i] for i, p in enumerate(payloads) if p["camera_id"] == 1 and p["attributes"]["bag"] == "backpack"}
         assert {h.id for h in hits} == want
 
+        s.ensure_collection("d", 16, {"model": "m"})  # a load stopped by an error gets its indexes back at once
+        monkeypatch.setattr(s, "_upsert", lambda *a: (_ for _ in ()).throw(LineupError("disk full")))
+        with pytest.raises(LineupError, match="disk full"):
+            s.bulk_ingest("d", ids, vecs, payloads)
+        assert set(s._shard("d").info().payload_schema) == set(INDEXED_FIELDS)
+        assert not (tmp_path / "idx" / "d" / DEFERRED_FILE).exists()
+
 
 _INGEST_CHILD = """
 import sys, time
