@@ -50,10 +50,12 @@ VARIANTS = {  # name → StoreConfig fields; hnsw_m 0 = no graph (flat scan of t
     "hnsw-m8-efc32": dict(hnsw_m=8, hnsw_ef_construct=32),
     "hnsw-m16-efc64": dict(hnsw_m=16, hnsw_ef_construct=64),
     "hnsw-m16-efc64-int8": dict(hnsw_m=16, hnsw_ef_construct=64, quantization="int8"),
+    "hnsw-m16-efc64-int8-nofg": dict(hnsw_m=16, hnsw_ef_construct=64, quantization="int8", filter_graphs=False),
     "hnsw-m16-efc64-nofg": dict(hnsw_m=16, hnsw_ef_construct=64, filter_graphs=False),
     "hnsw-m32-efc128": dict(hnsw_m=32, hnsw_ef_construct=128),
     "flat-binary": dict(hnsw_m=0, quantization="binary", oversampling=4.0),
     "flat-int8": dict(hnsw_m=0, quantization="int8", oversampling=2.0),
+    "flat-int8-ondisk": dict(hnsw_m=0, quantization="int8", oversampling=2.0, vectors_on_disk=True),
 }
 FILTER = {"camera_id": [1, 2], "attributes.bag": "backpack"}
 
@@ -84,14 +86,15 @@ def cached(key: str, make) -> tuple[np.ndarray, ...]:
     """The arrays ``make()`` returns, saved under $BENCH_CACHE (default /tmp/lineup-vector-cache) on the first
     run and loaded on the next: at 1M, data and ground truth take minutes on a shared machine."""
     folder = Path(os.environ.get("BENCH_CACHE", Path(tempfile.gettempdir()) / "lineup-vector-cache")) / key
-    if (folder / "done").exists():
-        return tuple(np.load(f) for f in sorted(folder.glob("*.npy")))
-    arrays = make()
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, a in enumerate(arrays):
-        np.save(folder / f"{i}.npy", a)
-    (folder / "done").touch()
-    return arrays
+    if not (folder / "done").exists():
+        arrays = make()
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, a in enumerate(arrays):
+            np.save(folder / f"{i}.npy", a)
+        (folder / "done").touch()
+        del arrays
+    # memory-mapped: the input's pages are the page cache's, not the process's anonymous memory
+    return tuple(np.load(f, mmap_mode="r") for f in sorted(folder.glob("*.npy")))
 
 
 def world_data(n: int, n_queries: int, world: Path, model: str, adapter: str | None, noise: float = 0.05):
@@ -150,10 +153,73 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss_mb() -> float:
+    return proc_status_mb("VmHWM")
+
+
+def proc_status_mb(key: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+_SAMPLER = r"""
+import json, sys, time
+
+pid, out = sys.argv[1], sys.argv[2]
+KINDS = (("/vector_storage/", "vectors"), ("/quantized", "quantized"), ("/hnsw/", "graph"), ("graph", "graph"),
+         ("/payload_", "payload"), ("/wal/", "wal"), (".npy", "input"))
+
+
+def kind(path):
+    if not path.startswith("/"):
+        return "anon"
+    return next((name for part, name in KINDS if part in path), "other files")
+
+
+with open(out, "a") as f:
+    while True:
+        rss, key = {}, None
+        try:
+            with open(f"/proc/{pid}/smaps") as smaps:
+                for line in smaps:
+                    head = line.split(None, 6)
+                    if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+                        key = kind(head[5].strip() if len(head) > 5 else "")
+                    elif head[0] == "Rss:":
+                        rss[key] = rss.get(key, 0) + int(head[1]) / 1024
+        except (OSError, ValueError):
+            break
+        f.write(json.dumps({"t": time.time(), **rss}) + "\n")
+        f.flush()
+        time.sleep(1.0)
+"""
+
+
+class MemorySampler:
+    """The process's resident memory by kind (anonymous; file pages of the engine's vectors, quantized codes,
+    graph, payload, write-ahead log; the input array), read from /proc/PID/smaps once a second by a child
+    process: the engine holds the GIL while it builds, so no thread of this process could read it then."""
+
+    def __init__(self, path: Path) -> None:
+        import subprocess
+
+        self.path = path
+        self.proc = subprocess.Popen([sys.executable, "-c", _SAMPLER, str(os.getpid()), str(path)])
+
+    def peak(self, since: float) -> dict:
+        """Peak anonymous MB, peak total MB, and the kinds (MB) at the moment of the total's peak, since then."""
+        samples = [json.loads(line) for line in self.path.read_text().splitlines()[:-1] or []]
+        samples = [{k: v for k, v in r.items() if k != "t"} for r in samples if r["t"] >= since]
+        if not samples:
+            return {}
+        top = max(samples, key=lambda r: sum(r.values()))
+        return {"peak_anon_mb": max(r.get("anon", 0.0) for r in samples), "peak_total_mb": sum(top.values()),
+                "at_peak_mb": {k: round(v) for k, v in sorted(top.items(), key=lambda kv: -kv[1])}}
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def disk_mb(path: Path) -> tuple[float, float]:
@@ -192,6 +258,62 @@ def bench_numpy(x, q, truth, timed: int) -> dict:
             "recall@10": recall10([r.tolist() for r in res], truth[:timed])}
 
 
+def ingest_breakdown(x, root: Path, cfg: StoreConfig) -> dict:
+    """CPU microseconds per point of each step of a fresh ``bulk_ingest`` of x, done one by one: the payload
+    dicts, uuid ids, ``tolist``, building the engine's points (with and without payload), the engine's upsert +
+    flush without and with the store's payload indexes, then the whole ``bulk_ingest`` without a build (so its
+    payload indexes kept point by point) and a re-run over the same ids (existence checks only: what a resume pays
+    for the points already stored)."""
+    import uuid
+
+    import qdrant_edge as qe
+
+    from retrieval.store import INDEXED_FIELDS, EdgeStore
+
+    n, out, batch = len(x), {}, cfg.upsert_batch
+
+    def cpu(key, work):
+        c = time.process_time()
+        got = work()
+        out[key] = (time.process_time() - c) / n * 1e6
+        return got
+
+    ids = [point_id(f"img/{i:07d}.png") for i in range(n)]
+    payloads = cpu("payload_dicts_us", lambda: [Payloads(n)[i] for i in range(n)])
+    uids = cpu("uuid_us", lambda: [uuid.UUID(i) for i in ids])
+    rows = cpu("tolist_us", lambda: np.asarray(x).tolist())
+    cpu("point_no_payload_us", lambda: [qe.Point(u, r, {}) for u, r in zip(uids, rows)])
+    points = cpu("point_with_payload_us", lambda: [qe.Point(u, r, p) for u, r, p in zip(uids, rows, payloads)])
+    del rows
+    indexed = {**INDEXED_FIELDS, "attributes.bag": "keyword"}
+    for key, fields in (("engine_upsert_us", {}), ("engine_upsert_indexed_us", indexed)):
+        store = EdgeStore(root / "breakdown", cfg)
+        store.ensure_collection("b", x.shape[1], {"model": "bench"})
+        shard = store._shard("b")
+        for field in INDEXED_FIELDS:  # the engine alone: none of the store's payload indexes, unless added back
+            shard.update(qe.UpdateOperation.delete_field_index(field))
+        for field, kind in fields.items():
+            store.index_payload_field("b", field, kind)
+
+        def load():
+            for s in range(0, n, batch):
+                shard.update(qe.UpdateOperation.upsert_points(points[s : s + batch]))
+            shard.flush()
+
+        cpu(key, load)
+        store.close()
+        shutil.rmtree(root / "breakdown")
+    del points
+    store = EdgeStore(root / "breakdown", cfg)
+    store.ensure_collection("b", x.shape[1], {"model": "bench"})
+    store.index_payload_field("b", "attributes.bag", "keyword")
+    cpu("bulk_ingest_us", lambda: store.bulk_ingest("b", ids, x, payloads, optimize=False))
+    cpu("resume_checks_us", lambda: store.bulk_ingest("b", ids, x, payloads, optimize=False))
+    store.close()
+    shutil.rmtree(root / "breakdown")
+    return {"breakdown_points": n, **{k: round(v, 2) for k, v in out.items()}}
+
+
 def bench_engine_alone(x, root: Path, cfg: StoreConfig) -> dict:
     """qdrant-edge by itself: points upserted in 2,048-point batches (only the engine's calls are timed, not the
     building of the Python point objects), then its own index build."""
@@ -220,40 +342,61 @@ def bench_engine_alone(x, root: Path, cfg: StoreConfig) -> dict:
             "engine_build_s": build_s, "engine_build_cpu_s": build_cpu}
 
 
-def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, sweep: list[int | float],
-                  timed: int, log) -> list[dict]:
-    """One store variant: durable upsert, one build, then per sweep value (search ef, or oversampling for a flat
-    index) recall@10 over all queries in one ``search_batch`` (batch queries/s) and single-query latency over
-    the first ``timed``; then one filtered row at the fastest setting reaching recall 0.95."""
+def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig,
+                  sweep: list[tuple[int | None, float | None]], timed: int, log, graph_filter: str = "acorn",
+                  memory: MemorySampler | None = None) -> list[dict]:
+    """One store variant: durable upsert, one build, then per sweep setting (search ef, oversampling of the
+    quantized codes; None = not swept) recall@10 over all queries in one ``search_batch`` (batch queries/s) and
+    single-query latency over the first ``timed``; then one filtered row at the fastest setting reaching recall
+    0.95 and, for a graph, its own filtered search (``graph_filter``: none, plain, or plain and ACORN)."""
     path = root / name
     reset_peak_rss()
+    started = time.time()
     store = open_store(path=path, config=cfg)
     ids = [point_id(f"img/{i:07d}.png") for i in range(len(x))]
     index = {pid: i for i, pid in enumerate(ids)}
     store.ensure_collection("bench", x.shape[1], {"model": "bench"})
     store.index_payload_field("bench", "attributes.bag", "keyword")
+    common: dict = {"variant": name}
+    done, searching = [0], [0.0, 0.0]
+
+    def upserted(k: int) -> None:
+        """After each upsert; after the last one, time the upserts, then search before the build."""
+        done[0] += k
+        if done[0] < len(x):
+            return
+        upsert_s, upsert_cpu = time.perf_counter() - t, time.process_time() - c
+        t1, c1 = time.perf_counter(), time.process_time()
+        nq = q[: min(timed, 50)]  # searchable at once, by exact scan of the unindexed segments
+        res, unindexed = timed_queries(lambda v: store.search("bench", v, 10), nq)
+        common.update({"upsert_per_s": len(x) / upsert_s, "upsert_per_cpu_s": len(x) / upsert_cpu,
+                       "upsert_s": upsert_s, "upsert_cpu_s": upsert_cpu, "unindexed_p50_ms": unindexed["p50_ms"],
+                       "unindexed_p50_cpu_ms": unindexed["p50_cpu_ms"],
+                       "unindexed_recall@10": recall10([[index[h.id] for h in r] for r in res], truth[: len(nq)]),
+                       "peak_rss_upsert_mb": peak_rss_mb()})
+        if memory:
+            common["memory_upsert"] = memory.peak(started)
+        log(f"  {name}: upsert {upsert_s:.0f}s ({upsert_cpu:.0f} CPU-s); building", partial=common)
+        searching[:] = time.perf_counter() - t1, time.process_time() - c1
+
     t, c = time.perf_counter(), time.process_time()
-    store.bulk_ingest("bench", ids, x, Payloads(len(x)), optimize=False)
-    upsert_s, upsert_cpu = time.perf_counter() - t, time.process_time() - c
-    nq = q[: min(timed, 50)]  # searchable at once, by exact scan of the unindexed segments
-    res, unindexed = timed_queries(lambda v: store.search("bench", v, 10), nq)
-    unindexed_recall = recall10([[index[h.id] for h in r] for r in res], truth[: len(nq)])
-    common = {"variant": name, "upsert_per_s": len(x) / upsert_s, "upsert_per_cpu_s": len(x) / upsert_cpu,
-              "upsert_s": upsert_s, "unindexed_p50_ms": unindexed["p50_ms"],
-              "unindexed_p50_cpu_ms": unindexed["p50_cpu_ms"], "unindexed_recall@10": unindexed_recall,
-              "peak_rss_upsert_mb": peak_rss_mb()}
-    log(f"  {name}: upsert {upsert_s:.0f}s ({upsert_cpu:.0f} CPU-s); building", partial=common)
-    t, c = time.perf_counter(), time.process_time()
-    store.optimize("bench")
-    build_s, build_cpu = time.perf_counter() - t, time.process_time() - c
+    store.bulk_ingest("bench", ids, x, Payloads(len(x)), upserted)  # upserts, flush, build, payload indexes
+    build_s = time.perf_counter() - t - common["upsert_s"] - searching[0]
+    build_cpu = time.process_time() - c - common["upsert_cpu_s"] - searching[1]
+    upsert_s, upsert_cpu = common["upsert_s"], common["upsert_cpu_s"]
     peak = peak_rss_mb()
+    if memory:
+        time.sleep(1.5)  # one more sample after the build
+        common["memory"] = memory.peak(started)
     store.close()
     alloc, apparent = disk_mb(path)
+    serving = time.time()
     store = open_store(path=path, config=cfg)
     info = store._shard("bench").info()
     common.update({"build_s": build_s, "build_cpu_s": build_cpu,
                    "time_to_index_s": upsert_s + build_s, "time_to_index_cpu_s": upsert_cpu + build_cpu,
-                   "peak_rss_mb": peak, "disk_mb": alloc, "disk_apparent_mb": apparent,
+                   "peak_rss_mb": peak, "peak_anon_mb": common.get("memory", {}).get("peak_anon_mb"),
+                   "disk_mb": alloc, "disk_apparent_mb": apparent,
                    "disk_x_raw": alloc / (x.nbytes / 2**20), "indexed": info.indexed_vectors_count,
                    "segments": info.segments_count})
     log(f"  {name}: built in {build_s:.0f}s ({build_cpu:.0f} CPU-s)", partial=common)
@@ -265,31 +408,26 @@ def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, 
         return {**common, "variant": label, **lat, "batch_qps": len(q) / (time.perf_counter() - t),
                 "recall@10": recall10([[index[h.id] for h in r] for r in found], want)}
 
-    flat = not cfg.hnsw_m
     rows = []
-    for value in sweep:
-        if flat:
-            store.config.oversampling = float(value)
-        else:
-            store.config.hnsw_ef = int(value)
+    for ef, oversampling in sweep:
+        store.config.hnsw_ef = ef or cfg.hnsw_ef
+        store.config.oversampling = oversampling or cfg.oversampling
         row = measure(name, None, truth)
-        rows.append({**row, "ef": None if flat else int(value),
+        rows.append({**row, "ef": ef if cfg.hnsw_m else None,
                      "oversampling": store.config.oversampling if cfg.quantization else None})
-        log(f"  {name} {'oversampling' if flat else 'ef'} {value}: recall {row['recall@10']:.3f} "
-            f"p50 {row['p50_ms']:.2f} ms", partial={**common, "rows_so_far": rows})
+        log(f"  {name} ef {ef} oversampling {oversampling}: recall {row['recall@10']:.3f} p50 {row['p50_ms']:.2f} ms "
+            f"({row['p50_cpu_ms']:.2f} CPU)", partial={**common, "rows_so_far": rows})
     good = [r for r in rows if r["recall@10"] >= 0.95]  # the filter row uses the fastest setting reaching 0.95
-    best = min(good, key=lambda r: r["p50_ms"]) if good else max(rows, key=lambda r: r["recall@10"])
-    if flat:
-        store.config.oversampling = best["oversampling"] or cfg.oversampling
-    else:
-        store.config.hnsw_ef = best["ef"]
+    best = min(good, key=lambda r: r["p50_cpu_ms"]) if good else max(rows, key=lambda r: r["recall@10"])
+    store.config.hnsw_ef = best["ef"] or cfg.hnsw_ef
+    store.config.oversampling = best["oversampling"] or cfg.oversampling
     selectivity = float(filter_mask(len(x)).mean())
     rows.append({**measure(name + " +filter", FILTER, ftruth), "ef": best["ef"], "oversampling": best["oversampling"],
                  "filter_selectivity": selectivity})
-    if cfg.hnsw_m:  # the store's default scans the matches; the graph's own filtered search, without and with ACORN
+    if cfg.hnsw_m and graph_filter != "none":  # the store's default scans the matches; the graph's own search
         scan_kb = store.config.filter_scan_kb
         store.config.filter_scan_kb = 0
-        for acorn in (False, True):
+        for acorn in (False, True) if graph_filter == "acorn" else (False,):
             store.config.acorn = acorn
             for ef in sorted({best["ef"], 4 * best["ef"]}):
                 store.config.hnsw_ef = ef
@@ -303,6 +441,10 @@ def bench_variant(name: str, x, q, truth, ftruth, root: Path, cfg: StoreConfig, 
         rows.append({**measure("edge exact", None, truth), "ef": None})
     store.close()
     shutil.rmtree(path, ignore_errors=True)
+    if memory:  # resident memory while the reopened collection answered the queries above
+        time.sleep(1.5)
+        for r in rows:
+            r["memory_serving"] = memory.peak(serving)
     return rows
 
 
@@ -322,18 +464,25 @@ def main() -> None:
                     choices=list(VARIANTS), help="the variants run at sizes >= 100k (each HNSW build takes minutes)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--oversamplings", type=float, nargs="+", default=[2.0, 4.0, 8.0],
-                    help="the sweep of the flat (hnsw_m 0) variants: quantized candidates rescored per hit")
+                    help="quantized candidates rescored per hit: the sweep of the flat (hnsw_m 0) variants")
+    ap.add_argument("--graph-oversamplings", type=float, nargs="*", default=[],
+                    help="quantized graph variants: sweep these oversamplings at every ef (default: the variant's)")
+    ap.add_argument("--graph-filter", choices=["none", "plain", "acorn"], default="acorn",
+                    help="graph variants' own filtered search rows: none, plain, or plain and ACORN")
     ap.add_argument("--indexing-threads", type=int, default=1)
     ap.add_argument("--engine-alone", nargs="*", default=["hnsw-m16-efc64", "hnsw-m16-efc64-nofg"],
                     choices=list(VARIANTS), help="variants whose index the engine alone builds again (one more build)")
     ap.add_argument("--engine-alone-max", type=int, default=10_000,
                     help="largest size at which the engine alone builds the same index again")
+    ap.add_argument("--ingest-breakdown", type=int, default=0,
+                    help="first time each step of a bulk ingest on this many points (0: skip), per size")
     ap.add_argument("--log", type=Path, help="also append progress lines to this file")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vector_store.json")
     args = ap.parse_args()
 
     console = Console(width=200)
     rows, started = [], time.perf_counter()
+    memory = MemorySampler(Path(tempfile.mkdtemp()) / "memory.jsonl")
 
     def log(line: str, partial: dict | None = None) -> None:
         console.log(line)
@@ -361,6 +510,11 @@ def main() -> None:
                     "queries": len(q), "timed_queries": min(args.timed, len(q))}
             if distinct:
                 base["distinct_images"] = distinct
+            if args.ingest_breakdown:
+                cfg = StoreConfig(**VARIANTS[args.variants[0]], search_threads=1, indexing_threads=1)
+                rows.append({**base, "variant": "ingest breakdown", **ingest_breakdown(
+                    x[: args.ingest_breakdown], Path(tmp), cfg)})
+                log(f"{n}: ingest breakdown (us per point) {rows[-1]}")
             numpy_row = {**base, **bench_numpy(x, q, truth, args.timed)}
             rows.append(numpy_row)
             log(f"{n} vectors × {x.shape[1]}-d ({args.data}): numpy exact p50 {numpy_row['p50_ms']:.1f} ms")
@@ -369,9 +523,14 @@ def main() -> None:
                 cfg = StoreConfig(**VARIANTS[name], hnsw_ef=64, search_threads=1, indexing_threads=args.indexing_threads,
                                   indexing_threshold_kb=1000, full_scan_threshold_kb=1000)
                 t = time.perf_counter()
-                sweep = args.efs if cfg.hnsw_m else (args.oversamplings if cfg.quantization else [1])
+                if not cfg.hnsw_m:
+                    sweep = [(None, o) for o in args.oversamplings] if cfg.quantization else [(None, None)]
+                else:
+                    overs = (args.graph_oversamplings or [None]) if cfg.quantization else [None]
+                    sweep = [(ef, o) for ef in args.efs for o in overs]
                 got = bench_variant(name, x, q, truth, ftruth, Path(tmp), cfg, sweep, args.timed,
-                                    lambda line, partial=None: log(line, {**base, **partial} if partial else None))
+                                    lambda line, partial=None: log(line, {**base, **partial} if partial else None),
+                                    args.graph_filter, memory)
                 if name in args.engine_alone and n <= args.engine_alone_max:
                     log(f"  {name}: the engine alone", {**base, "variant": name, "rows_so_far": got})
                     alone = bench_engine_alone(x, Path(tmp), cfg)
@@ -387,7 +546,8 @@ def main() -> None:
 
     cols = ["n", "variant", "ef", "oversampling", "upsert_per_s", "upsert_per_cpu_s", "build_cpu_s",
             "cpu_to_index_vs_engine_build", "p50_ms", "p50_cpu_ms", "p99_ms", "batch_qps", "recall@10",
-            "x_faster_than_numpy_cpu", "unindexed_p50_cpu_ms", "peak_rss_mb", "disk_mb", "disk_x_raw"]
+            "x_faster_than_numpy_cpu", "unindexed_p50_cpu_ms", "peak_rss_mb", "peak_anon_mb", "disk_mb",
+            "disk_x_raw"]
     table = Table(title=f"vector store ({args.data}, {args.queries} queries ({args.timed} timed), 1 search thread, "
                         f"{args.indexing_threads} indexing thread(s))")
     for c in cols:
@@ -398,6 +558,7 @@ def main() -> None:
                         for c in cols])
     console.print(table)
     write_json(args, rows, started)
+    memory.close()
     console.print(f"wrote {args.out}")
 
 
@@ -409,8 +570,14 @@ def write_json(args: argparse.Namespace, rows: list[dict], started: float, parti
         "machine": f"{platform.platform()}, {os.cpu_count()} cores shared with other jobs",
         "wall_minutes": round((time.perf_counter() - started) / 60, 1), "rows": rows,
         **({"in_progress": partial} if partial else {}),
-        "notes": "peak_rss_mb: the process's peak resident memory during that variant's ingest and build, which "
-                 "includes the float32 input array (raw_mb) and the query set. disk_mb: allocated blocks after "
+        "notes": "peak_rss_mb: the process's peak resident memory (VmHWM) during that variant's ingest and build, "
+                 "which counts the touched pages of memory-mapped files too: the input array (read through np.memmap, "
+                 "raw_mb), the engine's segments and log. peak_anon_mb: peak anonymous memory (what the process "
+                 "itself holds, page cache excluded), and memory / memory_upsert: over ingest + build / the upserts, "
+                 "peak anonymous MB, peak total resident MB and its kinds at that moment (smaps read once a second "
+                 "by a child process; a file mapped twice counts twice, as in VmHWM). upsert_*: the upserts alone "
+                 "(each durable in the log on return); build_*: then flush, index build and, for a fresh load that "
+                 "deferred them, the payload indexes. disk_mb: allocated blocks after "
                  "close (disk_apparent_mb counts the engine's preallocated sparse files at full length). "
                  "unindexed_*: searches right after the durable upsert, before the build (exact scan). "
                  "time_to_index_vs_engine_build: (durable upsert + build) / the engine's own build of the same "

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 INDEXED_FIELDS = {"person_id": "integer", "camera_id": "integer", "split": "keyword"}
 FIELD_KINDS = ("integer", "keyword", "bool", "float")
 META_FILE = "lineup_meta.json"
+DEFERRED_FILE = "deferred_payload_indexes.json"  # the payload indexes a bulk load rebuilds when its build is done
 MEMORY = ":memory:"
 FEEDBACK_STRATEGIES = ("best_score", "sum_scores", "context", "discover", "naive")
 
@@ -72,6 +73,11 @@ class StoreConfig:
         default=None, metadata={"help": "None, 'int8' (scalar) or 'binary' (1 bit/dim) codes, rescored on floats"}
     )
     oversampling: float = field(default=2.0, metadata={"help": "quantized candidates per hit rescored on floats"})
+    vectors_on_disk: bool = field(
+        default=False, metadata={"help": "float vectors memory-mapped but not loaded into RAM when a collection opens "
+                                         "(quantized codes stay in RAM): less resident memory, rescoring and exact "
+                                         "scans read them from the page cache or disk (set at creation)"}
+    )
     full_scan_threshold_kb: int = field(default=10_000, metadata={"help": "below this size search scans"})
     indexing_threshold_kb: int | None = field(
         default=None, metadata={"help": "segments above this size get an HNSW graph (None = Qdrant default)"}
@@ -239,30 +245,52 @@ class Store(ABC):
         """Load many points quickly and resumably; returns how many were added.
 
         Ids already stored are skipped (uuid5 ids: re-running after a kill adds only what is missing, never a
-        duplicate). The rest go in ``config.upsert_batch``-point upserts, each with its payload (written once,
-        never patched afterwards), then one flush and, with ``optimize``, one index build for the whole load.
-        Until that build the points are searched by exact scan.
+        duplicate); into an empty collection nothing is checked. The rest go in ``config.upsert_batch``-point
+        upserts, each with its payload (written once, never patched afterwards), then one flush and, with
+        ``optimize``, one index build for the whole load. Until that build the points are searched by exact scan.
+        A fresh load that builds its index may leave the payload indexes out until the build is done
+        (``_defer_payload_indexes``): filters meanwhile still match, by reading payloads.
         """
         ids = list(ids)
         if not len(ids) == len(vectors) == len(payloads):
             raise ValueError(f"ids ({len(ids)}), vectors ({len(vectors)}), payloads ({len(payloads)}) differ")
         step = self.config.upsert_batch
-        todo: list[int] = []
-        for start in range(0, len(ids), step):
-            chunk = ids[start : start + step]
-            present = self.existing_ids(name, chunk)
-            todo.extend(start + i for i, pid in enumerate(chunk) if pid not in present)
-        if progress and len(todo) < len(ids):
-            progress(len(ids) - len(todo))
-        for start in range(0, len(todo), step):
-            rows = todo[start : start + step]
-            self.upsert(name, [ids[i] for i in rows], vectors[rows], [payloads[i] for i in rows])
-            if progress:
-                progress(len(rows))
-        self.flush(name)
-        if optimize and todo:
-            self.optimize(name)
+        deferred = False
+        if self.count(name) == 0:
+            todo = range(len(ids))
+            deferred = optimize and len(ids) > 0 and self._defer_payload_indexes(name)
+        else:
+            todo = []
+            for start in range(0, len(ids), step):
+                chunk = ids[start : start + step]
+                present = self.existing_ids(name, chunk)
+                todo.extend(start + i for i, pid in enumerate(chunk) if pid not in present)
+            if progress and len(todo) < len(ids):
+                progress(len(ids) - len(todo))
+        try:
+            for start in range(0, len(todo), step):
+                rows = todo[start : start + step]
+                first, end = rows[0], rows[-1] + 1
+                if end - first == len(rows):  # consecutive rows (every chunk of a fresh load): sliced, not gathered
+                    self.upsert(name, ids[first:end], vectors[first:end], [payloads[i] for i in rows])
+                else:
+                    self.upsert(name, [ids[i] for i in rows], vectors[list(rows)], [payloads[i] for i in rows])
+                if progress:
+                    progress(len(rows))
+            self.flush(name)
+            if optimize and todo:
+                self.optimize(name)
+        finally:  # a load stopped by an error gets its payload indexes back too
+            if deferred:
+                self._restore_payload_indexes(name)
         return len(todo)
+
+    def _defer_payload_indexes(self, name: str) -> bool:
+        """Drop the collection's payload indexes for a fresh bulk load, remembering them so that
+        ``_restore_payload_indexes`` (or, after a kill, the next open) builds them again; False: kept."""
+        return False
+
+    def _restore_payload_indexes(self, name: str) -> None: ...
 
     # --- backend primitives --------------------------------------------------------------------------
     @abstractmethod
@@ -456,7 +484,8 @@ class EdgeStore(Store):
         elif cfg.quantization == "binary":
             quant = qe.BinaryQuantizationConfig(always_ram=True)
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine) if dim else None,
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine,
+                                        memory=qe.Memory.Cold if cfg.vectors_on_disk else None) if dim else None,
             hnsw_config=qe.HnswIndexConfig(
                 m=cfg.hnsw_m, ef_construct=cfg.hnsw_ef_construct, full_scan_threshold=cfg.full_scan_threshold_kb,
                 max_indexing_threads=cfg.indexing_threads,
@@ -479,7 +508,8 @@ class EdgeStore(Store):
         import qdrant_edge as qe
 
         graphs = self.config.filter_graphs
-        schema = {"integer": qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=graphs),
+        # lookup only: filters are equality / any-of (``_filter``); a range index adds ~4 us to each point's upsert
+        schema = {"integer": qe.IntegerIndexParams(lookup=True, range=False, enable_hnsw=graphs),
                   "keyword": qe.KeywordIndexParams(enable_hnsw=graphs), "bool": qe.BoolIndexParams(enable_hnsw=graphs),
                   "float": qe.FloatIndexParams(enable_hnsw=graphs)}[kind]
         self._shard(name).update(qe.UpdateOperation.create_field_index(key, schema))
@@ -496,7 +526,38 @@ class EdgeStore(Store):
                     f"cannot open collection '{name}' under {self.root} ({exc}): close the other process "
                     "using this --qdrant-path, or use a Qdrant server (--qdrant-url) for concurrent access"
                 ) from exc
+            if (self.root / name / DEFERRED_FILE).exists():  # a bulk load was killed before rebuilding them
+                self._restore_payload_indexes(name)
         return self._shards[name]
+
+    def _defer_payload_indexes(self, name: str) -> bool:
+        """Payload indexes kept up to date point by point cost a bulk upsert ~25 of its ~120 CPU-us per point
+        (the store's three plus ``attributes.bag``, 256-d), and the build makes its segment's indexes anew anyway;
+        made once after the build they cost ~25 us per point in all. Not when the graph links payload values
+        (``filter_graphs`` with a graph): it needs them while it builds."""
+        if self.config.hnsw_m and self.config.filter_graphs:
+            return False
+        import qdrant_edge as qe
+
+        kinds = {qe.PayloadSchemaType.Integer: "integer", qe.PayloadSchemaType.Keyword: "keyword",
+                 qe.PayloadSchemaType.Bool: "bool", qe.PayloadSchemaType.Float: "float"}
+        schema = {key: kinds.get(info.data_type) for key, info in self._shard(name).info().payload_schema.items()}
+        if not schema or None in schema.values():  # an index of another kind (text, geo...) is left alone
+            return False
+
+        tmp = self.root / name / (DEFERRED_FILE + ".tmp")
+        tmp.write_text(json.dumps(schema, sort_keys=True))
+        tmp.replace(self.root / name / DEFERRED_FILE)  # written before any index goes
+        for key in schema:
+            self._shards[name].update(qe.UpdateOperation.delete_field_index(key))
+        return True
+
+    def _restore_payload_indexes(self, name: str) -> None:
+        path = self.root / name / DEFERRED_FILE
+        for key, kind in json.loads(path.read_text()).items():
+            self._index_field(name, key, kind)
+        self._shards[name].flush()
+        path.unlink()
 
     def _models(self):
         import qdrant_edge as qe
@@ -703,7 +764,7 @@ class ClientStore(Store):
             quant = m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
         self.client.create_collection(
             name,
-            vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE),
+            vectors_config=m.VectorParams(size=dim, distance=m.Distance.COSINE, on_disk=cfg.vectors_on_disk or None),
             hnsw_config=m.HnswConfigDiff(
                 m=cfg.hnsw_m, ef_construct=cfg.hnsw_ef_construct, full_scan_threshold=cfg.full_scan_threshold_kb
             ),

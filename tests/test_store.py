@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mllm_embed.errors import LineupError
-from retrieval.store import EdgeStore, StoreConfig, open_store, point_id
+from retrieval.store import DEFERRED_FILE, INDEXED_FIELDS, EdgeStore, StoreConfig, open_store, point_id
 
 
 def _unit(rng, n, d):
@@ -130,17 +130,67 @@ def test_search_batch_takes_one_k_and_filter_per_query(store):
         store.search_batch("people", vecs[:3], k=[1, 2])
 
 
+def test_bulk_ingest_fills_gaps_and_checks_nothing_when_empty(store, monkeypatch):
+    """A load into an empty collection skips the existence checks; into a collection holding a scattered part of
+    the ids it adds exactly the missing points, each with its own vector and payload."""
+    ids, vecs, payloads = _points(90)
+    store.config.upsert_batch = 16
+    store.ensure_collection("people", 16, {"model": "m1"})
+    checked = []
+    real_existing = store.existing_ids
+    monkeypatch.setattr(store, "existing_ids",
+                        lambda name, chunk: checked.append(len(chunk)) or real_existing(name, chunk))
+    held = [i for i in range(90) if i % 3 == 0 or 40 <= i < 57]
+    store.bulk_ingest("people", [ids[i] for i in held], vecs[held], [payloads[i] for i in held], optimize=False)
+    assert checked == [] and store.count("people") == len(held)
+
+    assert store.bulk_ingest("people", ids, vecs, payloads) == 90 - len(held)
+    assert sum(checked) == 90 and store.count("people") == 90
+    for hit in store.retrieve("people", ids, with_vectors=True):
+        i = ids.index(hit.id)
+        assert hit.payload == payloads[i]
+        np.testing.assert_allclose(hit.vector, vecs[i], atol=1e-5)
+
+
+def test_flat_bulk_ingest_makes_its_payload_indexes_after_the_build(tmp_path, monkeypatch):
+    """A fresh load into a flat index upserts with no payload index and ends with every one of them back."""
+    ids, vecs, payloads = _points(200)
+    for p in payloads:
+        p["attributes"] = {"bag": "backpack" if p["person_id"] % 2 else "none"}
+    with EdgeStore(tmp_path / "idx", StoreConfig(hnsw_m=0, quantization="int8", upsert_batch=50)) as s:
+        s.ensure_collection("c", 16, {"model": "m"})
+        s.index_payload_field("c", "attributes.bag", "keyword")
+        seen = []
+        real_upsert = s._upsert
+        monkeypatch.setattr(s, "_upsert", lambda name, *a: seen.append(set(s._shard(name).info().payload_schema))
+                            or real_upsert(name, *a))
+        assert s.bulk_ingest("c", ids, vecs, payloads) == 200
+        assert seen == [set()] * 4  # no index maintained point by point
+        assert set(s._shard("c").info().payload_schema) == {*INDEXED_FIELDS, "attributes.bag"}
+        assert not (tmp_path / "idx" / "c" / DEFERRED_FILE).exists()
+        hits = s.search("c", vecs[3], k=200, filter={"camera_id": 1, "attributes.bag": "backpack"})
+        want = {ids[i] for i, p in enumerate(payloads) if p["camera_id"] == 1 and p["attributes"]["bag"] == "backpack"}
+        assert {h.id for h in hits} == want
+
+        s.ensure_collection("d", 16, {"model": "m"})  # a load stopped by an error gets its indexes back at once
+        monkeypatch.setattr(s, "_upsert", lambda *a: (_ for _ in ()).throw(LineupError("disk full")))
+        with pytest.raises(LineupError, match="disk full"):
+            s.bulk_ingest("d", ids, vecs, payloads)
+        assert set(s._shard("d").info().payload_schema) == set(INDEXED_FIELDS)
+        assert not (tmp_path / "idx" / "d" / DEFERRED_FILE).exists()
+
+
 _INGEST_CHILD = """
 import sys, time
 import numpy as np
 from retrieval.store import StoreConfig, open_store, point_id
 
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, hnsw_m = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(3)
 vecs = rng.normal(size=(n, 32)).astype(np.float32)
 ids = [point_id(f"img/{i:05d}.png") for i in range(n)]
 payloads = [{"image": f"img/{i:05d}.png", "person_id": i // 4, "camera_id": i % 5} for i in range(n)]
-store = open_store(path=root, config=StoreConfig(upsert_batch=100))
+store = open_store(path=root, config=StoreConfig(upsert_batch=100, hnsw_m=hnsw_m))
 store.ensure_collection("g", 32, {"model": "m"})
 
 def progress(k):
@@ -152,8 +202,10 @@ print("done", flush=True)
 """
 
 
-def test_bulk_ingest_resumes_after_kill_without_duplicates(tmp_path):
-    """A bulk load killed (SIGKILL) mid-way resumes: every point present once, with its vector and payload."""
+@pytest.mark.parametrize("hnsw_m", [16, 0])
+def test_bulk_ingest_resumes_after_kill_without_duplicates(tmp_path, hnsw_m):
+    """A bulk load killed (SIGKILL) mid-way resumes: every point present once, with its vector and payload. A
+    flat index (hnsw_m 0) loads without its payload indexes: reopening after the kill makes them again."""
     import os
     import signal
     import subprocess
@@ -164,8 +216,8 @@ def test_bulk_ingest_resumes_after_kill_without_duplicates(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(_INGEST_CHILD)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.Popen([sys.executable, str(script), str(root), str(n)], stdout=subprocess.PIPE, text=True,
-                             env=env)
+    child = subprocess.Popen([sys.executable, str(script), str(root), str(n), str(hnsw_m)], stdout=subprocess.PIPE,
+                             text=True, env=env)
     acked = 0
     for line in child.stdout:
         acked += int(line)
@@ -180,8 +232,11 @@ def test_bulk_ingest_resumes_after_kill_without_duplicates(tmp_path):
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     ids = [point_id(f"img/{i:05d}.png") for i in range(n)]
     payloads = [{"image": f"img/{i:05d}.png", "person_id": i // 4, "camera_id": i % 5} for i in range(n)]
-    with open_store(path=root, config=StoreConfig(upsert_batch=100)) as s:
+    assert (root / "g" / DEFERRED_FILE).exists() == (hnsw_m == 0)
+    with open_store(path=root, config=StoreConfig(upsert_batch=100, hnsw_m=hnsw_m)) as s:
         survived = s.count("g")
+        assert set(s._shard("g").info().payload_schema) == set(INDEXED_FIELDS)
+        assert not (root / "g" / DEFERRED_FILE).exists()
         assert acked <= survived < n  # every acknowledged batch survived the kill (write-ahead log)
         added = s.bulk_ingest("g", ids, vecs, payloads)
         assert added == n - survived
