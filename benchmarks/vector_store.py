@@ -284,7 +284,7 @@ def ingest_breakdown(x, root: Path, cfg: StoreConfig) -> dict:
     rows = cpu("tolist_us", lambda: np.asarray(x).tolist())
     cpu("point_no_payload_us", lambda: [qe.Point(u, r, {}) for u, r in zip(uids, rows)])
     points = cpu("point_with_payload_us", lambda: [qe.Point(u, r, p) for u, r, p in zip(uids, rows, payloads)])
-    del rows
+    rows = None  # freed: the points hold their own copies
     indexed = {**INDEXED_FIELDS, "attributes.bag": "keyword"}
     for key, fields in (("engine_upsert_us", {}), ("engine_upsert_indexed_us", indexed)):
         store = EdgeStore(root / "breakdown", cfg)
@@ -303,7 +303,7 @@ def ingest_breakdown(x, root: Path, cfg: StoreConfig) -> dict:
         cpu(key, load)
         store.close()
         shutil.rmtree(root / "breakdown")
-    del points
+    points = None
     store = EdgeStore(root / "breakdown", cfg)
     store.ensure_collection("b", x.shape[1], {"model": "bench"})
     store.index_payload_field("b", "attributes.bag", "keyword")
