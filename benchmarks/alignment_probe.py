@@ -77,11 +77,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "alignment_probe.json"))
     args = ap.parse_args()
     started = time.time()
-    train, test = load_split(args.world, "train")[: args.train], load_split(args.world, "test")[: args.test]
+    full_test = load_split(args.world, "test")
+    train, test = load_split(args.world, "train")[: args.train], full_test[: args.test]
     labels = {a: ([r.attributes[a] for r in train], [r.attributes[a] for r in test]) for a in ATTRIBUTES}
     rows = {"majority": {a: max(te.count(v) for v in set(te)) / len(te) for a, (_, te) in labels.items()},
             "pixels 8x16": {a: probe(pixels(train), tr, pixels(test), te) for a, (tr, te) in labels.items()}}
-    full_test = load_split(args.world, "test")
     t2i_ceiling = ceiling(full_test)
     for adapter in [None, *args.adapter]:
         emb = load_embedder(args.base, adapter=adapter)

@@ -62,25 +62,21 @@ def contrastive_loss(
     skips them; with `extra_pids` (and `pids`) one of the same identity as a row of `a` is a positive of that
     row, every other one a negative.
     """
-    n = len(a)
-    if len(b) == n:
-        return _bidirectional_ce(scale * a @ b.t(), pids)
-    logits = scale * a @ b.t()
+    return _bidirectional_ce(scale * a @ b.t(), pids, extra_pids)
+
+
+def _bidirectional_ce(logits: torch.Tensor, pids: torch.Tensor | None,
+                      extra_pids: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE both ways over (n, m >= n) logits whose first n columns hold the pairs on their diagonal (same
+    identity: positives too); columns past n are ranked by the rows only, positives where `extra_pids` match."""
+    n = len(logits)
     positives = torch.zeros_like(logits, dtype=torch.bool)
     positives[:, :n] = torch.eye(n, dtype=torch.bool, device=logits.device)
     if pids is not None:
         positives[:, :n] |= _same_id(pids, pids)
-        if extra_pids is not None:
+        if extra_pids is not None and logits.shape[1] > n:
             positives[:, n:] = _same_id(pids, extra_pids)
     return 0.5 * (_multi_positive_ce(logits, positives) + _multi_positive_ce(logits[:, :n].t(), positives[:, :n].t()))
-
-
-def _bidirectional_ce(logits: torch.Tensor, pids: torch.Tensor | None) -> torch.Tensor:
-    """InfoNCE both ways over square logits whose diagonal holds the pairs (same identity: positives too)."""
-    positives = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
-    if pids is not None:
-        positives = positives | _same_id(pids, pids)
-    return 0.5 * (_multi_positive_ce(logits, positives) + _multi_positive_ce(logits.t(), positives.t()))
 
 
 def _centred(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

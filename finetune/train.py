@@ -390,11 +390,11 @@ class Composed(Alignment):
         trip = [self.data.triplets[i] for i in idx]
         target_pids = torch.tensor([t.target_id for t in trip], device=emb.device)
         q = emb.embed(emb.composed_batch([(self.data.image(t.reference), t.modification) for t in trip]))
-        images = [t.target for t in trip]
+        images, ref_pids = [t.target for t in trip], None
         if self.cfg.batches.reference_negatives:
             images += [t.reference for t in trip]
+            ref_pids = torch.tensor([t.reference_id for t in trip], device=emb.device)
         candidates = emb.embed(emb.image_batch([self.data.image(i) for i in images]))
-        ref_pids = torch.tensor([t.reference_id for t in trip], device=emb.device)
         return {"composed": contrastive_loss(q, candidates, scale, target_pids, ref_pids)}
 
 
