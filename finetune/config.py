@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mllm_embed.config import PROMPT_STYLES
+from mllm_embed.config import POOLINGS, PROMPT_STYLES
 from mllm_embed.errors import LineupError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -62,6 +62,8 @@ class ModelConfig:
     prompt_style: str | None = field(default=None, metadata={
         "help": f"embedding prompt preset, one of {sorted(PROMPT_STYLES)} (None: the base's defaults, or the "
                 "init adapter's prompts)"})
+    pooling: str | None = field(default=None, metadata={
+        "help": f"embedding pooling, one of {POOLINGS} (None: the base's default, last, or the init adapter's)"})
     quantization: str | None = field(default=None, metadata={"help": "base quantization: None, 4bit (QLoRA) or 8bit"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
@@ -90,6 +92,7 @@ class ModelConfig:
             ("lora_vision", self.lora_vision in LORA_VISION, f"must be one of {LORA_VISION}"),
             ("prompt_style", self.prompt_style in (None, *PROMPT_STYLES),
              f"must be None or one of {sorted(PROMPT_STYLES)}"),
+            ("pooling", self.pooling in (None, *POOLINGS), f"must be None or one of {POOLINGS}"),
             ("quantization", self.quantization in (None, "4bit", "8bit"), "must be None, 4bit or 8bit"),
             ("merge_init", not self.merge_init or self.init_adapter, "needs an init adapter (the one to merge)"),
             ("merge_init", not (self.merge_init and self.quantization),

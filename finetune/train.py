@@ -16,6 +16,7 @@ is saved as it was used beside the adapter (`resolved_config.yaml`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -244,6 +245,8 @@ def _build_embedder(cfg: TrainConfig, device):
     embedder = load_embedder(m.base_model, adapter=m.init_adapter, device=str(device), quantization=m.quantization)
     if m.prompt_style:
         embedder.config = embedder.config.with_style(m.prompt_style)
+    if m.pooling:
+        embedder.config = dataclasses.replace(embedder.config, pooling=m.pooling)
     if m.merge_init:
         from mllm_embed.merge import merge_loaded_adapter
 

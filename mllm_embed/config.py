@@ -9,16 +9,16 @@ from pathlib import Path
 from mllm_embed.errors import LineupError
 
 CONFIG_NAME = "lineup_embedder.json"
-IMAGE_MARKER = "<image>"  # where a prompt puts the image; each family swaps in its own placeholder tokens
+IMAGE_MARKER = "<image>"
+POOLINGS = ("last", "mean")  # where a prompt puts the image; each family swaps in its own placeholder tokens
 
 
 @dataclass
 class EmbedderConfig:
-    """What defines an embedder artifact: prompts and the base model it belongs to (pooling is always the last
-    token's final hidden state).
+    """What defines an embedder artifact: prompts, pooling and the base model it belongs to.
 
     Prompts follow E5-V: the model is asked to compress the input into one word and the final hidden
-    state of the last prompt token is the embedding. `<image>` marks the image; `{text}`,
+    state of the last prompt token is the embedding (`pooling="last"`). `<image>` marks the image; `{text}`,
     `{modification}` and `{question}` are the slots for user text.
     """
 
@@ -48,6 +48,10 @@ class EmbedderConfig:
     use_chat_template: bool = field(default=True,
                                     metadata={"help": "wrap prompts in the tokenizer's chat template"})
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings"})
+    pooling: str = field(default="last", metadata={
+        "help": "last: the final hidden state of the last token (E5-V; what published MLLM embedders use); "
+                "mean: the mean final hidden state of the input's own tokens (image patches and user text, not "
+                "the prompt), for a small base whose last token cannot gather a whole person in few layers"})
     base_model: str = field(default="", metadata={"help": "name or path of the base model"})
     base_fingerprint: str = field(default="", metadata={"help": "architecture/identity hash of the base"})
     merged_adapters: list = field(default_factory=list, metadata={
@@ -55,6 +59,8 @@ class EmbedderConfig:
                 "paths relative to the adapter folder (mllm_embed.merge)"})
 
     def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"EmbedderConfig.pooling must be one of {POOLINGS}, not {self.pooling!r}")
         required = {"image_prompt": (IMAGE_MARKER,), "text_prompt": ("{text}",),
                     "composed_prompt": (IMAGE_MARKER, "{modification}"), "vqa_prompt": (IMAGE_MARKER, "{question}"),
                     "match_question": ("{text}",)}
@@ -99,7 +105,10 @@ class EmbedderConfig:
             raise LineupError(f"{path}: cannot read embedder config ({exc}); save the adapter with "
                               "MLLMEmbedder.save_adapter") from exc
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except ValueError as exc:
+            raise LineupError(f"{path}: {exc}") from None
 
 
 # Prompt-and-pooling presets of published MLLM embedders (all pool the last token's final hidden state).

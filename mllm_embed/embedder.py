@@ -1,7 +1,7 @@
 """MLLMEmbedder: one instruction MLLM embeds images, text and image+modification into one space.
 
-One forward pass per input, E5-V prompts, last-token pooling of the final hidden state, L2-normalised
-float32 output. The same code builds the inputs for inference (`encode_*`), contrastive training
+One forward pass per input, E5-V prompts, last-token pooling of the final hidden state (or the mean over the input's
+own tokens, `EmbedderConfig.pooling`), L2-normalised float32 output. The same code builds the inputs for inference (`encode_*`), contrastive training
 (`batch` / `embed`), token-level training (`hidden_states`) and generative training (`lm_batch`).
 """
 
@@ -83,6 +83,19 @@ def last_token_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch
     length = attention_mask.shape[1]
     last = length - 1 - attention_mask.flip(1).long().argmax(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+
+
+def content_mean_pool(hidden: torch.Tensor, token_kinds: torch.Tensor) -> torch.Tensor:
+    """Each row's mean hidden state over its IMAGE tokens and over its TEXT tokens (the input, not the prompt
+    around it), averaged over the kinds the row has: a composed query's few modification words weigh as much as
+    its many image patches."""
+    means, present = [], []
+    for kind in (IMAGE, TEXT):
+        weights = (token_kinds == kind).to(hidden.dtype).unsqueeze(-1)
+        count = weights.sum(1)
+        means.append((hidden * weights).sum(1) / count.clamp(min=1))
+        present.append((count > 0).to(hidden.dtype))
+    return (means[0] * present[0] + means[1] * present[1]) / (present[0] + present[1]).clamp(min=1)
 
 
 def base_fingerprint(model_config, path: str | Path) -> str:
@@ -248,14 +261,17 @@ class MLLMEmbedder:
         return {k: v.to(device) for k, v in batch.items() if k not in _EXTRA_KEYS and k != "labels"}
 
     def embed(self, batch: dict) -> torch.Tensor:
-        """Forward + last-token pooling (+ L2 normalisation), with grad when grad is enabled."""
+        """Forward + pooling (`config.pooling`) + L2 normalisation, with grad when grad is enabled."""
         return self.embed_with_states(batch)[0]
 
     def embed_with_states(self, batch: dict, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`embed` plus, from the same forward, the per-token hidden states (n, L, h) of `layer` (None: none)."""
         inputs = self._to_device(batch)
         out = self._backbone()(**inputs, output_hidden_states=layer is not None)
-        pooled = last_token_pool(out.last_hidden_state, inputs["attention_mask"]).float()
+        if self.config.pooling == "mean":
+            pooled = content_mean_pool(out.last_hidden_state, batch["token_kinds"].to(self.device)).float()
+        else:
+            pooled = last_token_pool(out.last_hidden_state, inputs["attention_mask"]).float()
         emb = torch.nn.functional.normalize(pooled, dim=-1) if self.config.normalize else pooled
         return emb, None if layer is None else out.hidden_states[layer]
 

@@ -10,7 +10,7 @@ import torch
 
 from finetune.data import load_split
 from mllm_embed import EmbedderConfig, LineupError, load_embedder, resolve_dtype
-from mllm_embed.embedder import IMAGE, PAD, TEXT, last_token_pool
+from mllm_embed.embedder import IMAGE, PAD, PROMPT, TEXT, content_mean_pool, last_token_pool
 
 
 def _records(world, n=16):
@@ -59,6 +59,39 @@ def test_last_token_pool_handles_left_and_right_padding():
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     assert last_token_pool(hidden, right)[:, 0].tolist() == [1.0, 7.0]
     assert last_token_pool(hidden, left)[:, 0].tolist() == [3.0, 7.0]
+
+
+def test_content_mean_pool_averages_only_the_input_tokens():
+    hidden = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
+    kinds = torch.tensor([[PROMPT, IMAGE, IMAGE, PROMPT, PAD], [PROMPT, IMAGE, TEXT, TEXT, PROMPT]])
+    # row 1: image mean 1, text mean 2.5, averaged
+    assert content_mean_pool(hidden, kinds)[:, 0].tolist() == [1.5, (6.0 + 7.5) / 2]
+
+
+def test_mean_pooling_embeds_the_input_tokens_and_round_trips_with_the_adapter(tiny_base, tiny_world, tmp_path):
+    import dataclasses
+
+    recs = _records(tiny_world, 4)
+    emb = load_embedder(tiny_base, device="cpu")
+    last = emb.encode_composed([(p, "red shirt") for p, _ in recs])
+    emb.config = dataclasses.replace(emb.config, pooling="mean")
+    batch = emb.composed_batch([(p, "red shirt") for p, _ in recs])
+    with emb.inference():
+        hidden, kinds = emb.hidden_states(batch)
+    expected = torch.nn.functional.normalize(content_mean_pool(hidden, kinds), dim=-1).numpy()
+    mean = emb.encode_composed([(p, "red shirt") for p, _ in recs])
+    np.testing.assert_allclose(mean, expected, atol=1e-5)
+    assert np.abs(mean - last).max() > 1e-2
+    emb.add_adapter(_lora())
+    emb.save_adapter(tmp_path / "adapter")
+    again = load_embedder(tiny_base, adapter=tmp_path / "adapter", device="cpu")
+    assert again.config.pooling == "mean"
+    np.testing.assert_allclose(again.encode_images([p for p, _ in recs]), emb.encode_images([p for p, _ in recs]),
+                               atol=1e-5)
+    config = json.loads((tmp_path / "adapter" / "lineup_embedder.json").read_text())
+    (tmp_path / "adapter" / "lineup_embedder.json").write_text(json.dumps({**config, "pooling": "max"}))
+    with pytest.raises(LineupError, match=r"lineup_embedder.json: EmbedderConfig.pooling must be one of"):
+        load_embedder(tiny_base, adapter=tmp_path / "adapter", device="cpu")
 
 
 def test_hidden_states_mark_image_patches_and_caption_words(embedder, tiny_world):
