@@ -1,8 +1,9 @@
 """MLLMEmbedder: one instruction MLLM embeds images, text and image+modification into one space.
 
-One forward pass per input, E5-V prompts, last-token pooling of the final hidden state (or the mean over the input's
-own tokens, `EmbedderConfig.pooling`), L2-normalised float32 output. The same code builds the inputs for inference (`encode_*`), contrastive training
-(`batch` / `embed`), token-level training (`hidden_states`) and generative training (`lm_batch`).
+One forward pass per input, E5-V prompts, last-token pooling of the final hidden state (or the mean over the
+input's own tokens, `EmbedderConfig.pooling`), L2-normalised float32 output. The same code builds the inputs for
+inference (`encode_*`), contrastive training (`batch` / `embed`), token-level training (`hidden_states`) and
+generative training (`lm_batch`).
 """
 
 from __future__ import annotations
