@@ -9,8 +9,8 @@ from pathlib import Path
 from mllm_embed.errors import LineupError
 
 CONFIG_NAME = "lineup_embedder.json"
-IMAGE_MARKER = "<image>"
-POOLINGS = ("last", "mean")  # where a prompt puts the image; each family swaps in its own placeholder tokens
+IMAGE_MARKER = "<image>"  # where a prompt puts the image; each family swaps in its own placeholder tokens
+POOLINGS = ("last", "mean")  # EmbedderConfig.pooling
 
 
 @dataclass
@@ -50,8 +50,9 @@ class EmbedderConfig:
     normalize: bool = field(default=True, metadata={"help": "L2-normalise embeddings"})
     pooling: str = field(default="last", metadata={
         "help": "last: the final hidden state of the last token (E5-V; what published MLLM embedders use); "
-                "mean: the mean final hidden state of the input's own tokens (image patches and user text, not "
-                "the prompt), for a small base whose last token cannot gather a whole person in few layers"})
+                "mean: the mean final hidden state of the input's own tokens (image patches, user text; each kind "
+                "averaged, then the kinds; not the prompt), for a small base whose last token cannot gather a "
+                "whole person in few layers"})
     base_model: str = field(default="", metadata={"help": "name or path of the base model"})
     base_fingerprint: str = field(default="", metadata={"help": "architecture/identity hash of the base"})
     merged_adapters: list = field(default_factory=list, metadata={

@@ -33,14 +33,16 @@ class Terminal:
                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         os.close(slave)
         self.text = ""
+        self.pos = 0  # end of the last match: what one read brought in past it is still searched
 
     def expect(self, pattern: str, timeout: float = 300.0) -> str:
         """Read until ``pattern`` (a regex) appears in the output after the last match."""
-        start, deadline = len(self.text), time.time() + timeout
+        start, deadline = self.pos, time.time() + timeout
         while time.time() < deadline:
             m = re.search(pattern, self.text[start:])
             if m:
-                return self.text[start:start + m.end()]
+                self.pos = start + m.end()
+                return self.text[start:self.pos]
             ready, _, _ = select.select([self.master], [], [], 0.5)
             if ready:
                 try:

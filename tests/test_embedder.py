@@ -64,7 +64,7 @@ def test_last_token_pool_handles_left_and_right_padding():
 def test_content_mean_pool_averages_only_the_input_tokens():
     hidden = torch.arange(2 * 5 * 1, dtype=torch.float32).reshape(2, 5, 1)
     kinds = torch.tensor([[PROMPT, IMAGE, IMAGE, PROMPT, PAD], [PROMPT, IMAGE, TEXT, TEXT, PROMPT]])
-    # row 1: image mean 1, text mean 2.5, averaged
+    # row 0: its two image tokens; row 1: its image token (6) and the mean of its two text tokens (7.5), averaged
     assert content_mean_pool(hidden, kinds)[:, 0].tolist() == [1.5, (6.0 + 7.5) / 2]
 
 
