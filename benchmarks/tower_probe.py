@@ -34,13 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.control_dual_encoder import ImageTower, augment, load_crops, to_input  # noqa: E402
 from finetune.data import load_split  # noqa: E402
 from finetune.data.world import ATTRIBUTES, WorldConfig, generate_world  # noqa: E402
+from finetune.vision_pretrain import AttributeHeads  # noqa: E402
 
 KEYS = list(ATTRIBUTES)
 HEIGHT, WIDTH, BATCH = 128, 64, 64
 
 
 class ViTReader(torch.nn.Module):
-    """The base's vision tower shape with one attention-pooling query and linear head per attribute."""
+    """The base's vision tower shape read by vision pre-training's attribute heads (one attention-pooling query
+    and linear head per attribute)."""
 
     def __init__(self):
         super().__init__()
@@ -49,14 +51,10 @@ class ViTReader(torch.nn.Module):
         cfg = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                                image_size=HEIGHT, patch_size=16, hidden_act="quick_gelu")
         self.vit = CLIPVisionModel(cfg)
-        self.queries = torch.nn.Parameter(torch.randn(len(KEYS), 128) * 128 ** -0.5)
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(128, len(ATTRIBUTES[k])) for k in KEYS)
+        self.heads = AttributeHeads(128, [len(ATTRIBUTES[k]) for k in KEYS])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        tokens = self.vit(x, interpolate_pos_encoding=True).last_hidden_state[:, 1:]
-        weights = torch.softmax(torch.einsum("nlh,ah->nal", tokens, self.queries), dim=-1)
-        pooled = torch.einsum("nal,nlh->nah", weights, tokens)
-        return [head(pooled[:, a]) for a, head in enumerate(self.heads)]
+        return self.heads(self.vit(x, interpolate_pos_encoding=True).last_hidden_state[:, 1:])
 
 
 class CNNReader(torch.nn.Module):
@@ -76,8 +74,9 @@ def labels(records) -> torch.Tensor:
     return torch.tensor([[ATTRIBUTES[k].index(r.attributes[k]) for k in KEYS] for r in records])
 
 
-def train_and_score(reader: torch.nn.Module, train, held_x, held_y, steps: int, lr: float, seed: int) -> dict:
-    torch.manual_seed(seed)
+def train_and_score(make_reader, train, held_x, held_y, steps: int, lr: float, seed: int) -> dict:
+    torch.manual_seed(seed)  # before the reader is built: the seed fixes its initial weights too
+    reader = make_reader()
     x, y = load_crops([r.image for r in train], HEIGHT, WIDTH), labels(train)
     opt = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
@@ -119,7 +118,7 @@ def main() -> None:
     rows = {}
     for tower, make, lr in (("ViT (base)", ViTReader, 1e-3), ("CNN (control)", CNNReader, 2e-3)):
         for name, world in (("demo world", args.world), ("large world", large)):
-            rows[f"{tower}, {name}"] = train_and_score(make(), load_split(world, "train"), held_x, held_y,
+            rows[f"{tower}, {name}"] = train_and_score(make, load_split(world, "train"), held_x, held_y,
                                                        args.steps, lr, args.seed)
     table = Table(title=f"held-out attribute accuracy % ({len(held)} images of {len({r.person_id for r in held})} "
                         f"people), {args.steps} steps × {BATCH}")

@@ -60,7 +60,7 @@ class _Tower(torch.nn.Module):
         return self.projector(states[:, 1:] if self.drop_cls else states)
 
 
-class _AttributeHeads(torch.nn.Module):
+class AttributeHeads(torch.nn.Module):
     """One learnt query per attribute attends over the image tokens; a linear head per attribute classifies."""
 
     def __init__(self, hidden: int, classes: list[int]):
@@ -84,7 +84,7 @@ class _Cycle:
         torch.manual_seed(seed)
         self.tower, self.pixels, self.labels, self.by_pid, self.cfg, self.seed = tower, pixels, labels, by_pid, cfg, seed
         self.pids = {i: p for p, images in by_pid.items() for i in images}
-        self.heads = _AttributeHeads(hidden, classes)
+        self.heads = AttributeHeads(hidden, classes)
         self.params = list(tower.parameters()) + list(self.heads.parameters())
         self.steps_per_epoch = cfg.steps
 
