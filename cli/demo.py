@@ -82,7 +82,7 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
         if not (project.model / DONE_FILE).exists():
             shutil.copytree(shipped, project.model, dirs_exist_ok=True)
     else:
-        _step("2/6 bootstrap the offline base (local tokenizer, tiny LLaVA, vision pre-training, stage 0)")
+        _step("2/6 bootstrap the offline base (local tokenizer, tiny MLLM, vision pre-training, stage 0)")
         with progress_bar("bootstrapping the base", total=None) as advance:
             bootstrap_base(project.world, project.model, size=cfg.size, stage0_epochs=cfg.stage0_epochs,
                            progress=lambda step, n: advance(n, info=step))

@@ -1,6 +1,6 @@
 """`lineup bootstrap`: the offline base from a world, in three resumable steps.
 
-1. a locally trained tokenizer and a LLaVA-style model built from config (`mllm_embed.tiny`);
+1. a locally trained tokenizer and an MLLM built from config (`mllm_embed.tiny`: a ResNet or ViT tower);
 2. vision pre-training of its tower and projector on attributes and identities (`finetune.vision_pretrain`);
 3. stage 0, generative pre-training of projector + LM on captions and VQA (`finetune.stage0`), checkpointed and
    resumed exactly when killed.

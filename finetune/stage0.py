@@ -26,7 +26,7 @@ from finetune.data import PersonImage, load_split, load_vqa, read_jsonl, words
 from finetune.config import Stage0Config
 from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, fit, load_tensors, save_tensors
 from mllm_embed import load_embedder
-from mllm_embed.embedder import load_image, side_by_side
+from mllm_embed.embedder import load_image, side_by_side, train_mode
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -218,9 +218,9 @@ class LanguageModelling:
         n_with_image = drawn + int(len(captions) * cfg.caption_weight)
         self.steps_per_epoch = -(-n_with_image // cfg.batch_size) + -(-(self.n_match + self.n_same) // cfg.batch_size)
         model = embedder.model
-        model.train()
         if not cfg.train_vision:
             model.model.vision_tower.requires_grad_(False)
+        train_mode(model)
         self.named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
         self._plan: tuple[int, list] | None = None

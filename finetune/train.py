@@ -32,7 +32,7 @@ from finetune.loop import Callback, LoopSettings, accelerator_for, fit, load_ten
 from finetune.losses import (Temperature, caption_word_positives, contrastive_loss, identity_loss, word_grounding_loss,
                              word_patch_loss)
 from mllm_embed import load_embedder
-from mllm_embed.embedder import IMAGE, TEXT, load_image
+from mllm_embed.embedder import IMAGE, TEXT, load_image, train_mode
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def _build_embedder(cfg: TrainConfig, device):
             p.requires_grad_("lora_" in name)
     if m.gradient_checkpointing:
         embedder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    embedder.model.train()
+    train_mode(embedder.model)
     return embedder
 
 

@@ -45,17 +45,21 @@ def _people(world_dir: Path, splits: tuple[str, ...]) -> list[PersonImage]:
 
 
 class _Tower(torch.nn.Module):
-    """Vision tower + projector of a LLaVA-style model: (n, 3, H, W) → the (n, tokens, text hidden) features
-    the language model sees."""
+    """Vision tower + projector of a LLaVA- or FastVLM-style model: (n, 3, H, W) → the (n, tokens, text hidden)
+    features the language model sees (a ViT's patch states, or a convolutional tower's feature map cell by
+    cell)."""
 
     def __init__(self, model):
         super().__init__()
         inner = model.model
         self.vision, self.projector = inner.vision_tower, inner.multi_modal_projector
+        self.feature_map = model.config.model_type == "fast_vlm"
         self.layer = model.config.vision_feature_layer
         self.drop_cls = model.config.vision_feature_select_strategy == "default"
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.feature_map:
+            return self.projector(self.vision(pixels).last_hidden_state.flatten(2).transpose(1, 2))
         states = self.vision(pixels, output_hidden_states=True).hidden_states[self.layer]
         return self.projector(states[:, 1:] if self.drop_cls else states)
 
@@ -150,7 +154,7 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
 
     from finetune.data.world import ATTRIBUTES
     from mllm_embed.embedder import load_image
-    from mllm_embed.families import LlavaFamily
+    from mllm_embed.families import FastVlmFamily, LlavaFamily
 
     cfg = cfg or VisionPretrainConfig()
     model_dir, world_dir = Path(model_dir), Path(world_dir)
@@ -159,9 +163,11 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
     if not train:
         raise LineupError(f"{world_dir}: no train images with attributes; vision pre-training needs a synthetic world")
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    if model.config.model_type != "llava":
-        raise LineupError(f"{model_dir}: vision pre-training builds on LLaVA-style bases, not {model.config.model_type}")
-    family = LlavaFamily(str(model_dir))
+    families = {"llava": LlavaFamily, "fast_vlm": FastVlmFamily}
+    if model.config.model_type not in families:
+        raise LineupError(f"{model_dir}: vision pre-training builds on the offline bases ({', '.join(families)}), "
+                          f"not {model.config.model_type}")
+    family = families[model.config.model_type](str(model_dir))
     family.prepare(model)
     processor = family.image_processor
     keys = list(ATTRIBUTES)

@@ -110,6 +110,17 @@ def base_fingerprint(model_config, path: str | Path) -> str:
     return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
 
 
+
+def train_mode(model, mode: bool = True) -> None:
+    """`model.train(mode)`, except that batch norms whose weights are frozen stay in eval mode: a frozen
+    convolutional tower keeps the statistics it was trained with, so it embeds an image the same way in training
+    and at inference, whatever else is in the batch."""
+    model.train(mode)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()):
+            module.eval()
+
 class MLLMEmbedder:
     """Embeds images, texts and (image, modification) pairs; answers questions about images."""
 
@@ -316,7 +327,7 @@ class MLLMEmbedder:
             with torch.no_grad():
                 yield
         finally:
-            self.model.train(was_training)
+            train_mode(self.model, was_training)
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 16, progress: Progress = None) -> np.ndarray:
         """(n, dim) float32 embeddings of text queries."""

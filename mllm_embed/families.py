@@ -84,6 +84,17 @@ class LlavaFamily(Family):
         return ImageInputs({"pixel_values": out["pixel_values"]}, [[image_id] * n for n in counts])
 
 
+class FastVlmFamily(LlavaFamily):
+    """FastVLM-style: a convolutional tower whose last feature map is read cell by cell (one image token per
+    cell), projector, any causal LM (the offline base's ResNet). A feature map takes any input size."""
+
+    name = "fast_vlm"
+    model_types = ("fast_vlm",)
+
+    def prepare(self, model) -> None:
+        pass
+
+
 class Qwen2VLFamily(Family):
     """Qwen2-VL / Qwen2.5-VL. Its full processor needs torchvision (video processor); without it the
     tokenizer and the PIL image processor are loaded on their own, which is all an image embedder needs."""
@@ -224,7 +235,7 @@ class Idefics3Family(ProcessorFamily):
     nested_images = True
 
 
-FAMILIES: dict[str, type[Family]] = {f.name: f for f in (LlavaFamily, Qwen2VLFamily, LlavaNextFamily,
+FAMILIES: dict[str, type[Family]] = {f.name: f for f in (LlavaFamily, FastVlmFamily, Qwen2VLFamily, LlavaNextFamily,
                                                           LlavaOnevisionFamily, Idefics3Family)}
 
 

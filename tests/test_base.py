@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from finetune.config import TrainConfig
 from finetune.train import _Data
 from finetune.vision_pretrain import VisionPretrainConfig, pretrain_vision
+from mllm_embed.errors import LineupError
 
 
 def test_vision_pretraining_lowers_its_loss_and_changes_only_the_tower(tiny_base, tiny_world, tmp_path):
@@ -79,3 +80,38 @@ def test_hard_negative_batches_hold_one_edit_neighbours(tiny_base, tiny_world, t
         return pairs
 
     assert neighbour_pairs(True) > 2 * max(1, neighbour_pairs(False))
+
+
+def test_resnet_tower_base_loads_learns_and_keeps_frozen_norms(tiny_world, tmp_path):
+    """The shipped base's layout (FastVLM: a ResNet's feature map read cell by cell) builds, loads through the hub
+    path, learns in vision pre-training, and once frozen embeds an image the same whatever shares its batch."""
+    from finetune.data import load_split
+    from finetune.data.world import world_texts
+    from mllm_embed import load_embedder
+    from mllm_embed.embedder import load_image, train_mode
+    from mllm_embed.tiny import build_tiny_base
+
+    with pytest.raises(LineupError, match="tower='conv'"):
+        build_tiny_base(["a man"], tmp_path / "bad", size="test", tower="conv")
+    base = build_tiny_base(world_texts(tiny_world), tmp_path / "cnn", size="test", tower="resnet")
+    config = json.loads((base / "config.json").read_text())
+    assert (config["model_type"], config["vision_config"]["model_type"]) == ("fast_vlm", "resnet")
+    result = pretrain_vision(base, tiny_world, VisionPretrainConfig(steps=30, cycles=1, identities_per_batch=8,
+                                                                    images_per_identity=2, warmup_steps=3,
+                                                                    eval_images=0))
+    curve = result["cycles"][0]["loss_curve"]
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5
+    stats = {k: v for k, v in load_file(str(base / "model.safetensors")).items() if k.endswith("running_var")}
+    assert stats and not all(torch.equal(v, torch.ones_like(v)) for v in stats.values())  # statistics were learnt
+
+    embedder = load_embedder(base)
+    images = [r.image for r in load_split(tiny_world, "test")[:3]]
+    vectors = embedder.encode_images(images)
+    assert vectors.shape == (3, embedder.dim) and abs(float((vectors ** 2).sum(1).mean()) - 1) < 1e-4
+    embedder.model.requires_grad_(False)
+    train_mode(embedder.model)  # what the LoRA stages do: the language model trains, the frozen tower does not
+    pixels = embedder.family.images([load_image(p) for p in images]).tensors["pixel_values"]
+    tower = embedder.model.model.vision_tower
+    with torch.no_grad():
+        together, alone = tower(pixels).last_hidden_state[0], tower(pixels[:1]).last_hidden_state[0]
+    assert embedder.model.training and torch.allclose(together, alone, atol=1e-5)
