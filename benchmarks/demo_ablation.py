@@ -27,8 +27,8 @@ from finetune.config import RECIPES, TrainConfig  # noqa: E402
 VARIANTS: dict[str, dict] = {
     # the recipe before the 800-person world: 8 people (16 images) a step for 420 steps
     "8 people/step, 420 steps": {"ids_per_batch": 8, "max_steps": 420},
-    # the mean of the input's own tokens instead of the last token's state (`EmbedderConfig.pooling`)
-    "24 people/step, 300 steps, mean pooling": {"pooling": "mean"},
+    # the last token's state instead of the mean of the input's own tokens (`EmbedderConfig.pooling`)
+    "24 people/step, 300 steps, last-token pooling": {"pooling": "last"},
 }
 
 
