@@ -109,7 +109,7 @@ def test_resnet_tower_base_loads_learns_and_keeps_frozen_norms(tiny_world, tmp_p
     vectors = embedder.encode_images(images)
     assert vectors.shape == (3, embedder.dim) and abs(float((vectors ** 2).sum(1).mean()) - 1) < 1e-4
     embedder.model.requires_grad_(False)
-    train_mode(embedder.model)  # what the LoRA stages do: the language model trains, the frozen tower does not
+    train_mode(embedder.model)  # as in the LoRA stages: training mode, the tower frozen
     pixels = embedder.family.images([load_image(p) for p in images]).tensors["pixel_values"]
     tower = embedder.model.model.vision_tower
     with torch.no_grad():
