@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,12 +48,14 @@ class ViTReader(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        from transformers import CLIPVisionConfig, CLIPVisionModel
+        from transformers import CLIPVisionModel
 
-        cfg = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                               image_size=HEIGHT, patch_size=16, hidden_act="quick_gelu")
+        from mllm_embed.tiny import SIZES, vision_config
+
+        # the tiny size before the ResNet: a 4-layer, 128-wide ViT
+        cfg = vision_config(replace(SIZES["tiny"], tower="vit", vision_hidden=128, vision_layers=4))
         self.vit = CLIPVisionModel(cfg)
-        self.heads = AttributeHeads(128, [len(ATTRIBUTES[k]) for k in KEYS])
+        self.heads = AttributeHeads(cfg.hidden_size, [len(ATTRIBUTES[k]) for k in KEYS])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.heads(self.vit(x, interpolate_pos_encoding=True).last_hidden_state[:, 1:])

@@ -154,7 +154,7 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
 
     from finetune.data.world import ATTRIBUTES
     from mllm_embed.embedder import load_image
-    from mllm_embed.families import FastVlmFamily, LlavaFamily
+    from mllm_embed.families import FastVlmFamily, LlavaFamily, family_for
 
     cfg = cfg or VisionPretrainConfig()
     model_dir, world_dir = Path(model_dir), Path(world_dir)
@@ -163,11 +163,11 @@ def pretrain_vision(model_dir: str | Path, world_dir: str | Path, cfg: VisionPre
     if not train:
         raise LineupError(f"{world_dir}: no train images with attributes; vision pre-training needs a synthetic world")
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    families = {"llava": LlavaFamily, "fast_vlm": FastVlmFamily}
-    if model.config.model_type not in families:
-        raise LineupError(f"{model_dir}: vision pre-training builds on the offline bases ({', '.join(families)}), "
+    offline = (*LlavaFamily.model_types, *FastVlmFamily.model_types)
+    if model.config.model_type not in offline:
+        raise LineupError(f"{model_dir}: vision pre-training builds on the offline bases ({', '.join(offline)}), "
                           f"not {model.config.model_type}")
-    family = families[model.config.model_type](str(model_dir))
+    family = family_for(model.config.model_type)(str(model_dir))
     family.prepare(model)
     processor = family.image_processor
     keys = list(ATTRIBUTES)

@@ -140,9 +140,10 @@ def build_tiny_base(texts: Iterable[str], out_dir: str | Path, size: str = "tiny
         size={"height": shape.image_height, "width": shape.image_width}, do_center_crop=False,
         crop_size={"height": shape.image_height, "width": shape.image_width},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    vit = shape.tower == "vit"  # a ViT's first token is its CLS, dropped ("default"); a feature map has none
+    vit = shape.tower == "vit"
+    strategy = "default" if vit else "full"  # a ViT's first token is its CLS, dropped; a feature map has none
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               patch_size=shape.patch_size, vision_feature_select_strategy="default" if vit else "full",
+                               patch_size=shape.patch_size, vision_feature_select_strategy=strategy,
                                num_additional_image_tokens=int(vit), chat_template=CHAT_TEMPLATE)
     text = Qwen2Config(vocab_size=len(tokenizer), hidden_size=shape.text_hidden,
                        intermediate_size=int(8 / 3 * shape.text_hidden) // 32 * 32,
@@ -154,7 +155,7 @@ def build_tiny_base(texts: Iterable[str], out_dir: str | Path, size: str = "tiny
                              else (FastVlmConfig, FastVlmForConditionalGeneration))
     config = config_cls(vision_config=vision, text_config=text,
                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_feature_layer=-1,
-                        vision_feature_select_strategy="default" if vit else "full",
+                        vision_feature_select_strategy=strategy,
                         projector_hidden_act="gelu", tie_word_embeddings=True)
     torch.manual_seed(seed)
     model = model_cls(config)
