@@ -229,11 +229,9 @@ def _lora_config(model_cfg):
     if cfg.lora_vision in ("projector", "all"):  # LLaVA: multi_modal_projector; Qwen2-VL: merger; Idefics3: connector
         pattern += (r"|.*multi_modal_projector\.linear_\d+|.*visual\.merger\.mlp\.[02]"
                     r"|.*connector\.modality_projection\.proj")
-    if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA, Idefics3), Qwen2-VL / Qwen2.5-VL visual blocks and
-        # the convolutions of a ResNet tower's stages (FastVLM layout; its stem stays as it is)
+    if cfg.lora_vision == "all":  # CLIP/SigLIP towers (LLaVA, Idefics3) and Qwen2-VL / Qwen2.5-VL visual blocks
         pattern += (r"|.*(vision_tower|vision_model).*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
-                    r"|.*visual\.blocks.*\.(qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj)"
-                    r"|.*vision_tower.*\.stages\..*\.convolution")
+                    r"|.*visual\.blocks.*\.(qkv|proj|fc1|fc2|gate_proj|up_proj|down_proj)")
     full = (["embed_tokens"] if cfg.token_embeddings == "full" else []) + (
         ["vision_tower", "multi_modal_projector", "visual", "vision_model", "connector"]
         if cfg.lora_vision == "full" else [])
