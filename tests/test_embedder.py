@@ -94,6 +94,19 @@ def test_mean_pooling_embeds_the_input_tokens_and_round_trips_with_the_adapter(t
         load_embedder(tiny_base, adapter=tmp_path / "adapter", device="cpu")
 
 
+def test_composed_image_tokens_read_the_modification(embedder, tiny_world):
+    """The default composed prompt puts the modification first, so under causal attention the image tokens (half
+    of a mean-pooled composed embedding) change with it; the image tokens of an image query do not see any text."""
+    image = _records(tiny_world, 1)[0][0]
+    batch = embedder.composed_batch([(image, "a red coat instead of the blue one"), (image, "no hat")])
+    with embedder.inference():
+        hidden, kinds = embedder.hidden_states(batch)
+    for row in kinds:
+        assert (row == TEXT).nonzero().min() < (row == IMAGE).nonzero().min()
+    first, second = (hidden[i][kinds[i] == IMAGE].mean(0) for i in range(2))
+    assert not torch.allclose(first, second, atol=1e-4)
+
+
 def test_hidden_states_mark_image_patches_and_caption_words(embedder, tiny_world):
     (path, caption), = _records(tiny_world, 1)
     batch = embedder.composed_batch([(path, caption), (path, "red")])
