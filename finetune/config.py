@@ -390,7 +390,7 @@ class Stage0Config:
 class VisionPretrainConfig:
     """Vision pre-training settings."""
 
-    steps: int = field(default=900, metadata={"help": "optimizer steps per cycle"})
+    steps: int = field(default=1500, metadata={"help": "optimizer steps per cycle"})
     cycles: int = field(default=3, metadata={
         "help": "warm restarts: each cycle runs its own warmup + cosine schedule with fresh attribute heads on the "
                 "tower the previous cycle left (a from-scratch ViT learns colours in the first, shapes later)"})

@@ -26,11 +26,8 @@ class EmbedderConfig:
                               metadata={"help": "prompt for an image; must contain <image>"})
     text_prompt: str = field(default="{text}\nSummarize the person described in one word:",
                              metadata={"help": "prompt for a text query; must contain {text}"})
-    # The modification comes first: in a causal LM only tokens after it can take it in, and mean pooling reads
-    # the image tokens too (on the demo, edits of the upper colour never moved a query off the reference person
-    # with the image first).
     composed_prompt: str = field(
-        default="Change: {modification}.\n<image>\nSummarize the changed person in one word:",
+        default="<image>\nChange: {modification}. Summarize the changed person in one word:",
         metadata={"help": "prompt for image + modification; must contain <image> and {modification}"})
     common_prompt: str = field(default="", metadata={"help": "text prepended to every embedding prompt"})
     image_system: str = field(default="", metadata={"help": "system turn for image inputs (chat template only)"})
@@ -126,7 +123,12 @@ COMMON_INSTRUCTION = "Summarize the person in one word:"
 PROMPT_STYLES: dict[str, dict] = {
     "lineup": {},  # EmbedderConfig's defaults: E5-V-style, person-specific, one prompt per modality
     "common": {"image_prompt": "<image>\n" + COMMON_INSTRUCTION, "text_prompt": "{text}\n" + COMMON_INSTRUCTION,
-               "composed_prompt": "Change: {modification}.\n<image>\n" + COMMON_INSTRUCTION},
+               "composed_prompt": "<image>\nChange: {modification}.\n" + COMMON_INSTRUCTION},
+    # `lineup` with the modification before the image, for mean pooling: in a causal LM only tokens after the
+    # modification can take it in, and mean pooling reads the image tokens too (on the demo, with the image first,
+    # upper-colour edits never moved a query off the reference person: benchmarks/composed_edits.py)
+    "modification-first": {"composed_prompt": "Change: {modification}.\n<image>\nSummarize the changed person in one "
+                                              "word:"},
     "e5v": {"image_prompt": "<image>\nSummary above image in one word:",
             "text_prompt": "{text}\nSummary above sentence in one word:",
             "composed_prompt": '<image>\nModify this image with "{modification}", describe modified image in one word:'},

@@ -94,13 +94,15 @@ def test_mean_pooling_embeds_the_input_tokens_and_round_trips_with_the_adapter(t
         load_embedder(tiny_base, adapter=tmp_path / "adapter", device="cpu")
 
 
-def test_composed_image_tokens_read_the_modification(embedder, tiny_world):
-    """The default composed prompt puts the modification first, so under causal attention the image tokens (half
-    of a mean-pooled composed embedding) change with it; the image tokens of an image query do not see any text."""
+def test_composed_image_tokens_read_the_modification(tiny_base, tiny_world):
+    """The `modification-first` prompt style puts the modification before the image, so under causal attention
+    the image tokens (half of a mean-pooled composed embedding) change with it."""
+    emb = load_embedder(tiny_base, device="cpu")
+    emb.config = emb.config.with_style("modification-first")
     image = _records(tiny_world, 1)[0][0]
-    batch = embedder.composed_batch([(image, "a red coat instead of the blue one"), (image, "no hat")])
-    with embedder.inference():
-        hidden, kinds = embedder.hidden_states(batch)
+    batch = emb.composed_batch([(image, "a red coat instead of the blue one"), (image, "no hat")])
+    with emb.inference():
+        hidden, kinds = emb.hidden_states(batch)
     for row in kinds:
         assert (row == TEXT).nonzero().min() < (row == IMAGE).nonzero().min()
     first, second = (hidden[i][kinds[i] == IMAGE].mean(0) for i in range(2))
