@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.data import load_split, read_jsonl  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from retrieval.evaluate import encode_gallery  # noqa: E402
+from retrieval.metrics import recall_at_k  # noqa: E402
 
 
 def edit_breakdown(embedder, world: Path) -> dict:
@@ -43,7 +44,6 @@ def edit_breakdown(embedder, world: Path) -> dict:
     sim[np.arange(len(rows)), ref_col] = -np.inf
     ref_id, target_id = np.array([t["reference_id"] for t in rows]), np.array([t["target_id"] for t in rows])
     top = pids[sim.argmax(1)]
-    exact10 = (sim > sim[np.arange(len(rows)), target_col][:, None]).sum(1) < 10
     without_ref = np.where(pids[None, :] == ref_id[:, None], -np.inf, sim)
     by_edit = defaultdict(list)
     for i, t in enumerate(rows):
@@ -53,7 +53,7 @@ def edit_breakdown(embedder, world: Path) -> dict:
         idx = np.asarray(idx)
         return {"queries": len(idx), "R@1": 100 * float(np.mean(top[idx] == target_id[idx])),
                 "reference_top": 100 * float(np.mean(top[idx] == ref_id[idx])),
-                "exact_R@10": 100 * float(np.mean(exact10[idx]))}
+                "exact_R@10": recall_at_k(sim[idx], target_col[idx], ks=(10,))["R@10"]}
 
     return {"all": {**summary(range(len(rows))),
                     "R@1_without_reference_person": 100 * float(np.mean(pids[without_ref.argmax(1)] == target_id))},
