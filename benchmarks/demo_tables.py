@@ -25,8 +25,12 @@ def main() -> None:
     report = json.loads(path.read_text())
     console = Console(width=100, color_system=None)
     for task, title in TASKS:
-        rows = {name: {k: v for k, v in report["eval"][name][task].items() if not k.startswith("exact_R@")
-                       or k == "exact_R@10"} for name in ("base", "stage1", "stage2") if task in report["eval"][name]}
+        # "+ answers": the same queries with answer re-ranking (SearchEngine.answer_weight) on cached answers
+        rows = {label: {k: v for k, v in report["eval"][name][key].items() if not k.startswith("exact_R@")
+                        or k == "exact_R@10"}
+                for name in ("base", "stage1", "stage2")
+                for key, label in ((task, name), (f"{task}_answers", f"{name} + answers"))
+                if key in report["eval"][name]}
         console.print(metrics_table(title, rows))
     console.print(metrics_table("THI rounds (stage 2; simulated user, MLLM-cached answers)",
                                 {f"round {m['round']}": {k: v for k, v in m.items() if k != "round"}

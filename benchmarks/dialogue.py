@@ -109,15 +109,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from cli.project import Project
-    from finetune.data.world import ATTRIBUTES, QUESTION_BANK, VALUE_PHRASES, answer_from_attributes
-    from retrieval.dialogue import Vocabulary
+    from finetune.data.world import QUESTION_BANK
     from retrieval.evaluate import evaluate_dialogue_dataset
+    from retrieval.judge import world_vocabulary
     from retrieval.thi import THIConfig
 
     project = Project(args.project)
     adapter = args.adapter or project.default_adapter()
     embedder = load_embedder(str(project.model), adapter=str(adapter) if adapter else None)
-    vocabulary = Vocabulary.build(QUESTION_BANK, ATTRIBUTES, VALUE_PHRASES, answer_from_attributes)
+    vocabulary = world_vocabulary()
     overrides = {k: v for k, v in (("feedback_strategy", args.strategy), ("feedback_weight", args.feedback_weight))
                  if v is not None}
     config = THIConfig(mode="interactive", rounds=args.rounds, **overrides)

@@ -88,10 +88,13 @@ def _store(args, project: Project):
 def _engine(args, project: Project) -> Iterator:
     """A SearchEngine whose store is closed (flushed, lock released) when the command ends."""
     from retrieval.engine import SearchEngine
+    from retrieval.judge import world_vocabulary
 
     _base_model(args, project)  # a missing model is reported before the store folder is touched
+    weight = getattr(args, "answer_weight", 0.0)
     with _store(args, project) as store:
-        yield SearchEngine(_embedder(args, project), store, args.collection)
+        yield SearchEngine(_embedder(args, project), store, args.collection,
+                           vocabulary=world_vocabulary() if weight else None, answer_weight=weight)
 
 
 def _parse_filters(items: list[str]) -> dict | None:
@@ -403,28 +406,30 @@ def cmd_eval(args, project: Project) -> int:
     else:
         tasks = TASKS if args.task == "all" else (args.task,)
         with progress_bar("evaluating", total=None) as advance:
-            results = evaluate_dataset(embedder, path, tasks, EvalConfig(split=args.split), plots=args.plots,
-                                       progress=advance)
+            results = evaluate_dataset(embedder, path, tasks, EvalConfig(split=args.split,
+                                                                         answer_weight=args.answer_weight),
+                                       plots=args.plots, progress=advance)
     if args.thi != "off":
-        results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds)
+        results["thi"] = run_thi_eval(embedder, path, args.thi, args.thi_rounds, args.thi_judge)
     show_results(results)
     if args.json:
         write_text_atomic(args.json, json.dumps(results, indent=2, default=float), "--json")
     return 0
 
 
-def run_thi_eval(embedder, path: Path, mode: str, rounds: int) -> list[dict]:
+def run_thi_eval(embedder, path: Path, mode: str, rounds: int, judge: str = "answers") -> list[dict]:
     from finetune.data.world import QUESTION_BANK
     from retrieval.evaluate import evaluate_thi_dataset
     from retrieval.thi import THIConfig
 
-    cfg = THIConfig(mode="auto" if mode == "auto" else "interactive", rounds=rounds)
+    cfg = THIConfig(mode="auto" if mode == "auto" else "interactive", rounds=rounds, judge=judge)
     with progress_bar(f"THI {mode}", total=None) as advance:
         return evaluate_thi_dataset(embedder, path, QUESTION_BANK, cfg, progress=advance)
 
 
 def show_results(results: dict) -> None:
     titles = {"t2i": "text → image", "i2i": "image → image (cross-camera)", "composed": "image + modification",
+              "t2i_answers": "text → image, answer re-ranking", "composed_answers": "image + modification, answer re-ranking",
               "verify": "verification (same person?)", "noise": "NAM wrong-word detection"}
     for task, metrics in results.items():
         if task == "thi":
@@ -443,8 +448,8 @@ def cmd_chat(args, project: Project) -> int:
     from rich.prompt import Prompt
 
     from cli.chat import SCORE_NOTE, ChatSession, read_transcript, run_chat
-    from finetune.data.world import ATTRIBUTES, QUESTION_BANK, VALUE_PHRASES, answer_from_attributes
-    from retrieval.dialogue import Vocabulary
+    from finetune.data.world import QUESTION_BANK
+    from retrieval.judge import world_vocabulary
 
     if args.resume:
         read_transcript(args.resume)  # a bad file fails before the model loads
@@ -463,8 +468,7 @@ def cmd_chat(args, project: Project) -> int:
         if first is not None and not first.payload.get("answers"):
             console.print("[yellow]no cached answers in this collection: questions cannot pick well — "
                           "run `lineup index --vqa-cache`[/]")
-        vocabulary = Vocabulary.build(QUESTION_BANK, ATTRIBUTES, VALUE_PHRASES, answer_from_attributes)
-        session = ChatSession(engine, QUESTION_BANK, k=args.top_k, vocabulary=vocabulary)
+        session = ChatSession(engine, QUESTION_BANK, k=args.top_k, vocabulary=world_vocabulary())
         console.print(f"[dim]{count} images in '{args.collection}' · transcript {transcript} · {SCORE_NOTE}[/]",
                       highlight=False)
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from cli.project import Project
 from cli.training import run_training, show_stage0
 from cli.ui import console, metrics_table, progress_bar, show_hits
+from retrieval.judge import ANSWER_WEIGHT, world_vocabulary
 
 if TYPE_CHECKING:
     from finetune.data import PersonImage
@@ -105,14 +106,15 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     stage2 = load_embedder(project.model, adapter=project.adapter("stage2"))
     records = load_split(project.world, "test")
     with open_store(path=project.qdrant) as store:
-        engine = SearchEngine(stage2, store, "gallery")
+        engine = SearchEngine(stage2, store, "gallery", vocabulary=world_vocabulary(), answer_weight=ANSWER_WEIGHT)
         with progress_bar("indexing", total=len(records)) as advance:
             engine.index_images(records, progress=advance)
         with progress_bar("caching THI answers", total=len(records)) as advance:
             engine.cache_answers(QUESTION_BANK, progress=advance)
 
         _step("6/6 evaluate base vs stage 1 vs stage 2, THI rounds, and two searches")
-        report["eval"] = _evaluate(project, load_embedder)
+        answers = {h.payload["image"]: h.payload["answers"] for h in store.scroll("gallery")}
+        report["eval"] = _evaluate(project, load_embedder, answers)
         report["thi"] = _thi(project, engine, records, cfg)
         report["search"] = _searches(project, engine, records)
     report["seconds"] = round(time.time() - started, 1)
@@ -124,7 +126,9 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     return report
 
 
-def _evaluate(project: Project, load_embedder) -> dict:
+def _evaluate(project: Project, load_embedder, answers: dict[str, dict[str, str]]) -> dict:
+    """Every stage on the test split; text and composed retrieval also with answer re-ranking on the gallery's
+    cached answers (the base MLLM's, the same for every stage)."""
     from retrieval.evaluate import EvalConfig, evaluate_dataset
 
     out_file = project.reports / "eval.json"
@@ -137,11 +141,13 @@ def _evaluate(project: Project, load_embedder) -> dict:
             embedder = load_embedder(project.model, adapter=adapter)
             with progress_bar(f"evaluating {name}", total=None) as advance:
                 results[name] = evaluate_dataset(embedder, project.world, ("t2i", "i2i", "composed"),
-                                                 EvalConfig(), progress=advance)
+                                                 EvalConfig(answer_weight=ANSWER_WEIGHT), progress=advance,
+                                                 answers=answers)
         project.reports.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(results, indent=2, default=float))
-    for task, title in (("t2i", "text → image"), ("i2i", "image → image (cross-camera)"),
-                        ("composed", "image + modification → image")):
+    for task, title in (("t2i", "text → image"), ("t2i_answers", f"text → image, answer re-ranking ({ANSWER_WEIGHT})"),
+                        ("i2i", "image → image (cross-camera)"), ("composed", "image + modification → image"),
+                        ("composed_answers", f"image + modification → image, answer re-ranking ({ANSWER_WEIGHT})")):
         console.print(metrics_table(title, {name: results[name][task] for name in ("base", "stage1", "stage2")
                                             if task in results[name]}))
     return results

@@ -82,6 +82,14 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     where.add_argument("--qdrant-url", default=None, help="a Qdrant server URL instead of the embedded store")
 
 
+def _add_answer_weight(p: argparse.ArgumentParser) -> None:
+    from retrieval.judge import ANSWER_WEIGHT
+
+    p.add_argument("--answer-weight", type=float, default=ANSWER_WEIGHT,
+                   help="text and composed searches: weight of the hits' cached answers (lineup index --vqa-cache) "
+                        "agreeing with what the query states, added to the cosine; 0 ranks by cosine alone")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lineup",
@@ -168,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="payload filter, e.g. camera_id=3 (repeatable)")
     p.add_argument("--no-preview", action="store_true", help="no half-block image previews")
     p.add_argument("--sheet", type=Path, help="save a contact sheet PNG of the results")
+    _add_answer_weight(p)
     _add_project(p)
 
     p = sub.add_parser("chat", help="interactive search session with THI questions, composed steps and undo")
@@ -179,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the session transcript here (default: project reports/chat/<time>.txt)")
     p.add_argument("--resume", type=Path, help="replay a transcript's inputs to its ranking, then go on")
     p.add_argument("--no-preview", action="store_true")
+    _add_answer_weight(p)
     _add_project(p)
 
     p = sub.add_parser("batch", help="run a JSONL/CSV/parquet file of queries, write ranked results")
@@ -188,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("-k", "--top-k", type=_top_k, default=10, help="results per query without its own k")
+    _add_answer_weight(p)
     _add_project(p)
 
     p = sub.add_parser("eval", help="Rank-1/5/10, mAP, mINP, composed Recall@K, verification, THI rounds")
@@ -202,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split to evaluate (CIRR / FashionIQ: 'test' means val, their test targets are hidden)")
     p.add_argument("--thi", choices=["off", "auto", "simulated"], default="off", help="THI evaluation mode")
     p.add_argument("--thi-rounds", type=POSITIVE, default=3)
+    p.add_argument("--thi-judge", choices=["answers", "question"], default="answers",
+                   help="with --thi auto: judge a candidate by its answers to the question bank against what the "
+                        "query states, or by the MLLM's one yes/no to match_question")
     p.add_argument("--plots", type=Path, help="with --task verify: folder for ROC and histogram PNGs")
+    _add_answer_weight(p)
     p.add_argument("--json", type=Path, help="write the results as JSON")
     _add_project(p)
 

@@ -224,9 +224,11 @@ def run_batch(
     rows = []
     for start in range(0, len(queries), SEARCH_BATCH):  # one store round trip per SEARCH_BATCH queries
         chunk = queries[start : start + SEARCH_BATCH]
+        stated = [engine.stated(q.kind, q.text if q.kind == "text" else q.modification) for q in chunk]
         found = engine.search_vectors(np.stack([vectors[start + j] for j in range(len(chunk))]),
-                                      [q.k for q in chunk], [q.filter for q in chunk])
-        for q, hits in zip(chunk, found):
+                                      [engine.fetch_k(q.k, s) for q, s in zip(chunk, stated)], [q.filter for q in chunk])
+        for q, s, hits in zip(chunk, stated, found):
+            hits = engine.rerank(hits, s, q.k)
             for rank, hit in enumerate(hits, 1):
                 p = hit.payload
                 rows.append({"query_id": q.id, "rank": rank, "score": round(hit.score, 6), "image": p.get("image"),

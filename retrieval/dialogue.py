@@ -33,6 +33,10 @@ PLURALS = {"women": "woman", "men": "man", "ladies": "lady", "girls": "girl", "g
            "backpacks": "backpack", "handbags": "handbag", "bags": "bag", "hats": "hat", "caps": "cap"}
 
 
+def normalize_answer(answer: str) -> str:
+    return " ".join(str(answer).lower().strip().rstrip(".!").split())
+
+
 def tokens(text: str) -> list[str]:
     return [PLURALS.get(t, t) for t in _WORD.findall(text.lower())]
 
@@ -126,7 +130,7 @@ class Vocabulary:
         spans.sort()
         negated_list = False
         for n, (start, end, group, key, value) in enumerate(spans):
-            before = [t for t in toks[max(0, start - 3):start] if t not in ("a", "an", "any")]
+            before = [t for t in toks[max(0, start - 3):start] if t not in ("a", "an", "any", "the")]
             negated = bool(before) and before[-1] in NEGATIONS
             if before and before[-1] == "or" and negated_list:
                 negated = True
@@ -197,6 +201,26 @@ class Vocabulary:
                     out[key] = value
                     changed = True
         return out
+
+    # --- a composed query's modification ------------------------------------------------------------
+    def modification(self, text: str) -> dict[str, str]:
+        """The answers a modification says the wanted person has (closed under ``implied``): "swap the red coat
+        for a blue one" → coat, blue top; "make the hair long" → long hair; "remove the backpack" → no bag;
+        "wearing a shirt instead of a coat" → a shirt. What the old part names ("the red coat") is not stated."""
+        text = re.sub(r"\b(remove|take away|drop)\b", "without", " ".join(tokens(text)))
+        text = re.sub(r"\bof the same colou?r\b", "", text)
+        new, old = text, ""
+        if " instead of " in text:
+            new, old = text.split(" instead of ", 1)
+        elif m := re.search(r"\b(?:swap|replace|change)\b(.*?)\b(?:for|with|to)\b(.*)", text):
+            old, new = m.group(1), m.group(2)
+        elif m := re.search(r"\bmake\b(.*) (\S+)$", text):
+            old, new = m.group(1), m.group(2)
+        noun = (tokens(old) or [""])[-1]
+        new = re.sub(r"\bones?\b", noun, new)
+        if not self.parse(new):  # "change the coat to blue": a colour or length of the old part's noun
+            new = f"{new} {noun}"
+        return self.implied(self.parse(new))
 
     # --- filters -------------------------------------------------------------------------------------
     def filter_phrase(self, text: str) -> "AnswerFilter | None":

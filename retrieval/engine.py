@@ -13,6 +13,7 @@ import numpy as np
 
 from finetune.data.records import PersonImage
 from mllm_embed.errors import LineupError
+from retrieval.dialogue import normalize_answer
 from retrieval.store import Hit, Store, point_id
 
 log = logging.getLogger(__name__)
@@ -100,13 +101,20 @@ class SearchEngine:
     """Embeds queries with ``embedder`` and searches ``collection`` of ``store``.
 
     Every search first checks (once) that the collection was built by this embedder.
+
+    Answer re-ranking: with a ``vocabulary`` (``retrieval.dialogue.Vocabulary``) and an ``answer_weight``, a text
+    or composed search fetches the top ``pool`` by cosine and adds answer_weight × the share of what the query
+    states about the wanted person (a description's words, a modification's new values) that a hit's cached
+    answers to the question bank (``cache_answers``) agree with (``retrieval.judge.agreement``; 0.5 uncached).
     """
 
-    def __init__(self, embedder: Any, store: Store, collection: str = "gallery") -> None:
+    def __init__(self, embedder: Any, store: Store, collection: str = "gallery", vocabulary: Any = None,
+                 answer_weight: float = 0.0, pool: int = 100) -> None:
         self.embedder = embedder
         self.store = store
         self.collection = collection
         self.meta = embedder_meta(embedder)
+        self.vocabulary, self.answer_weight, self.pool = vocabulary, answer_weight, pool
         self._checked = False
 
     def _ensure(self, create: bool) -> None:
@@ -238,10 +246,36 @@ class SearchEngine:
         filters = check_filter(filter) if filter is None or isinstance(filter, dict) else [check_filter(f) for f in filter]
         return self.store.search_batch(self.collection, vectors, ks, filters)
 
+    def stated(self, kind: str, query: str) -> dict[str, str]:
+        """What a text query (``kind`` "text") or a modification ("composed") states about the wanted person's
+        answers; empty without answer re-ranking."""
+        if self.vocabulary is None or not self.answer_weight or kind == "image":
+            return {}
+        voc = self.vocabulary
+        return voc.implied(voc.parse(query)) if kind == "text" else voc.modification(query)
+
+    def fetch_k(self, k: int, stated: dict[str, str]) -> int:
+        """How many hits to fetch for a top k: the re-ranking pool when there is something to re-rank by."""
+        return max(k, self.pool) if stated else k
+
+    def rerank(self, hits: list[Hit], stated: dict[str, str], k: int) -> list[Hit]:
+        """The top k of ``hits`` by cosine + answer_weight × agreement of their cached answers with ``stated``."""
+        if not stated:
+            return hits[:k]
+        from retrieval.judge import agreement
+
+        w, voc = self.answer_weight, self.vocabulary
+        scored = [Hit(h.id, h.score + w * agreement(h.payload.get("answers") or {}, stated, voc), h.payload, h.vector)
+                  for h in hits]
+        return sorted(scored, key=lambda h: -h.score)[:k]
+
+    def _search(self, vector: np.ndarray, stated: dict[str, str], k: int, filter: dict | None) -> list[Hit]:
+        return self.rerank(self.search_vector(vector, self.fetch_k(_check_k(k), stated), filter), stated, k)
+
     def search_text(self, text: str, k: int = 10, filter: dict | None = None) -> list[Hit]:
         if not text or not text.strip():
             raise LineupError("empty text query: describe the person, e.g. 'a woman in a red coat'")
-        return self.search_vector(self.embedder.encode_text([text])[0], k, filter)
+        return self._search(self.embedder.encode_text([text])[0], self.stated("text", text), k, filter)
 
     def search_image(self, image: Any, k: int = 10, filter: dict | None = None) -> list[Hit]:
         return self.search_vector(self.embedder.encode_images([_image(image)])[0], k, filter)
@@ -249,17 +283,14 @@ class SearchEngine:
     def search_composed(self, image: Any, modification: str, k: int = 10, filter: dict | None = None) -> list[Hit]:
         if not modification or not modification.strip():
             raise LineupError("empty modification: say how the wanted person differs, e.g. 'wearing a blue hat'")
-        return self.search_vector(self.embedder.encode_composed([(_image(image), modification)])[0], k, filter)
+        vector = self.embedder.encode_composed([(_image(image), modification)])[0]
+        return self._search(vector, self.stated("composed", modification), k, filter)
 
 
 def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= MAX_K:
         raise LineupError(f"k={k!r}: must be an integer from 1 to {MAX_K}")
     return int(k)
-
-
-def normalize_answer(answer: str) -> str:
-    return " ".join(str(answer).lower().strip().rstrip(".!").split())
 
 
 def _image(image: Any) -> Any:

@@ -53,7 +53,12 @@ class EvalConfig:
     pairs: int = field(default=200, metadata={"help": "verification pairs (half same, half different)"})
     threshold: float | None = field(
         default=None, metadata={"help": "cosine threshold; None = best accuracy on the pairs (optimistic)"})
+    answer_weight: float = field(default=0.0, metadata={
+        "help": "also report text and composed retrieval with answer re-ranking at this weight (asks the MLLM "
+                "the question bank about every gallery image; SearchEngine.answer_weight)"})
     mllm_judge: bool = field(default=True, metadata={"help": "also score pairs by the MLLM's yes/no"})
+    answers_judge: bool = field(default=True, metadata={
+        "help": "also score pairs by the MLLM's answers to the question bank (share answered alike)"})
     seed: int = field(default=0, metadata={"help": "pair sampling seed"})
 
     def __post_init__(self) -> None:
@@ -68,13 +73,27 @@ def encode_gallery(embedder: Any, records: Sequence[PersonImage], batch_size: in
 
 
 # --- retrieval tasks --------------------------------------------------------------------------------
-def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10), progress=None) -> dict:
+def _agreement(answers: Sequence[dict[str, str]], stated: Sequence[dict[str, str]], vocabulary) -> np.ndarray:
+    """(queries, gallery): how far each gallery image's answers agree with what each query states."""
+    from retrieval.judge import agreement
+
+    return np.array([[agreement(a, s, vocabulary) for a in answers] for s in stated])
+
+
+def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10), progress=None,
+                 answers=None, vocabulary=None, answer_weight: float = 0.0) -> dict:
+    """Every caption of every image as a query. With an ``answer_weight``, ``answers`` (each record's answers
+    to the question bank) and a ``vocabulary``, the ranking is `SearchEngine`'s answer re-ranking over the
+    whole gallery: cosine + answer_weight × agreement with what the caption states."""
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
     texts = [(c, r.person_id) for r in records for c in r.captions]
     if not texts:
         raise LineupError("text→image evaluation needs captions: this split has none")
     text_vecs = embedder.encode_text([t for t, _ in texts], batch_size=batch_size, progress=progress)
     sim = text_vecs @ image_vecs.T
+    if answer_weight:
+        sim += answer_weight * _agreement(answers, [vocabulary.implied(vocabulary.parse(t)) for t, _ in texts],
+                                          vocabulary)
     return rank_metrics(sim, [p for _, p in texts], [r.person_id for r in records], ks=ks)
 
 
@@ -92,7 +111,7 @@ def _path_key(path) -> str:
 
 
 def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=16, ks=(1, 5, 10),
-                      progress=None) -> dict:
+                      progress=None, answers=None, vocabulary=None, answer_weight: float = 0.0) -> dict:
     """Composed retrieval, both conventions over one similarity matrix (the reference image excluded):
 
     - identity level (``R@K``, ``mAP``): a query hits at K when the target person's best image is among the
@@ -101,6 +120,9 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
     - exact target (``exact_R@K``, ``exact_queries``): the triplet's own target image must be among the top K
       images (CIRR / FashionIQ convention); only triplets whose ``target`` image is in the gallery count, and
       the keys are absent when there is none.
+
+    With an ``answer_weight`` (and ``answers``, ``vocabulary``: see ``evaluate_t2i``) the modification's new
+    values are what the answers are checked against (``Vocabulary.modification``).
     """
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
     pids = np.array([r.person_id for r in records])
@@ -112,6 +134,9 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
     vecs = embedder.encode_composed([(t.reference, t.modification) for t in usable],
                                     batch_size=batch_size, progress=progress)
     sim = vecs @ image_vecs.T
+    if answer_weight:
+        sim += answer_weight * _agreement(answers, [vocabulary.modification(t.modification) for t in usable],
+                                          vocabulary)
     for i, t in enumerate(usable):  # the reference image itself is not a candidate (CIRR convention)
         if _path_key(t.reference) in column:
             sim[i, column[_path_key(t.reference)]] = -np.inf
@@ -229,7 +254,11 @@ def best_threshold(scores, labels) -> float:
 
 
 def evaluate_verification(embedder, records, image_vecs=None, config: EvalConfig | None = None,
-                          plots: str | Path | None = None, progress: Progress = None) -> dict:
+                          plots: str | Path | None = None, progress: Progress = None,
+                          answers: dict[str, dict[str, str]] | None = None) -> dict:
+    """Same person or not, over ``sample_pairs``: the embedding cosine, the MLLM's direct yes/no
+    (``verify_question`` on the two crops side by side) and its answers judge (share of the question bank two
+    crops answer alike; ``answers``: image path → answers already asked, the rest are asked now)."""
     config = config or EvalConfig()
     image_vecs = encode_gallery(embedder, records, config.batch_size) if image_vecs is None else image_vecs
     pairs = sample_pairs(records, config.pairs, config.seed)
@@ -253,6 +282,22 @@ def evaluate_verification(embedder, records, image_vecs=None, config: EvalConfig
         out["mllm"] = {**verification_metrics(said, labels, 0.5), "auc": roc_auc(said, labels),
                        "yes_rate": float(said.mean())}
         scores["MLLM yes/no"] = said
+    if config.answers_judge:
+        from finetune.data.world import QUESTION_BANK
+        from retrieval.judge import bank_answers, same_score
+
+        answers = dict(answers or {})
+        for i in sorted({i for pair in pairs for i in pair[:2]}):
+            if records[i].image not in answers:
+                answers[records[i].image] = bank_answers(embedder.answer, records[i].image, QUESTION_BANK)
+            if progress:
+                progress(1)
+        alike = np.array([same_score(answers[records[i].image], answers[records[j].image]) for i, j, _ in pairs])
+        cut = best_threshold(alike, labels)
+        out["mllm_answers"] = {**verification_metrics(alike, labels, cut), "auc": roc_auc(alike, labels),
+                               "threshold": cut, "threshold_source": "best accuracy on these pairs",
+                               "questions": len(QUESTION_BANK)}
+        scores["MLLM answers"] = alike
     if plots is not None:
         out["plots"] = [str(p) for p in save_verification_plots(scores, labels, cosine, threshold, Path(plots))]
     return out
@@ -312,8 +357,11 @@ def save_verification_plots(scores: dict[str, np.ndarray], labels, cosine, thres
 
 # --- datasets on disk --------------------------------------------------------------------------------
 def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, config: EvalConfig | None = None,
-                     plots: str | Path | None = None, progress: Progress = None) -> dict[str, dict]:
-    """Run the chosen tasks on ``path`` (a world folder or a real dataset); one metrics dict per task."""
+                     plots: str | Path | None = None, progress: Progress = None,
+                     answers: dict[str, dict[str, str]] | None = None) -> dict[str, dict]:
+    """Run the chosen tasks on ``path`` (a world folder or a real dataset); one metrics dict per task. With
+    ``config.answer_weight``, also ``t2i_answers`` / ``composed_answers`` (answer re-ranking), from ``answers``
+    (image path → answers to the question bank, e.g. a collection's cache) or asked now."""
     config = config or EvalConfig()
     unknown = set(tasks) - set(TASKS)
     if unknown:
@@ -343,8 +391,20 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
             triplets = []
         if triplets:
             out["composed"] = evaluate_composed(embedder, records, triplets, progress=progress, **kw)
+    if config.answer_weight and {"t2i", "composed"} & set(tasks):
+        from finetune.data.world import QUESTION_BANK
+        from retrieval.judge import bank_answers, world_vocabulary
+
+        answers = {r.image: (answers or {}).get(r.image) or bank_answers(embedder.answer, r.image, QUESTION_BANK)
+                   for r in records}
+        kw |= {"answers": [answers[r.image] for r in records], "answer_weight": config.answer_weight,
+               "vocabulary": world_vocabulary()}
+        if "t2i" in tasks:
+            out["t2i_answers"] = evaluate_t2i(embedder, records, **kw)
+        if "composed" in out:
+            out["composed_answers"] = evaluate_composed(embedder, records, triplets, **kw)
     if "verify" in tasks:
-        out["verify"] = evaluate_verification(embedder, records, vecs, config, plots, progress)
+        out["verify"] = evaluate_verification(embedder, records, vecs, config, plots, progress, answers)
     return out
 
 
@@ -361,6 +421,7 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
     from finetune.data import load_split
     from finetune.data.world import answer_from_attributes
     from retrieval.engine import SearchEngine
+    from retrieval.judge import world_vocabulary
     from retrieval.store import open_store
     from retrieval.thi import THIConfig, evaluate_thi
 
@@ -386,11 +447,10 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
     with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
         engine = SearchEngine(embedder, store, "thi")
         engine.index_images(records, batch_size=batch_size)
-        if thi_config.mode == "interactive":
-            engine.cache_answers(question_bank, answer_fn=truth if cache == "truth" else None)
+        engine.cache_answers(question_bank, answer_fn=truth if cache == "truth" else None)
         return evaluate_thi(engine, queries, question_bank, thi_config,
                             answerer_for=answerer_for if thi_config.mode == "interactive" else None,
-                            progress=progress)
+                            progress=progress, vocabulary=world_vocabulary())
 
 
 def evaluate_dialogue_dataset(embedder, path: str | Path, question_bank: Sequence[dict[str, str]], vocabulary,

@@ -3,8 +3,11 @@
 One round loop, two modes (DESIGN.md "THI"; the ICL paper, research/anchors-t2i-reid.md):
 
 ``auto`` (the ICL paper's Algorithm 1, no user): round k shows the MLLM the k-th candidate of the base
-ranking with ``embedder.config.match_question`` ("Can this text accurately describe the image? Text: {q}
-Answer Yes or No."; stage 0 can train it: Stage0Config.match_pairs). Round 1 accepts
+ranking and asks whether the query describes it. ``THIConfig.judge`` "question" asks that in one go
+(``embedder.config.match_question``: "Can this text accurately describe the image? Text: {q} Answer Yes or No.";
+stage 0 can train it: Stage0Config.match_pairs); "answers" (the default) compares the candidate's answers to
+the question bank with what the query states (``retrieval.judge.match_score`` ≥ ``judge_threshold``; needs a
+``vocabulary``). Round 1 accepts
 it as the anchor if Yes and S(q, v̂1) > ξ; round k > 1 accepts if every earlier round said No, this one
 says Yes and the top-1 S(q, v̂1) ≤ ξ. The MLLM then answers the question bank about the anchor (the cached
 answers in its payload when present), the answers are merged into the query by a template (q̂), and the
@@ -32,8 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mllm_embed.errors import LineupError
-from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters
-from retrieval.engine import normalize_answer
+from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters, normalize_answer
+from retrieval.judge import match_score
 from retrieval.store import Hit
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,11 @@ class THIConfig:
     rounds: int = field(default=5, metadata={"help": "auto: candidates checked (K); interactive: questions"})
     lam: float = field(default=0.8, metadata={"help": "λ: weight of the original query's score"})
     xi: float = field(default=0.5, metadata={"help": "ξ: auto-mode similarity gate for the anchor"})
+    judge: str = field(default="answers", metadata={
+        "help": "auto: 'answers' (the candidate's answers to the question bank against what the query states) "
+                "or 'question' (the MLLM's yes/no to match_question)"})
+    judge_threshold: float = field(default=0.8, metadata={
+        "help": "auto, judge 'answers': share of the query's stated answers a candidate must agree with"})
     answer_weight: float = field(default=0.3, metadata={"help": "μ: interactive weight of cached-answer agreement"})
     split_k: int = field(default=10, metadata={"help": "interactive: top-K the next question should split"})
     pool: int = field(default=100, metadata={"help": "candidates fetched per (refined) query"})
@@ -63,6 +71,8 @@ class THIConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("auto", "interactive"):
             raise ValueError(f"mode must be 'auto' or 'interactive', got {self.mode!r}")
+        if self.judge not in ("answers", "question"):
+            raise ValueError(f"judge must be 'answers' or 'question', got {self.judge!r}")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"lam must be in [0, 1], got {self.lam}")
         from retrieval.store import FEEDBACK_STRATEGIES
@@ -164,10 +174,12 @@ class THISession:
         self.stated = vocabulary.parse(self.query) if vocabulary is not None else {}
         emb = engine.embedder
         self.vqa = vqa or (lambda image, question: emb.answer(image, question))
-        self.judge = judge or (
-            lambda image, q: normalize_answer(emb.answer(image, emb.config.match_prompt(q)))
-            .startswith("yes")
-        )
+        if judge is None and self.config.judge == "question":
+            judge = lambda image, q: normalize_answer(emb.answer(image, emb.config.match_prompt(q))).startswith("yes")  # noqa: E731
+        if judge is None and self.config.mode == "auto" and vocabulary is None:
+            raise LineupError("THI auto's answers judge reads the query with a Vocabulary: pass vocabulary= "
+                              "(retrieval.dialogue.Vocabulary.build) or use THIConfig(judge='question')")
+        self.judge = judge  # None: the answers judge
         self.q_vec = emb.encode_text([self.query])[0]
         self._text_vecs: dict[str, np.ndarray] = {self.query: self.q_vec}
         self.ids: list[str] = []
@@ -293,11 +305,21 @@ class THISession:
         lam = self.config.lam
         return lam * self.base + (1 - lam) * (self.vectors @ vec)
 
+    def _candidate_answers(self, cand: Hit) -> dict[str, str]:
+        """The candidate's answers to the bank: cached in its payload, else asked now."""
+        cached = cand.payload.get("answers") or {}
+        return {q["key"]: normalize_answer(cached.get(q["key"]) or self.vqa(cand.payload["image"], q["question"]))
+                for q in self.bank}
+
     def _auto_round(self) -> Round:
         k = len(self.rounds)  # 1-based index of the candidate checked this round
         base_ranking = self.rounds[0].ranking
         cand = base_ranking[k - 1]
-        said_yes = bool(self.judge(cand.payload["image"], self.query))
+        if self.judge is None:
+            answers = self._candidate_answers(cand)
+            said_yes = match_score(answers, self.query, self.vocabulary) >= self.config.judge_threshold
+        else:
+            answers, said_yes = None, bool(self.judge(cand.payload["image"], self.query))
         top1 = base_ranking[0].score
         earlier_no = not any(r.action.verdict for r in self.rounds[1:])
         xi = self.config.xi
@@ -306,9 +328,8 @@ class THISession:
             rnd = Round(k, self.ranking, self.rounds[-1].refined_query, Checked(cand, said_yes))
             self.rounds.append(rnd)
             return rnd
-        cached = cand.payload.get("answers") or {}
-        qa = [(q, normalize_answer(cached.get(q["key"]) or self.vqa(cand.payload["image"], q["question"])))
-              for q in self.bank]
+        answers = answers or self._candidate_answers(cand)
+        qa = [(q, answers[q["key"]]) for q in self.bank]
         refined = rewrite_query(self.query, [(q, a) for q, a in qa if a not in NO_ANSWER])
         scores = self._fused(refined)
         scores[self.ids.index(cand.id)] = max(1.0, float(scores.max()) + 1e-6)  # the anchor's S̄ = 1
@@ -467,11 +488,12 @@ def evaluate_thi(
     answerer_for: Callable[[dict[str, Any]], Answerer] | None = None,
     filter: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    vocabulary: Vocabulary | None = None,
 ) -> list[dict[str, float]]:
     """Rank-1 / mAP per round and cumulative Hits@10 per round (ChatIR) over ``queries``: the questions-only
     dialogue of ``evaluate_dialogue`` (its ``rounds``)."""
     return evaluate_dialogue(engine, queries, question_bank, config, answerer_for, filter=filter,
-                             progress=progress)["rounds"]
+                             progress=progress, vocabulary=vocabulary)["rounds"]
 
 
 VARIANTS = ("questions", "feedback", "filters")

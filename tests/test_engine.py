@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _retrieval_fakes import BANK, FakeEmbedder, caption, make_gallery
+from _retrieval_fakes import BANK, VOCAB, FakeEmbedder, caption, make_gallery
 
 from mllm_embed.errors import LineupError
+from retrieval.dialogue import Vocabulary
 from retrieval.engine import SearchEngine
 from retrieval.store import open_store
 
@@ -117,3 +118,40 @@ def test_cache_answers_fills_payload_and_resumes(gallery, tmp_path):
     assert emb.calls["answer"] == 9 * len(BANK)
     vec = emb.encode_text([caption(records[0].attributes)])[0]
     assert np.isclose(engine.search_vector(vec, k=1)[0].score, 1.0, atol=0.01)
+
+
+def test_answer_reranking_puts_the_stated_person_first(gallery):
+    """A blurred embedding (noise 1.0) mixes people up; with cached answers to the bank (the fake MLLM reads the
+    attributes), re-ranking by how far they agree with what a description or a modification states puts the
+    wanted person first; without a vocabulary the ranking is the cosine's."""
+    records, attrs = gallery
+    emb = FakeEmbedder(attrs, noise=1.0)
+    store = open_store(url=":memory:")
+    plain = SearchEngine(emb, store, "g")
+    plain.index_images(records)
+    plain.cache_answers(BANK)
+    reranked = SearchEngine(emb, store, "g", vocabulary=Vocabulary.build(BANK, VOCAB, {}), answer_weight=3.0)
+    people = {r.person_id: r.attributes for r in records}
+
+    def text_rank1(engine):
+        return np.mean([engine.search_text(caption(a), k=1)[0].payload["person_id"] == p for p, a in people.items()])
+
+    assert text_rank1(reranked) == 1.0 and text_rank1(plain) < 0.9
+
+    # composed: a reference person and a wanted one who differs in the top's colour only; every top hit shows
+    # the new colour on the same kind of top once re-ranked, and the wanted person is first at least as often
+    first_image = {r.person_id: r.image for r in reversed(records)}
+    pairs = [(p, q) for p in people for q in people
+             if {k for k in VOCAB if people[p][k] != people[q][k]} == {"upper_color"}]
+    assert pairs
+
+    def composed_top(engine):
+        return [(engine.search_composed(first_image[p], f"{people[q]['upper_color']} {people[p]['upper_type']} "
+                                        f"instead of {people[p]['upper_color']}", k=1)[0].payload["person_id"], q)
+                for p, q in pairs]
+
+    ranked, cosine = composed_top(reranked), composed_top(plain)
+    shows = [all(people[top][k] == people[q][k] for k in ("upper_color", "upper_type")) for top, q in ranked]
+    assert all(shows) and not all(all(people[t][k] == people[q][k] for k in ("upper_color", "upper_type"))
+                                  for t, q in cosine)
+    assert sum(t == q for t, q in ranked) >= sum(t == q for t, q in cosine)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _retrieval_fakes import BANK, FakeEmbedder, caption, make_gallery
+from _retrieval_fakes import BANK, VOCAB, FakeEmbedder, caption, make_gallery
 
 from mllm_embed.errors import LineupError
+from retrieval.dialogue import Vocabulary
 from retrieval.engine import SearchEngine
+from retrieval.judge import world_vocabulary
 from retrieval.metrics import rank_metrics
 from retrieval.store import open_store
 from retrieval.thi import Asked, THIConfig, THISession, evaluate_thi, rewrite_query, run_session
@@ -86,7 +88,7 @@ def _scripted(verdicts):
 def test_auto_mode_anchor_rule(world):
     engine, queries = world
     q = queries[0]["text"]
-    base = THISession(engine, q, BANK, THIConfig(mode="auto")).ranking
+    base = THISession(engine, q, BANK, THIConfig(mode="auto", judge="question")).ranking
     top1 = base[0].score
 
     # top-1 is confident (S > ξ) and the MLLM says Yes: it becomes the anchor at round 1
@@ -111,11 +113,16 @@ def test_auto_mode_anchor_rule(world):
     run_session(s)
     assert s.anchor is None and len(seen) == 5 and [h.id for h in s.ranking] == [h.id for h in base]
 
-    # the default judge and VQA are the MLLM's own answers (the fake one reads the attributes)
-    s = THISession(engine, q, BANK, THIConfig(mode="auto", xi=0.5))
-    run_session(s)
-    assert s.anchor is not None
-    assert all(h.payload["answers"]["gender"] == queries[0]["attributes"]["gender"] for h in s.ranking[:2])
+    # without a scripted judge the MLLM's own answers decide (the fake one reads the attributes): its yes/no to
+    # match_question, or (the default) its answers to the bank against what the query states
+    vocabulary = Vocabulary.build(BANK, VOCAB, {})
+    for judge in ("question", "answers"):
+        s = THISession(engine, q, BANK, THIConfig(mode="auto", xi=0.5, judge=judge), vocabulary=vocabulary)
+        run_session(s)
+        assert s.anchor is not None
+        assert all(h.payload["answers"]["gender"] == queries[0]["attributes"]["gender"] for h in s.ranking[:2])
+    with pytest.raises(LineupError, match="Vocabulary"):
+        THISession(engine, q, BANK, THIConfig(mode="auto"))
 
 
 def test_rewrite_and_errors(world):
@@ -132,11 +139,6 @@ def test_rewrite_and_errors(world):
 
 
 # --- the dialogue that learns from the user: vocabulary, feedback, filters, the three simulated users -------
-def world_vocabulary():
-    from finetune.data.world import ATTRIBUTES, QUESTION_BANK, VALUE_PHRASES, answer_from_attributes
-    from retrieval.dialogue import Vocabulary
-
-    return Vocabulary.build(QUESTION_BANK, ATTRIBUTES, VALUE_PHRASES, answer_from_attributes)
 
 
 def test_vocabulary_reads_descriptions_answers_and_filters(tiny_world):

@@ -1,0 +1,153 @@
+"""What the MLLM's answers to the question bank buy: yes/no judges and answer re-ranking (`retrieval.judge`).
+
+    OMP_NUM_THREADS=2 python benchmarks/answers.py --base DIR --world DIR --adapter DIR [--out FILE]
+
+The base MLLM answers the 16 bank questions about every val and test image once (`bank_answers`); then, on the
+world's test split (val where a choice is made):
+1. same-person verification over `retrieval.evaluate.sample_pairs` (half same person): ROC AUC of the embedding
+   cosine, the direct yes/no (`verify_question`, two crops side by side) and the answers judge;
+2. caption–image match over `finetune.stage0.Judgements.match` pairs (half yes; half the no's hard: a noisy
+   caption or a one-edit neighbour's): AUC and balanced accuracy of the direct yes/no (`match_question`) and of
+   the answers judge per threshold (val picks `THIConfig.judge_threshold`);
+3. answer re-ranking: text→image and composed retrieval (`evaluate_t2i`, `evaluate_composed`) at answer weights
+   0–1 on val and test (val picks `retrieval.judge.ANSWER_WEIGHT`), with true answers as the ceiling;
+4. THI auto (60 queries, 3 rounds) with either judge: Rank-1 / mAP per round.
+Prints tables and writes benchmarks/results/answers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from finetune.data import load_split, load_triplets  # noqa: E402
+from finetune.data.world import QUESTION_BANK, answer_from_attributes  # noqa: E402
+from finetune.stage0 import Judgements, split_people  # noqa: E402
+from mllm_embed import load_embedder  # noqa: E402
+from retrieval.engine import SearchEngine  # noqa: E402
+from retrieval.evaluate import (EvalConfig, encode_gallery, evaluate_composed, evaluate_t2i,  # noqa: E402
+                                evaluate_verification)
+from retrieval.judge import ANSWER_WEIGHT, bank_answers, match_score, world_vocabulary  # noqa: E402
+from retrieval.metrics import roc_auc  # noqa: E402
+from retrieval.store import open_store  # noqa: E402
+from retrieval.thi import THIConfig, evaluate_thi  # noqa: E402
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def _balanced(said: np.ndarray, yes: np.ndarray) -> float:
+    return 100 * float((said[yes].mean() + (~said[~yes]).mean()) / 2)
+
+
+def match_judges(embedder, people, answers: dict, vocabulary, n: int) -> dict:
+    pairs = Judgements(people, embedder.config).match(n, random.Random(0))
+    caption_of = {embedder.config.match_prompt(c): c for p in people for c in [*p.captions, p.noisy_caption or ""]}
+    yes = np.array([a == "yes" for _, _, a, _ in pairs])
+    graded = np.array([match_score(answers[image], caption_of[q], vocabulary) for image, q, _, _ in pairs])
+    direct = np.array([embedder.answer(image, q).startswith("yes") for image, q, _, _ in pairs])
+    return {"pairs": len(pairs), "direct": {"auc": roc_auc(direct.astype(float), yes),
+                                            "balanced_accuracy": _balanced(direct, yes)},
+            "answers": {"auc": roc_auc(graded, yes),
+                        "balanced_accuracy_by_threshold": {t: _balanced(graded >= t, yes) for t in THRESHOLDS}}}
+
+
+def rerank_sweep(embedder, world: Path, split: str, answers: dict, vocabulary) -> dict:
+    records = load_split(world, split, required=True)
+    triplets = load_triplets(world, split)
+    vecs = encode_gallery(embedder, records, 32)
+    out = {}
+    for source in ("mllm", "truth"):
+        rows = [answers[r.image] if source == "mllm" else
+                {q["key"]: answer_from_attributes(r.attributes, q["key"]) for q in QUESTION_BANK} for r in records]
+        kw = {"image_vecs": vecs, "batch_size": 32, "answers": rows, "vocabulary": vocabulary}
+        out[source] = {w: {"t2i": evaluate_t2i(embedder, records, answer_weight=w, **kw),
+                           "composed": evaluate_composed(embedder, records, triplets, answer_weight=w, **kw)}
+                       for w in WEIGHTS}
+    return out
+
+
+def thi_auto(embedder, world: Path, answers: dict, vocabulary, n: int) -> dict:
+    records = load_split(world, "test", required=True)
+    key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
+    queries = [{"text": r.captions[0], "person_id": r.person_id} for r in records[:n]]
+    with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
+        engine = SearchEngine(embedder, store, "thi")
+        engine.index_images(records)
+        engine.cache_answers(QUESTION_BANK, answer_fn=lambda image, q: answers[image][key_of[q]])
+        return {judge: evaluate_thi(engine, queries, QUESTION_BANK, THIConfig(mode="auto", rounds=3, judge=judge),
+                                    vocabulary=vocabulary) for judge in ("answers", "question")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--base", type=Path, required=True)
+    ap.add_argument("--world", type=Path, required=True)
+    ap.add_argument("--adapter", type=Path, required=True, help="the embedder's adapter (stage 2)")
+    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--thi-queries", type=int, default=60)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "answers.json")
+    args = ap.parse_args()
+    start = time.time()
+    embedder = load_embedder(str(args.base), adapter=str(args.adapter))
+    vocabulary = world_vocabulary()
+    people = {split: split_people(args.world, split) for split in ("val", "test")}
+    answers = {p.image: bank_answers(embedder.answer, p.image, QUESTION_BANK) for ps in people.values() for p in ps}
+    asked = time.time() - start
+    verify = evaluate_verification(embedder, load_split(args.world, "test", required=True),
+                                   config=EvalConfig(pairs=args.pairs), answers=answers)
+    match = {split: match_judges(embedder, people[split], answers, vocabulary,
+                                 args.pairs // (2 if split == "val" else 1)) for split in ("val", "test")}
+    rerank = {split: rerank_sweep(embedder, args.world, split, answers, vocabulary) for split in ("val", "test")}
+    thi = thi_auto(embedder, args.world, answers, vocabulary, args.thi_queries)
+    report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
+              "answer_weight": ANSWER_WEIGHT, "judge_threshold": THIConfig().judge_threshold,
+              "images_asked": len(answers), "seconds_asking": round(asked, 1), "verification": verify,
+              "match": match, "rerank": rerank, "thi_auto": thi, "seconds": round(time.time() - start, 1)}
+
+    console = Console()
+    judges = Table(title=f"MLLM judges, test split (match threshold {report['judge_threshold']})")
+    for col in ("judge", "same person AUC", "match AUC", "match balanced acc."):
+        judges.add_column(col)
+    test = match["test"]
+    judges.add_row("embedding cosine", f"{verify['embedding']['auc']:.3f}", "", "")
+    judges.add_row("direct yes/no", f"{verify['mllm']['auc']:.3f}", f"{test['direct']['auc']:.3f}",
+                   f"{test['direct']['balanced_accuracy']:.1f}")
+    judges.add_row("answers", f"{verify['mllm_answers']['auc']:.3f}", f"{test['answers']['auc']:.3f}",
+                   f"{test['answers']['balanced_accuracy_by_threshold'][report['judge_threshold']]:.1f}")
+    console.print(judges)
+    sweep = Table(title="answer re-ranking (MLLM answers; true answers in brackets)")
+    for col in ("split", "weight", "text→image R1", "mAP", "composed identity R1", "exact R@10"):
+        sweep.add_column(col)
+    for split, sources in rerank.items():
+        for w in WEIGHTS:
+            got, true = sources["mllm"][w], sources["truth"][w]
+            sweep.add_row(split, str(w), *[f"{got[task][key]:.1f} ({true[task][key]:.1f})" for task, key in
+                                           (("t2i", "R1"), ("t2i", "mAP"), ("composed", "R@1"),
+                                            ("composed", "exact_R@10"))])
+    console.print(sweep)
+    rounds = Table(title="THI auto: Rank-1 / mAP per round")
+    rounds.add_column("judge")
+    for r in thi["answers"]:
+        rounds.add_column(f"round {r['round']}")
+    for judge, rows in thi.items():
+        rounds.add_row(judge, *[f"{r['R1']:.1f} / {r['mAP']:.1f}" for r in rows])
+    console.print(rounds)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=float))
+    print(f"wrote {args.out} in {report['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

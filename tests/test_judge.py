@@ -1,0 +1,82 @@
+"""The answers judge: what a caption states against an image's answers, two crops' answers against each other."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from finetune.data.world import QUESTION_BANK, answer_from_attributes
+from finetune.stage0 import Judgements, split_people
+from mllm_embed.config import EmbedderConfig
+from retrieval.evaluate import sample_pairs
+from retrieval.judge import bank_answers, match_score, same_score, world_vocabulary
+from retrieval.metrics import roc_auc
+
+
+def _truth(person) -> dict[str, str]:
+    return {q["key"]: answer_from_attributes(person.attributes, q["key"]) for q in QUESTION_BANK}
+
+
+def test_truthful_answers_judge_every_pair_right(tiny_world):
+    """With answers true to the pictures, a caption of the person scores 1 and the hard and random false ones
+    (a noisy caption, a one-edit neighbour's, another person's: each names a value the person lacks) score
+    below it; two crops of one person answer alike, two people do not."""
+    voc = world_vocabulary()
+    people = split_people(tiny_world, "train")
+    cfg = EmbedderConfig()
+    caption_of = {cfg.match_prompt(c): c for p in people for c in [*p.captions, p.noisy_caption or ""]}
+    truth = {p.image: _truth(p) for p in people}
+    pairs = Judgements(people, cfg).match(200, random.Random(0))
+    scores = np.array([match_score(truth[image], caption_of[q], voc) for image, q, _, _ in pairs])
+    yes = np.array([a == "yes" for _, _, a, _ in pairs])
+    assert yes.sum() == 100 and (scores[yes] == 1.0).all() and (scores[~yes] < 1.0).all()
+    assert roc_auc(scores, yes) == 1.0
+    assert match_score(truth[people[0].image], "someone", voc) == 0.5  # states nothing: undecided
+
+    crops = sample_pairs(people, 100, seed=0)
+    alike = np.array([same_score(truth[people[i].image], truth[people[j].image]) for i, j, _ in crops])
+    same = np.array([bool(s) for *_, s in crops])
+    assert (alike[same] == 1.0).all() and alike[~same].mean() < 0.8
+    assert same_score({"a": "x", "b": "y"}, {"a": "x", "b": "z", "c": "w"}) == 0.5  # only shared questions count
+
+
+def test_modification_states_what_the_target_has(tiny_world):
+    """Every world modification ("swap the red coat for a blue one", "remove the backpack", "make the hair long")
+    reads as the target's answers to the questions it changes, and states nothing false about the target."""
+    from finetune.data import read_jsonl
+
+    voc = world_vocabulary()
+    attrs = {r["person_id"]: r["attributes"] for r in read_jsonl(tiny_world / "annotations.jsonl")}
+    rows = read_jsonl(tiny_world / "triplets.jsonl")
+    assert len(rows) > 50
+    for t in rows:
+        ref, target = ({q["key"]: answer_from_attributes(attrs[p], q["key"]) for q in QUESTION_BANK}
+                       for p in (t["reference_id"], t["target_id"]))
+        stated = voc.modification(t["modification"])
+        changed = {k for k in target if target[k] != ref[k]}
+        assert changed <= set(stated) and all(target[k] == v for k, v in stated.items()), t["modification"]
+    assert voc.modification("this person, but with a blue jacket and no backpack") == {
+        "upper_type": "jacket", "upper_color": "blue", "bag": "none", "has_bag": "no", "bag_color": "none",
+        "sleeve_length": "long"}
+
+
+def test_bank_answers_asks_every_question_once():
+    asked = []
+    got = bank_answers(lambda image, q: asked.append((image, q)) or " Red. ", "img.png", QUESTION_BANK[:3])
+    assert got == {q["key"]: "red" for q in QUESTION_BANK[:3]} and len(asked) == 3
+
+
+@pytest.mark.slow
+def test_mllm_answers_judge_tells_people_apart(tiny_base, tiny_world):
+    """The fixture MLLM's own answers (its VQA is above the majority answer) separate same-person crop pairs
+    from different people better than chance."""
+    from mllm_embed import load_embedder
+
+    emb = load_embedder(tiny_base)
+    people = split_people(tiny_world, "val")
+    crops = sample_pairs(people, 40, seed=0)
+    answers = {i: bank_answers(emb.answer, people[i].image, QUESTION_BANK) for i in {i for p in crops for i in p[:2]}}
+    alike = np.array([same_score(answers[i], answers[j]) for i, j, _ in crops])
+    assert roc_auc(alike, np.array([s for *_, s in crops])) > 0.6
