@@ -8,6 +8,7 @@ import json
 import pytest
 
 from cli.main import main
+from finetune.data.world import QUESTION_BANK, answer_from_attributes
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +124,9 @@ def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
     report = tmp_path / "eval.json"
     assert main(["eval", *gallery["common"][:4], "--world", str(tiny_world),
                  "--task", "t2i", "--json", str(report)]) == 0
-    metrics = json.loads(report.read_text())["t2i"]
-    assert {"R1", "R5", "R10", "mAP", "mINP"} <= set(metrics) and 0 <= metrics["R1"] <= metrics["R10"] <= 100
+    got = json.loads(report.read_text())
+    for metrics in (got["t2i"], got["t2i_answers"]):  # the embedding alone, then re-ranked by asked answers
+        assert {"R1", "R5", "R10", "mAP", "mINP"} <= set(metrics) and 0 <= metrics["R1"] <= metrics["R10"] <= 100
 
     # NAM's wrong-word detection from the CLI: the same AUC as finetune.nam on the split's people
     from finetune import nam
@@ -135,3 +137,31 @@ def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
     got = json.loads(report.read_text())["noise"]
     expected = nam.detection_auc(gallery["embedder"], load_split(tiny_world, "test"), layer=0, joint=False)
     assert got["AUC_two_tower"] == pytest.approx(100 * expected) and 0 <= got["AUC_joint"] <= 100
+
+
+def test_answer_reranking_from_the_cli(gallery, tmp_path, capsys):
+    """With the gallery's cached answers (true ones here), a text query's first hit agrees with everything the
+    caption states once the answers weigh in, `batch` ranks exactly as `search` does, and `--answer-weight 0`
+    ranks by the cosine alone (scores ≤ 1)."""
+    from retrieval.judge import match_score, world_vocabulary
+
+    records, attrs = gallery["records"], gallery["attrs"]
+    by_image = {r.image: r for r in records}
+    voc = world_vocabulary()
+    answers = {img: {q["key"]: answer_from_attributes(a, q["key"]) for q in QUESTION_BANK} for img, a in attrs.items()}
+    texts = [r.captions[0] for r in records[::7]]
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("".join(json.dumps({"id": str(i), "text": t, "k": 3}) + "\n" for i, t in enumerate(texts)))
+    for weight, check in (("5", lambda top, text: match_score(answers[top], text, voc) == 1.0),
+                          ("0", lambda top, text: True)):
+        out = tmp_path / f"r{weight}.jsonl"
+        assert main(["batch", *gallery["common"], "--queries", str(queries), "--out", str(out),
+                     "--answer-weight", weight]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        tops = {r["query_id"]: r for r in rows if r["rank"] == 1}
+        assert all(check(tops[str(i)]["image"], t) for i, t in enumerate(texts))
+        assert all(r["score"] <= 1.0 + 1e-6 for r in rows) == (weight == "0")
+        capsys.readouterr()
+        assert main(["search", *gallery["common"], "--text", texts[0], "-k", "1", "--no-preview",
+                     "--answer-weight", weight]) == 0
+        assert by_image[tops["0"]["image"]].image.rsplit("/", 1)[1] in capsys.readouterr().out
