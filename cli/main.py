@@ -87,7 +87,8 @@ def _add_answer_weight(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--answer-weight", type=float, default=ANSWER_WEIGHT,
                    help="text and composed searches: weight of the hits' cached answers (lineup index --vqa-cache) "
-                        "agreeing with what the query states, added to the cosine; 0 ranks by cosine alone")
+                        f"agreeing with what the query states, added to the cosine (default {ANSWER_WEIGHT}); 0 "
+                        "ranks by cosine alone")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --thi auto: judge a candidate by its answers to the question bank against what the "
                         "query states, or by the MLLM's one yes/no to match_question")
     p.add_argument("--plots", type=Path, help="with --task verify: folder for ROC and histogram PNGs")
-    _add_answer_weight(p)
+    p.add_argument("--answer-weight", type=float, default=0.0,
+                   help="also report text and composed retrieval re-ranked at this weight, as lineup search ranks "
+                        "(0.3): asks the MLLM the 16 bank questions about every gallery image first")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     _add_project(p)
 

@@ -123,7 +123,7 @@ def test_batch_and_eval_commands(gallery, tiny_world, tmp_path, capsys):
 
     report = tmp_path / "eval.json"
     assert main(["eval", *gallery["common"][:4], "--world", str(tiny_world),
-                 "--task", "t2i", "--json", str(report)]) == 0
+                 "--task", "t2i", "--answer-weight", "0.3", "--json", str(report)]) == 0
     got = json.loads(report.read_text())
     for metrics in (got["t2i"], got["t2i_answers"]):  # the embedding alone, then re-ranked by asked answers
         assert {"R1", "R5", "R10", "mAP", "mINP"} <= set(metrics) and 0 <= metrics["R1"] <= metrics["R10"] <= 100
