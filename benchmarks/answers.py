@@ -21,7 +21,6 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,13 +34,11 @@ from finetune.data import load_split, load_triplets  # noqa: E402
 from finetune.data.world import QUESTION_BANK, answer_from_attributes  # noqa: E402
 from finetune.stage0 import Judgements, split_people  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
-from retrieval.engine import SearchEngine  # noqa: E402
 from retrieval.evaluate import (EvalConfig, encode_gallery, evaluate_composed, evaluate_t2i,  # noqa: E402
-                                evaluate_verification)
-from retrieval.judge import ANSWER_WEIGHT, bank_answers, match_score, world_vocabulary  # noqa: E402
+                                evaluate_thi_dataset, evaluate_verification)
+from retrieval.judge import ANSWER_WEIGHT, gallery_answers, match_score, world_vocabulary  # noqa: E402
 from retrieval.metrics import roc_auc  # noqa: E402
-from retrieval.store import open_store  # noqa: E402
-from retrieval.thi import THIConfig, evaluate_thi  # noqa: E402
+from retrieval.thi import THIConfig  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -78,18 +75,6 @@ def rerank_sweep(embedder, world: Path, split: str, answers: dict, vocabulary) -
     return out
 
 
-def thi_auto(embedder, world: Path, answers: dict, vocabulary, n: int) -> dict:
-    records = load_split(world, "test", required=True)
-    key_of = {q["question"]: q["key"] for q in QUESTION_BANK}
-    queries = [{"text": r.captions[0], "person_id": r.person_id} for r in records[:n]]
-    with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
-        engine = SearchEngine(embedder, store, "thi")
-        engine.index_images(records)
-        engine.cache_answers(QUESTION_BANK, answer_fn=lambda image, q: answers[image][key_of[q]])
-        return {judge: evaluate_thi(engine, queries, QUESTION_BANK, THIConfig(mode="auto", rounds=3, judge=judge),
-                                    vocabulary=vocabulary) for judge in ("answers", "question")}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", type=Path, required=True)
@@ -103,14 +88,16 @@ def main() -> None:
     embedder = load_embedder(str(args.base), adapter=str(args.adapter))
     vocabulary = world_vocabulary()
     people = {split: split_people(args.world, split) for split in ("val", "test")}
-    answers = {p.image: bank_answers(embedder.answer, p.image, QUESTION_BANK) for ps in people.values() for p in ps}
+    answers = gallery_answers(embedder.answer, [p.image for ps in people.values() for p in ps], QUESTION_BANK)
     asked = time.time() - start
     verify = evaluate_verification(embedder, load_split(args.world, "test", required=True),
                                    config=EvalConfig(pairs=args.pairs), answers=answers)
     match = {split: match_judges(embedder, people[split], answers, vocabulary,
                                  args.pairs // (2 if split == "val" else 1)) for split in ("val", "test")}
     rerank = {split: rerank_sweep(embedder, args.world, split, answers, vocabulary) for split in ("val", "test")}
-    thi = thi_auto(embedder, args.world, answers, vocabulary, args.thi_queries)
+    thi = {judge: evaluate_thi_dataset(embedder, args.world, QUESTION_BANK,
+                                       THIConfig(mode="auto", rounds=3, judge=judge), max_queries=args.thi_queries,
+                                       answers=answers) for judge in ("answers", "question")}
     report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
               "answer_weight": ANSWER_WEIGHT, "judge_threshold": THIConfig().judge_threshold,
               "images_asked": len(answers), "seconds_asking": round(asked, 1), "verification": verify,

@@ -172,6 +172,10 @@ class Vocabulary:
             k, v = words[toks[end + 1]]
             found.setdefault(k, v)
 
+    def stated(self, text: str) -> dict[str, str]:
+        """What ``text`` states, closed under the bank's relations (``implied(parse(text))``)."""
+        return self.implied(self.parse(text))
+
     def implied(self, known: Mapping[str, str]) -> dict[str, str]:
         """``known`` closed under the bank's relations: derived keys from attributes (has_bag from bag,
         sleeve_length from upper_type), "none" for an attribute whose has_ question is "no", a "none" colour
@@ -220,7 +224,7 @@ class Vocabulary:
         new = re.sub(r"\bones?\b", noun, new)
         if not self.parse(new):  # "change the coat to blue": a colour or length of the old part's noun
             new = f"{new} {noun}"
-        return self.implied(self.parse(new))
+        return self.stated(new)
 
     # --- filters -------------------------------------------------------------------------------------
     def filter_phrase(self, text: str) -> "AnswerFilter | None":

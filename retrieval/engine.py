@@ -251,8 +251,7 @@ class SearchEngine:
         answers; empty without answer re-ranking."""
         if self.vocabulary is None or not self.answer_weight or kind == "image":
             return {}
-        voc = self.vocabulary
-        return voc.implied(voc.parse(query)) if kind == "text" else voc.modification(query)
+        return self.vocabulary.stated(query) if kind == "text" else self.vocabulary.modification(query)
 
     def fetch_k(self, k: int, stated: dict[str, str]) -> int:
         """How many hits to fetch for a top k: the re-ranking pool when there is something to re-rank by."""

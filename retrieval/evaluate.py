@@ -92,8 +92,7 @@ def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10
     text_vecs = embedder.encode_text([t for t, _ in texts], batch_size=batch_size, progress=progress)
     sim = text_vecs @ image_vecs.T
     if answer_weight:
-        sim += answer_weight * _agreement(answers, [vocabulary.implied(vocabulary.parse(t)) for t, _ in texts],
-                                          vocabulary)
+        sim += answer_weight * _agreement(answers, [vocabulary.stated(t) for t, _ in texts], vocabulary)
     return rank_metrics(sim, [p for _, p in texts], [r.person_id for r in records], ks=ks)
 
 
@@ -284,14 +283,10 @@ def evaluate_verification(embedder, records, image_vecs=None, config: EvalConfig
         scores["MLLM yes/no"] = said
     if config.answers_judge:
         from finetune.data.world import QUESTION_BANK
-        from retrieval.judge import bank_answers, same_score
+        from retrieval.judge import gallery_answers, same_score
 
-        answers = dict(answers or {})
-        for i in sorted({i for pair in pairs for i in pair[:2]}):
-            if records[i].image not in answers:
-                answers[records[i].image] = bank_answers(embedder.answer, records[i].image, QUESTION_BANK)
-            if progress:
-                progress(1)
+        answers = gallery_answers(embedder.answer, sorted({records[i].image for pair in pairs for i in pair[:2]}),
+                                  QUESTION_BANK, answers, progress)
         alike = np.array([same_score(answers[records[i].image], answers[records[j].image]) for i, j, _ in pairs])
         cut = best_threshold(alike, labels)
         out["mllm_answers"] = {**verification_metrics(alike, labels, cut), "auc": roc_auc(alike, labels),
@@ -393,10 +388,9 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
             out["composed"] = evaluate_composed(embedder, records, triplets, progress=progress, **kw)
     if config.answer_weight and {"t2i", "composed"} & set(tasks):
         from finetune.data.world import QUESTION_BANK
-        from retrieval.judge import bank_answers, world_vocabulary
+        from retrieval.judge import gallery_answers, world_vocabulary
 
-        answers = {r.image: (answers or {}).get(r.image) or bank_answers(embedder.answer, r.image, QUESTION_BANK)
-                   for r in records}
+        answers = gallery_answers(embedder.answer, [r.image for r in records], QUESTION_BANK, answers)
         kw |= {"answers": [answers[r.image] for r in records], "answer_weight": config.answer_weight,
                "vocabulary": world_vocabulary()}
         if "t2i" in tasks:
@@ -410,12 +404,14 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
 
 def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dict[str, str]], thi_config=None,
                          split: str = "test", user: str = "simulated", cache: str = "mllm",
-                         max_queries: int | None = 100, batch_size: int = 16, progress: Progress = None):
+                         max_queries: int | None = 100, batch_size: int = 16, progress: Progress = None,
+                         answers: dict[str, dict[str, str]] | None = None):
     """Per-round THI metrics on a dataset split, in a temporary embedded store.
 
     user: "simulated" answers from ground-truth attributes (via finetune.data.world.answer_from_attributes;
     falls back to "mllm" when the dataset has none) or "mllm" = the MLLM looking at the target's image.
-    cache: "mllm" caches the MLLM's own answers per gallery image (the realistic setting) or "truth".
+    cache: "mllm" caches the MLLM's own answers per gallery image (the realistic setting; those in ``answers``,
+    image path → answers already asked, are not asked again) or "truth".
     Queries: the first caption of the first ``max_queries`` images.
     """
     from finetune.data import load_split
@@ -436,6 +432,10 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
             raise LineupError(f"{path}: no ground-truth attributes; use cache='mllm'")
         return answer_from_attributes(attrs, key)
 
+    def known_or_asked(image: str, question: str) -> str:
+        key = next(q["key"] for q in question_bank if q["question"] == question)
+        return ((answers or {}).get(image) or {}).get(key) or embedder.answer(image, question)
+
     def answerer_for(query: dict):
         attrs = query["record"].attributes
         if user == "simulated" and attrs is not None:
@@ -447,7 +447,7 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
     with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
         engine = SearchEngine(embedder, store, "thi")
         engine.index_images(records, batch_size=batch_size)
-        engine.cache_answers(question_bank, answer_fn=truth if cache == "truth" else None)
+        engine.cache_answers(question_bank, answer_fn=truth if cache == "truth" else known_or_asked)
         return evaluate_thi(engine, queries, question_bank, thi_config,
                             answerer_for=answerer_for if thi_config.mode == "interactive" else None,
                             progress=progress, vocabulary=world_vocabulary())

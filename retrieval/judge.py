@@ -32,6 +32,19 @@ def bank_answers(answer: Callable[[Any, str], str], image, bank: Sequence[dict[s
     return {q["key"]: normalize_answer(answer(image, q["question"])) for q in bank}
 
 
+def gallery_answers(answer: Callable[[Any, str], str], images: Sequence[str], bank: Sequence[dict[str, str]],
+                    known: Mapping[str, Mapping[str, str]] | None = None,
+                    progress: Callable[[int], None] | None = None) -> dict[str, dict[str, str]]:
+    """Every image's answers to the bank, by image path: the ``known`` ones (e.g. a collection's cache) as they
+    are, the rest asked now (``bank_answers``)."""
+    out: dict[str, dict[str, str]] = {}
+    for image in images:
+        out[image] = dict((known or {}).get(image) or bank_answers(answer, image, bank))
+        if progress:
+            progress(1)
+    return out
+
+
 def same_score(a: Mapping[str, str], b: Mapping[str, str]) -> float:
     """Share of the questions both crops were asked that they answer alike."""
     keys = a.keys() & b.keys()
@@ -47,8 +60,8 @@ def agreement(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary:
 
 
 def match_score(answers: Mapping[str, str], text: str, vocabulary: Vocabulary) -> float:
-    """`agreement` with what `text` states (``Vocabulary.parse``, closed under ``implied``)."""
-    return agreement(answers, vocabulary.implied(vocabulary.parse(text)), vocabulary)
+    """`agreement` with what `text` states (``Vocabulary.stated``)."""
+    return agreement(answers, vocabulary.stated(text), vocabulary)
 
 
 def world_vocabulary() -> Vocabulary:

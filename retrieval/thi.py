@@ -598,7 +598,7 @@ def evaluate_dialogue(
                     if f is not None:
                         session.add_filter(f)
                 rankings.append(session.ranking)
-            stated = vocabulary.implied(vocabulary.parse(query["text"])) if vocabulary is not None else {}
+            stated = vocabulary.stated(query["text"]) if vocabulary is not None else {}
             asked += len(session.asked)
             redundant += len(session.asked & set(stated))
         for r in range(n_rounds + 1):
