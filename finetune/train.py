@@ -346,7 +346,7 @@ class Alignment:
             img_mask = img_batch["token_kinds"].to(emb.device) == IMAGE
             if cfg.word_patch_level == "word":
                 shown = [data.person_text[r.person_id] for r in records]
-                positives = caption_word_positives(captions, txt_batch["word_ids"], shown, pids)
+                positives = caption_word_positives(captions, txt_batch["word_ids"], shown, pids).to(emb.device)
                 wp = word_grounding_loss(txt_h, txt_mask, img_h, img_mask, positives, scale)
             else:
                 wp = word_patch_loss(txt_h, txt_mask, img_h, img_mask, scale, pids)

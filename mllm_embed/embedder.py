@@ -269,8 +269,11 @@ class MLLMEmbedder:
         return model.model
 
     def _to_device(self, batch: dict) -> dict:
-        device = self.device
-        return {k: v.to(device) for k, v in batch.items() if k not in _EXTRA_KEYS and k != "labels"}
+        """The model's inputs on its device; floating ones (pixel values) in its dtype, since not every vision tower
+        casts them itself (fast_vlm's convolutions refuse float32 pixels in a bf16 model)."""
+        device, dtype = self.device, self.model.dtype
+        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+                for k, v in batch.items() if k not in _EXTRA_KEYS and k != "labels"}
 
     def embed(self, batch: dict) -> torch.Tensor:
         """Forward + pooling (`config.pooling`) + L2 normalisation, with grad when grad is enabled."""

@@ -108,9 +108,11 @@ def test_resnet_tower_base_loads_learns_and_keeps_frozen_norms(tiny_world, tmp_p
     images = [r.image for r in load_split(tiny_world, "test")[:3]]
     vectors = embedder.encode_images(images)
     assert vectors.shape == (3, embedder.dim) and abs(float((vectors ** 2).sum(1).mean()) - 1) < 1e-4
+    half = load_embedder(base, dtype="bf16").encode_images(images)  # float32 pixels meet bf16 convolutions
+    assert (half * vectors).sum(1).min() > 0.99
     embedder.model.requires_grad_(False)
     train_mode(embedder.model)  # as in the LoRA stages: training mode, the tower frozen
-    pixels = embedder.family.images([load_image(p) for p in images]).tensors["pixel_values"]
+    pixels = embedder.family.images([load_image(p) for p in images]).tensors["pixel_values"].to(embedder.device)
     tower = embedder.model.model.vision_tower
     with torch.no_grad():
         together, alone = tower(pixels).last_hidden_state[0], tower(pixels[:1]).last_hidden_state[0]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _env import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -24,8 +25,7 @@ class Terminal:
 
     def __init__(self, argv: list[str]):
         self.master, slave = pty.openpty()
-        env = {**os.environ, "COLUMNS": "80", "LINES": "50", "TERM": "xterm", "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(ROOT)}
+        env = child_env(COLUMNS="80", LINES="50", TERM="xterm", OMP_NUM_THREADS="1")
         # a shell starts background jobs with SIGINT ignored and children inherit that (Python then never raises
         # KeyboardInterrupt): the chat gets a terminal's default Ctrl-C whatever ran this suite
         self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", *argv], stdin=slave, stdout=slave,

@@ -227,6 +227,7 @@ def _tiny_qwen2_vl(path):
 
     tok = train_tokenizer(["a red shirt and blue jeans", "what color is the shirt?"] * 20, 300)
     tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"]})
+    tok.image_token = "<|image_pad|>"  # the processor counts this token; train_tokenizer's is LLaVA's "<image>"
     ids = tok.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"])
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -8,13 +8,13 @@ pure metrics and evaluation protocols; rich is the CLI's. Every import counts, a
 from __future__ import annotations
 
 import ast
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _env import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mllm_embed", "finetune", "retrieval", "cli", "benchmarks")
@@ -219,7 +219,7 @@ print(repr(("ok", time.process_time() - started)))
 @pytest.mark.parametrize("command", ["", *_subcommands()])
 def test_help_does_not_import_the_heavy_libraries(command):
     argv = [*command.split(), "--help"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     probe = HELP_PROBE.format(heavy=set(HEAVY), root=ROOT)
     done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -232,7 +232,7 @@ def test_help_does_not_import_the_heavy_libraries(command):
 
 
 def test_the_help_probe_names_a_heavy_import():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     probe = HELP_PROBE.format(heavy=set(HEAVY), root=ROOT).replace("from cli.main import main",
                                                                    "from mllm_embed import load_embedder as main")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,

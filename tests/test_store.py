@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _env import child_env
 
 from mllm_embed.errors import LineupError
 from retrieval.store import DEFERRED_FILE, INDEXED_FIELDS, EdgeStore, StoreConfig, open_store, point_id
@@ -206,16 +207,14 @@ print("done", flush=True)
 def test_bulk_ingest_resumes_after_kill_without_duplicates(tmp_path, hnsw_m):
     """A bulk load killed (SIGKILL) mid-way resumes: every point present once, with its vector and payload. A
     flat index (hnsw_m 0) loads without its payload indexes: reopening after the kill makes them again."""
-    import os
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
     n, root = 2000, tmp_path / "index"
     script = tmp_path / "child.py"
     script.write_text(_INGEST_CHILD)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = child_env()
     child = subprocess.Popen([sys.executable, str(script), str(root), str(n), str(hnsw_m)], stdout=subprocess.PIPE,
                              text=True, env=env)
     acked = 0

@@ -204,7 +204,7 @@ def test_word_patch_loss_learns_only_when_the_token_embeddings_train(tiny_base, 
     assert last < first - 0.2, curves["full"]
     assert last < np.mean(curves["frozen"][-10:]) - 0.1, curves
     embeddings = [load_embedder(tiny_base, adapter=a).model.get_input_embeddings().weight for a in (None, runs["full"])]
-    assert not np.allclose(embeddings[0].detach().numpy(), embeddings[1].detach().numpy())
+    assert not np.allclose(embeddings[0].detach().cpu().numpy(), embeddings[1].detach().cpu().numpy())
 
 
 def test_token_embeddings_lora_adapts_the_word_vectors_and_reloads(tiny_base, tiny_world, tmp_path):
