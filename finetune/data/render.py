@@ -175,7 +175,10 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
     hw = (0.112 if female else 0.100) * s.build  # hips
     if side:
         sw, ww, hw = 0.068 * s.build, 0.062 * s.build, 0.07 * s.build
-    long_sleeves = a["upper_type"] != "t-shirt"
+    ut = a["upper_type"]
+    if ut == "jacket":  # padded: broader at the shoulders
+        sw += 0.012 * s.build
+    long_sleeves = ut != "t-shirt"
     upper_bottom = 0.66 if a["upper_type"] == "coat" else 0.51
     skin, hair = s.skin, s.hair
 
@@ -194,8 +197,9 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
         shade = 0.82 if side and i == 1 else 1.0
         if lt in ("trousers", "jeans"):
             pt.limb(leg, 0.072, _shade(lower_color, shade))
-            if lt == "jeans":  # lighter cuffs and a seam
-                pt.limb(_split_at(leg, 0.97)[-2:], 0.012, _shade(lower_color, 1.35 * shade))
+            if lt == "jeans":  # a lighter seam down the shin and rolled-up cuffs, seen from every side
+                pt.limb(_split_at(leg, 0.9)[-2:], 0.018, _shade(lower_color, 1.3 * shade))
+                pt.limb(_split_at(leg, 1.0)[-1:] + _split_at(leg, 0.9)[-1:], 0.088, _shade(lower_color, 1.45 * shade))
         else:
             pt.limb(leg, 0.062, _shade(skin, shade))
             if lt == "shorts":
@@ -228,6 +232,8 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
         garment = _shade(s.upper, shade)
         pt.limb(pts, 0.046, _shade(skin, shade))
         pt.limb(pts if long_sleeves else _split_at(pts, 0.38), 0.05, garment)
+        if ut == "jacket":  # dark cuffs
+            pt.limb(_split_at(pts, 1.0)[-1:] + _split_at(pts, 0.86)[-1:], 0.056, _shade(s.upper, 0.55 * shade))
         hx, hy = pts[-1]
         pt.ellipse(hx, hy + 0.01, 0.022, 0.024, fill=_shade(skin, shade))
 
@@ -240,7 +246,6 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
     pt.ellipse(-sw + 0.02, shoulder_y + 0.01, 0.03, 0.025, fill=s.upper)
     pt.ellipse(sw - 0.02, shoulder_y + 0.01, 0.03, 0.025, fill=s.upper)
     dark, light = _shade(s.upper, 0.6), _shade(s.upper, 1.3)
-    ut = a["upper_type"]
     if not back and not side:
         if ut == "shirt":
             pt.poly([(-0.035, 0.16), (0.0, 0.2), (0.035, 0.16), (0.0, 0.175)], light)
@@ -256,8 +261,13 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
             pt.limb([(0.015, 0.18), (0.02, 0.26)], 0.006, light)
     if ut == "hoodie":  # hood behind the neck (front/side) or hanging on the back
         pt.ellipse(-0.03 * f if side else 0.0, 0.2 if back else 0.175, 0.055, 0.03, fill=s.upper if back else dark)
-    if ut not in ("t-shirt", "hoodie"):  # hem
+    if ut == "jacket":  # ribbed hem band and a stand-up collar
+        pt.limb([(-hw, upper_bottom - 0.018), (hw, upper_bottom - 0.018)], 0.036, dark)
+        pt.limb([(-0.04, 0.165), (0.04, 0.165)], 0.03, dark)
+    elif ut in ("shirt", "coat"):  # hem
         pt.limb([(-hw, upper_bottom - 0.01), (hw, upper_bottom - 0.01)], 0.012, dark)
+    if ut == "shirt":  # a light collar round the neck
+        pt.limb([(-0.038, 0.168), (0.038, 0.168)], 0.022, light)
 
     long_hair = a["hair_length"] == "long"
     if back and long_hair:  # hair down the back, under a backpack
