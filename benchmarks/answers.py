@@ -4,6 +4,8 @@
 
 The base MLLM answers the 16 bank questions about every val and test image once (`bank_answers`); then, on the
 world's test split (val where a choice is made):
+0. the answers themselves: share equal to the true answer per question on val + test (held-out people), overall
+   and per view (front / back / side);
 1. same-person verification over `retrieval.evaluate.sample_pairs` (half same person): ROC AUC of the embedding
    cosine, the direct yes/no (`verify_question`, two crops side by side) and the answers judge;
 2. caption–image match over `finetune.stage0.Judgements.match` pairs (half yes; half the no's hard: a noisy
@@ -31,6 +33,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.data import load_split, load_triplets  # noqa: E402
+from finetune.data.jsonl import read_jsonl  # noqa: E402
+from finetune.data.render import VIEWS  # noqa: E402
 from finetune.data.world import QUESTION_BANK, answer_from_attributes  # noqa: E402
 from finetune.stage0 import Judgements, split_people  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
@@ -46,6 +50,18 @@ WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 def _balanced(said: np.ndarray, yes: np.ndarray) -> float:
     return 100 * float((said[yes].mean() + (~said[~yes]).mean()) / 2)
+
+
+def answer_accuracy(world: Path, people, answers: dict) -> dict:
+    """% of the MLLM's answers equal to the true one, per bank question: overall and per view."""
+    view_of = {Path(row["image"]).name: row["view"] for row in read_jsonl(world / "annotations.jsonl")}
+    out = {}
+    for q in QUESTION_BANK:
+        right = [(answers[p.image][q["key"]] == answer_from_attributes(p.attributes, q["key"]),
+                  view_of[Path(p.image).name]) for p in people]
+        out[q["key"]] = {"all": 100 * float(np.mean([ok for ok, _ in right])),
+                         **{v: 100 * float(np.mean([ok for ok, w in right if w == v])) for v in VIEWS}}
+    return out
 
 
 def match_judges(embedder, people, answers: dict, vocabulary, n: int) -> dict:
@@ -90,6 +106,7 @@ def main() -> None:
     people = {split: split_people(args.world, split) for split in ("val", "test")}
     answers = gallery_answers(embedder.answer, [p.image for ps in people.values() for p in ps], QUESTION_BANK)
     asked = time.time() - start
+    accuracy = answer_accuracy(args.world, [p for ps in people.values() for p in ps], answers)
     verify = evaluate_verification(embedder, load_split(args.world, "test", required=True),
                                    config=EvalConfig(pairs=args.pairs), answers=answers)
     match = {split: match_judges(embedder, people[split], answers, vocabulary,
@@ -100,10 +117,16 @@ def main() -> None:
                                        answers=answers) for judge in ("answers", "question")}
     report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
               "answer_weight": ANSWER_WEIGHT, "judge_threshold": THIConfig().judge_threshold,
-              "images_asked": len(answers), "seconds_asking": round(asked, 1), "verification": verify,
+              "images_asked": len(answers), "seconds_asking": round(asked, 1), "answer_accuracy": accuracy, "verification": verify,
               "match": match, "rerank": rerank, "thi_auto": thi, "seconds": round(time.time() - start, 1)}
 
     console = Console()
+    vqa = Table(title=f"the MLLM's answers, % right on {len(people['val']) + len(people['test'])} held-out images")
+    for col in ("question", "all", *VIEWS):
+        vqa.add_column(col)
+    for key, acc in accuracy.items():
+        vqa.add_row(key, *[f"{acc[c]:.1f}" for c in ("all", *VIEWS)])
+    console.print(vqa)
     judges = Table(title=f"MLLM judges, test split (match threshold {report['judge_threshold']})")
     for col in ("judge", "same person AUC", "match AUC", "match balanced acc."):
         judges.add_column(col)
