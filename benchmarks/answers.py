@@ -117,7 +117,8 @@ def main() -> None:
                                        answers=answers) for judge in ("answers", "question")}
     report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
               "answer_weight": ANSWER_WEIGHT, "judge_threshold": THIConfig().judge_threshold,
-              "images_asked": len(answers), "seconds_asking": round(asked, 1), "answer_accuracy": accuracy, "verification": verify,
+              "images_asked": len(answers), "seconds_asking": round(asked, 1), "answer_accuracy": accuracy,
+              "verification": verify,
               "match": match, "rerank": rerank, "thi_auto": thi, "seconds": round(time.time() - start, 1)}
 
     console = Console()

@@ -154,6 +154,11 @@ def _limb_points(origin, angle, l1, l2, bend):
     return [(x0, y0), (x1, y1), (x1 + l2 * math.sin(a2), y1 + l2 * math.cos(a2))]
 
 
+def _end_from(pts, frac):
+    """The last stretch of a 3-point limb, from its end back to `frac` of its length (cuffs)."""
+    return [_split_at(pts, 1.0)[-1], _split_at(pts, frac)[-1]]
+
+
 def _split_at(pts, frac):
     """The part of a 3-point limb from its start to `frac` of its length (for short sleeves/shorts)."""
     (x0, y0), (x1, y1), (x2, y2) = pts
@@ -199,7 +204,7 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
             pt.limb(leg, 0.072, _shade(lower_color, shade))
             if lt == "jeans":  # a lighter seam down the shin and rolled-up cuffs, seen from every side
                 pt.limb(_split_at(leg, 0.9)[-2:], 0.018, _shade(lower_color, 1.3 * shade))
-                pt.limb(_split_at(leg, 1.0)[-1:] + _split_at(leg, 0.9)[-1:], 0.088, _shade(lower_color, 1.45 * shade))
+                pt.limb(_end_from(leg, 0.9), 0.088, _shade(lower_color, 1.45 * shade))
         else:
             pt.limb(leg, 0.062, _shade(skin, shade))
             if lt == "shorts":
@@ -233,7 +238,7 @@ def _draw_person(pt: _Painter, a: dict, s: Style, pose: _Pose):
         pt.limb(pts, 0.046, _shade(skin, shade))
         pt.limb(pts if long_sleeves else _split_at(pts, 0.38), 0.05, garment)
         if ut == "jacket":  # dark cuffs
-            pt.limb(_split_at(pts, 1.0)[-1:] + _split_at(pts, 0.86)[-1:], 0.056, _shade(s.upper, 0.55 * shade))
+            pt.limb(_end_from(pts, 0.86), 0.056, _shade(s.upper, 0.55 * shade))
         hx, hy = pts[-1]
         pt.ellipse(hx, hy + 0.01, 0.022, 0.024, fill=_shade(skin, shade))
 
