@@ -429,7 +429,8 @@ def run_thi_eval(embedder, path: Path, mode: str, rounds: int, judge: str = "ans
 
 def show_results(results: dict) -> None:
     titles = {"t2i": "text → image", "i2i": "image → image (cross-camera)", "composed": "image + modification",
-              "t2i_answers": "text → image, answer re-ranking", "composed_answers": "image + modification, answer re-ranking",
+              "t2i_answers": "text → image, answer re-ranking",
+              "composed_answers": "image + modification, answer re-ranking",
               "verify": "verification (same person?)", "noise": "NAM wrong-word detection"}
     for task, metrics in results.items():
         if task == "thi":

@@ -145,7 +145,8 @@ def _evaluate(project: Project, load_embedder, answers: dict[str, dict[str, str]
                                                  answers=answers)
         project.reports.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(results, indent=2, default=float))
-    for task, title in (("t2i", "text → image"), ("t2i_answers", f"text → image, answer re-ranking ({ANSWER_WEIGHT})"),
+    for task, title in (("t2i", "text → image"),
+                        ("t2i_answers", f"text → image, answer re-ranking ({ANSWER_WEIGHT})"),
                         ("i2i", "image → image (cross-camera)"), ("composed", "image + modification → image"),
                         ("composed_answers", f"image + modification → image, answer re-ranking ({ANSWER_WEIGHT})")):
         console.print(metrics_table(title, {name: results[name][task] for name in ("base", "stage1", "stage2")

@@ -226,7 +226,8 @@ def run_batch(
         chunk = queries[start : start + SEARCH_BATCH]
         stated = [engine.stated(q.kind, q.text if q.kind == "text" else q.modification) for q in chunk]
         found = engine.search_vectors(np.stack([vectors[start + j] for j in range(len(chunk))]),
-                                      [engine.fetch_k(q.k, s) for q, s in zip(chunk, stated)], [q.filter for q in chunk])
+                                      [engine.fetch_k(q.k, s) for q, s in zip(chunk, stated)],
+                                      [q.filter for q in chunk])
         for q, s, hits in zip(chunk, stated, found):
             hits = engine.rerank(hits, s, q.k)
             for rank, hit in enumerate(hits, 1):

@@ -432,9 +432,10 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
             raise LineupError(f"{path}: no ground-truth attributes; use cache='mllm'")
         return answer_from_attributes(attrs, key)
 
+    key_of = {q["question"]: q["key"] for q in question_bank}
+
     def known_or_asked(image: str, question: str) -> str:
-        key = next(q["key"] for q in question_bank if q["question"] == question)
-        return ((answers or {}).get(image) or {}).get(key) or embedder.answer(image, question)
+        return ((answers or {}).get(image) or {}).get(key_of[question]) or embedder.answer(image, question)
 
     def answerer_for(query: dict):
         attrs = query["record"].attributes

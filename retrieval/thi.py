@@ -175,7 +175,8 @@ class THISession:
         emb = engine.embedder
         self.vqa = vqa or (lambda image, question: emb.answer(image, question))
         if judge is None and self.config.judge == "question":
-            judge = lambda image, q: normalize_answer(emb.answer(image, emb.config.match_prompt(q))).startswith("yes")  # noqa: E731
+            def judge(image, q):
+                return normalize_answer(emb.answer(image, emb.config.match_prompt(q))).startswith("yes")
         if judge is None and self.config.mode == "auto" and vocabulary is None:
             raise LineupError("THI auto's answers judge reads the query with a Vocabulary: pass vocabulary= "
                               "(retrieval.dialogue.Vocabulary.build) or use THIConfig(judge='question')")
