@@ -14,24 +14,23 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cli.ui import metrics_table  # noqa: E402
+from cli.ui import TASK_TITLES, metrics_table  # noqa: E402
 
-TASKS = (("t2i", "text → image"), ("i2i", "image → image (cross-camera)"),
-         ("composed", "image + modification → image (identity level; exact image: exact_*)"))
+NOTES = {"composed": " (identity level; exact image: exact_*)"}
 
 
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "demo.json")
     report = json.loads(path.read_text())
     console = Console(width=100, color_system=None)
-    for task, title in TASKS:
+    for task in ("t2i", "i2i", "composed"):
         # "+ answers": the same queries with answer re-ranking (SearchEngine.answer_weight) on cached answers
         rows = {label: {k: v for k, v in report["eval"][name][key].items() if not k.startswith("exact_R@")
                         or k == "exact_R@10"}
                 for name in ("base", "stage1", "stage2")
                 for key, label in ((task, name), (f"{task}_answers", f"{name} + answers"))
                 if key in report["eval"][name]}
-        console.print(metrics_table(title, rows))
+        console.print(metrics_table(TASK_TITLES[task] + NOTES.get(task, ""), rows))
     console.print(metrics_table("THI rounds (stage 2; simulated user, MLLM-cached answers)",
                                 {f"round {m['round']}": {k: v for k, v in m.items() if k != "round"}
                                  for m in report["thi"]}))

@@ -17,7 +17,7 @@ from mllm_embed.files import atomic_output, check_writable, write_text_atomic
 
 from cli.project import Project
 from cli.training import run_training, show_stage0
-from cli.ui import console, contact_sheet, metrics_table, progress_bar, show_hits
+from cli.ui import TASK_TITLES, console, contact_sheet, metrics_table, progress_bar, show_hits
 
 if TYPE_CHECKING:
     from finetune.data import PersonImage
@@ -428,19 +428,15 @@ def run_thi_eval(embedder, path: Path, mode: str, rounds: int, judge: str = "ans
 
 
 def show_results(results: dict) -> None:
-    titles = {"t2i": "text → image", "i2i": "image → image (cross-camera)", "composed": "image + modification",
-              "t2i_answers": "text → image, answer re-ranking",
-              "composed_answers": "image + modification, answer re-ranking",
-              "verify": "verification (same person?)", "noise": "NAM wrong-word detection"}
     for task, metrics in results.items():
         if task == "thi":
             console.print(metrics_table("THI rounds", {f"round {m['round']}": {k: v for k, v in m.items()
                                                                               if k != "round"} for m in metrics}))
         elif task == "verify":
             rows = {judge: m for judge, m in metrics.items() if isinstance(m, dict)}
-            console.print(metrics_table(titles[task], rows or {"": metrics}))
+            console.print(metrics_table(TASK_TITLES[task], rows or {"": metrics}))
         else:
-            console.print(metrics_table(titles.get(task, task), {"": metrics}))
+            console.print(metrics_table(TASK_TITLES.get(task, task), {"": metrics}))
 
 
 def cmd_chat(args, project: Project) -> int:

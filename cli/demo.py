@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from cli.project import Project
 from cli.training import run_training, show_stage0
-from cli.ui import console, metrics_table, progress_bar, show_hits
+from cli.ui import TASK_TITLES, console, metrics_table, progress_bar, show_hits
 from retrieval.judge import ANSWER_WEIGHT, world_vocabulary
 
 if TYPE_CHECKING:
@@ -145,10 +145,8 @@ def _evaluate(project: Project, load_embedder, answers: dict[str, dict[str, str]
                                                  answers=answers)
         project.reports.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(results, indent=2, default=float))
-    for task, title in (("t2i", "text → image"),
-                        ("t2i_answers", f"text → image, answer re-ranking ({ANSWER_WEIGHT})"),
-                        ("i2i", "image → image (cross-camera)"), ("composed", "image + modification → image"),
-                        ("composed_answers", f"image + modification → image, answer re-ranking ({ANSWER_WEIGHT})")):
+    for task in ("t2i", "t2i_answers", "i2i", "composed", "composed_answers"):
+        title = TASK_TITLES[task] + (f" ({ANSWER_WEIGHT})" if task.endswith("_answers") else "")
         console.print(metrics_table(title, {name: results[name][task] for name in ("base", "stage1", "stage2")
                                             if task in results[name]}))
     return results

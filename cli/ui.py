@@ -38,6 +38,12 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         yield advance
 
 
+# table titles of the evaluation tasks (`retrieval.evaluate.evaluate_dataset`'s keys)
+TASK_TITLES = {"t2i": "text → image", "i2i": "image → image (cross-camera)", "composed": "image + modification → image",
+               "t2i_answers": "text → image, answer re-ranking",
+               "composed_answers": "image + modification → image, answer re-ranking",
+               "verify": "verification (same person?)", "noise": "NAM wrong-word detection"}
+
 SHORT = {"accuracy": "acc", "precision": "prec", "recall": "rec", "threshold": "thr", "yes_rate": "yes rate",
          "exact_queries": "exact q"}
 
