@@ -27,19 +27,21 @@ from retrieval.dialogue import Vocabulary, normalize_answer
 ANSWER_WEIGHT = 0.3
 
 
-def bank_answers(answer: Callable[[Any, str], str], image, bank: Sequence[dict[str, str]]) -> dict[str, str]:
-    """`answer(image, question)` for every bank question, normalised, by question key."""
-    return {q["key"]: normalize_answer(answer(image, q["question"])) for q in bank}
+def bank_answers(answer: Callable[[Any, str], str], image, bank: Sequence[dict[str, str]],
+                 known: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The image's answer to every bank question, normalised, by question key: the ``known`` one (e.g. cached in
+    a gallery point's payload) where there is one, else ``answer(image, question)``."""
+    known = known or {}
+    return {q["key"]: normalize_answer(known.get(q["key"]) or answer(image, q["question"])) for q in bank}
 
 
 def gallery_answers(answer: Callable[[Any, str], str], images: Sequence[str], bank: Sequence[dict[str, str]],
                     known: Mapping[str, Mapping[str, str]] | None = None,
                     progress: Callable[[int], None] | None = None) -> dict[str, dict[str, str]]:
-    """Every image's answers to the bank, by image path: the ``known`` ones (e.g. a collection's cache) as they
-    are, the rest asked now (``bank_answers``)."""
+    """Every image's answers to the bank, by image path (``bank_answers``; ``known``: a collection's cache)."""
     out: dict[str, dict[str, str]] = {}
     for image in images:
-        out[image] = dict((known or {}).get(image) or bank_answers(answer, image, bank))
+        out[image] = bank_answers(answer, image, bank, (known or {}).get(image))
         if progress:
             progress(1)
     return out

@@ -36,7 +36,7 @@ import numpy as np
 
 from mllm_embed.errors import LineupError
 from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters, normalize_answer
-from retrieval.judge import match_score
+from retrieval.judge import bank_answers, match_score
 from retrieval.store import Hit
 
 log = logging.getLogger(__name__)
@@ -308,9 +308,7 @@ class THISession:
 
     def _candidate_answers(self, cand: Hit) -> dict[str, str]:
         """The candidate's answers to the bank: cached in its payload, else asked now."""
-        cached = cand.payload.get("answers") or {}
-        return {q["key"]: normalize_answer(cached.get(q["key"]) or self.vqa(cand.payload["image"], q["question"]))
-                for q in self.bank}
+        return bank_answers(self.vqa, cand.payload["image"], self.bank, cand.payload.get("answers"))
 
     def _auto_round(self) -> Round:
         k = len(self.rounds)  # 1-based index of the candidate checked this round

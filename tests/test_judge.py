@@ -66,6 +66,10 @@ def test_bank_answers_asks_every_question_once():
     asked = []
     got = bank_answers(lambda image, q: asked.append((image, q)) or " Red. ", "img.png", QUESTION_BANK[:3])
     assert got == {q["key"]: "red" for q in QUESTION_BANK[:3]} and len(asked) == 3
+    cached = {QUESTION_BANK[0]["key"]: "Blue.", "not_in_bank": "x"}  # a payload's cache: only the rest is asked
+    got = bank_answers(lambda image, q: asked.append((image, q)) or "red", "img.png", QUESTION_BANK[:3], cached)
+    assert got == {QUESTION_BANK[0]["key"]: "blue"} | {q["key"]: "red" for q in QUESTION_BANK[1:3]}
+    assert [q for _, q in asked[3:]] == [q["question"] for q in QUESTION_BANK[1:3]]
 
 
 @pytest.mark.slow
