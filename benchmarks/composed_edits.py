@@ -6,8 +6,10 @@ reference person (the query did not move off the person it starts from).
 On the world's test split (gallery: every test image; queries: every test triplet, the reference image itself left
 out of its ranking as in `retrieval.evaluate.evaluate_composed`), per adapter and per edited attribute: queries,
 Rank-1 (top person is the target), reference share (top person is the reference), exact-target R@10, and overall
-the Rank-1 a query would reach were the reference person's other images out of the gallery. Prints a table and
-writes benchmarks/results/composed_edits.json.
+the Rank-1 a query would reach were the reference person's other images out of the gallery. With
+`--answer-weight W` the ranking is the engine's answer re-ranking (`retrieval.evaluate.evaluate_composed`'s:
+cosine + W × agreement of the base MLLM's answers about each gallery image with the modification's new values),
+the answers asked first. Prints a table and writes benchmarks/results/composed_edits.json.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.data import load_split, read_jsonl  # noqa: E402
+from finetune.data.world import QUESTION_BANK  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from retrieval.evaluate import encode_gallery  # noqa: E402
+from retrieval.judge import agreement, gallery_answers, world_vocabulary  # noqa: E402
 from retrieval.metrics import recall_at_k  # noqa: E402
 
 
-def edit_breakdown(embedder, world: Path) -> dict:
+def edit_breakdown(embedder, world: Path, answer_weight: float = 0.0) -> dict:
     records = load_split(world, "test")
     column = {Path(r.image).resolve(): j for j, r in enumerate(records)}
     pids = np.array([r.person_id for r in records])
@@ -39,6 +43,12 @@ def edit_breakdown(embedder, world: Path) -> dict:
     gallery = encode_gallery(embedder, records, 32)
     queries = embedder.encode_composed([(str(world / t["reference"]), t["modification"]) for t in rows], batch_size=32)
     sim = queries @ gallery.T
+    if answer_weight:
+        answers = gallery_answers(embedder.answer, [r.image for r in records], QUESTION_BANK)
+        vocabulary = world_vocabulary()
+        for i, t in enumerate(rows):
+            wanted = vocabulary.modification(t["modification"])
+            sim[i] += answer_weight * np.array([agreement(answers[r.image], wanted, vocabulary) for r in records])
     ref_col = np.array([column[(world / t["reference"]).resolve()] for t in rows])
     target_col = np.array([column[(world / t["target"]).resolve()] for t in rows])
     sim[np.arange(len(rows)), ref_col] = -np.inf
@@ -65,12 +75,14 @@ def main() -> None:
     ap.add_argument("--base", required=True)
     ap.add_argument("--world", required=True)
     ap.add_argument("--adapter", action="append", required=True, help="adapter folder (repeatable)")
+    ap.add_argument("--answer-weight", type=float, default=0.0, help="answer re-ranking weight (0: the embedding)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "composed_edits.json"))
     args = ap.parse_args()
-    result = {"base": args.base, "world": args.world, "adapters": {}}
+    result = {"base": args.base, "world": args.world, "answer_weight": args.answer_weight, "adapters": {}}
     console = Console()
     for adapter in args.adapter:
-        found = edit_breakdown(load_embedder(args.base, adapter=adapter), Path(args.world).resolve())
+        embedder = load_embedder(args.base, adapter=adapter)
+        found = edit_breakdown(embedder, Path(args.world).resolve(), args.answer_weight)
         result["adapters"][adapter] = found
         table = Table(title=f"composed retrieval by edited attribute: {adapter}")
         for col in ("edit", "queries", "R@1", "reference top", "exact R@10"):
