@@ -124,10 +124,11 @@ def main() -> None:
     answers = gallery_answers(embedder.answer, [p.image for ps in people.values() for p in ps], QUESTION_BANK)
     asked = time.time() - start
     accuracy = answer_accuracy(args.world, [p for ps in people.values() for p in ps], answers)
-    unseen = random.Random(0).sample(split_people(args.world, "train"), args.base_images)
+    train = split_people(args.world, "train")
+    unseen = random.Random(0).sample(train, min(args.base_images, len(train)))
     targets = [q for q in QUESTION_BANK if q["key"] in TARGET_KEYS]
-    unseen_accuracy = answer_accuracy(args.world, unseen, gallery_answers(embedder.answer, [p.image for p in unseen],
-                                                                          targets), targets)
+    unseen_accuracy = unseen and answer_accuracy(
+        args.world, unseen, gallery_answers(embedder.answer, [p.image for p in unseen], targets), targets)
     verify = evaluate_verification(embedder, load_split(args.world, "test", required=True),
                                    config=EvalConfig(pairs=args.pairs), answers=answers)
     match = {split: match_judges(embedder, people[split], answers, vocabulary,
