@@ -127,8 +127,8 @@ def main() -> None:
     train = split_people(args.world, "train")
     unseen = random.Random(0).sample(train, min(args.base_images, len(train)))
     targets = [q for q in QUESTION_BANK if q["key"] in TARGET_KEYS]
-    unseen_accuracy = unseen and answer_accuracy(
-        args.world, unseen, gallery_answers(embedder.answer, [p.image for p in unseen], targets), targets)
+    unseen_accuracy = answer_accuracy(args.world, unseen, gallery_answers(
+        embedder.answer, [p.image for p in unseen], targets), targets) if unseen else {}
     verify = evaluate_verification(embedder, load_split(args.world, "test", required=True),
                                    config=EvalConfig(pairs=args.pairs), answers=answers)
     match = {split: match_judges(embedder, people[split], answers, vocabulary,
