@@ -73,7 +73,7 @@ def encode_gallery(embedder: Any, records: Sequence[PersonImage], batch_size: in
 
 
 # --- retrieval tasks --------------------------------------------------------------------------------
-def _agreement(answers: Sequence[dict[str, str]], stated: Sequence[dict[str, str]], vocabulary) -> np.ndarray:
+def agreement_matrix(answers: Sequence[dict[str, str]], stated: Sequence[dict[str, str]], vocabulary) -> np.ndarray:
     """(queries, gallery): how far each gallery image's answers agree with what each query states."""
     from retrieval.judge import agreement
 
@@ -92,7 +92,7 @@ def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10
     text_vecs = embedder.encode_text([t for t, _ in texts], batch_size=batch_size, progress=progress)
     sim = text_vecs @ image_vecs.T
     if answer_weight:
-        sim += answer_weight * _agreement(answers, [vocabulary.stated(t) for t, _ in texts], vocabulary)
+        sim += answer_weight * agreement_matrix(answers, [vocabulary.stated(t) for t, _ in texts], vocabulary)
     return rank_metrics(sim, [p for _, p in texts], [r.person_id for r in records], ks=ks)
 
 
@@ -134,7 +134,7 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
                                     batch_size=batch_size, progress=progress)
     sim = vecs @ image_vecs.T
     if answer_weight:
-        sim += answer_weight * _agreement(answers, [vocabulary.modification(t.modification) for t in usable],
+        sim += answer_weight * agreement_matrix(answers, [vocabulary.modification(t.modification) for t in usable],
                                           vocabulary)
     for i, t in enumerate(usable):  # the reference image itself is not a candidate (CIRR convention)
         if _path_key(t.reference) in column:
