@@ -2,12 +2,14 @@
 
     OMP_NUM_THREADS=2 python benchmarks/answers.py --base DIR --world DIR --adapter DIR [--out FILE]
 
-The base MLLM answers the 16 bank questions about every val and test image once (`bank_answers`); then, on the
-world's test split (val where a choice is made):
+The base MLLM answers the 16 bank questions about every val and test image once, as the engine asks them
+(`bank_answerer`: one of the question's values, on four views of the image); then, on the world's test split (val
+where a choice is made):
 0. the answers themselves: share equal to the true answer per question on val + test (held-out people), overall
-   and per view (front / back / side); the demo keeps only 48 people apart, so the issue's five questions (garment
-   types and colours, hair colour) are also scored on `--base-images` train images: people the base never saw
-   either (stage 0 trains on the bootstrap's own world, and answers come with the LoRA adapter disabled);
+   and per view (front / back / side), and hair colour per hat; the issue's five questions (garment types and
+   colours, hair colour) also asked freely about the image alone, and — the demo keeps only 48 people apart —
+   asked on `--base-images` train images: people the base never saw either (stage 0 trains on the bootstrap's
+   own world, and answers come with the LoRA adapter disabled);
 1. same-person verification over `retrieval.evaluate.sample_pairs` (half same person): ROC AUC of the embedding
    cosine, the direct yes/no (`verify_question`, two crops side by side) and the answers judge;
 2. caption–image match over `finetune.stage0.Judgements.match` pairs (half yes; half the no's hard: a noisy
@@ -42,7 +44,7 @@ from finetune.stage0 import Judgements, split_people  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from retrieval.evaluate import (EvalConfig, encode_gallery, evaluate_composed, evaluate_t2i,  # noqa: E402
                                 evaluate_thi_dataset, evaluate_verification)
-from retrieval.judge import ANSWER_WEIGHT, gallery_answers, match_score, world_vocabulary  # noqa: E402
+from retrieval.judge import ANSWER_WEIGHT, bank_answerer, gallery_answers, match_score, world_vocabulary  # noqa: E402
 from retrieval.metrics import roc_auc  # noqa: E402
 from retrieval.thi import THIConfig  # noqa: E402
 
@@ -67,6 +69,17 @@ def answer_accuracy(world: Path, people, answers: dict, bank=QUESTION_BANK) -> d
                   view_of[Path(p.image).name]) for p in people]
         out[q["key"]] = {"all": 100 * float(np.mean([ok for ok, _ in right])),
                          **{v: 100 * float(np.mean([ok for ok, w in right if w == v])) for v in VIEWS}}
+    return out
+
+
+def hair_by_hat(people, answers: dict) -> dict:
+    """Hair colour answers per hat the person wears (a beanie or cap leaves a few pixels of short hair): % right
+    and how many images."""
+    out = {}
+    for hat in sorted({p.attributes["hat"] for p in people}):
+        right = [answers[p.image]["hair_color"] == p.attributes["hair_color"] for p in people
+                 if p.attributes["hat"] == hat]
+        out[hat] = {"right": round(100 * float(np.mean(right)), 1), "images": len(right)}
     return out
 
 
@@ -121,14 +134,18 @@ def main() -> None:
     embedder = load_embedder(str(args.base), adapter=str(args.adapter))
     vocabulary = world_vocabulary()
     people = {split: split_people(args.world, split) for split in ("val", "test")}
-    answers = gallery_answers(embedder.answer, [p.image for ps in people.values() for p in ps], QUESTION_BANK)
+    ask = bank_answerer(embedder, vocabulary)
+    held_out = [p for ps in people.values() for p in ps]
+    answers = gallery_answers(ask, [p.image for p in held_out], QUESTION_BANK)
     asked = time.time() - start
-    accuracy = answer_accuracy(args.world, [p for ps in people.values() for p in ps], answers)
+    accuracy = answer_accuracy(args.world, held_out, answers)
+    targets = [q for q in QUESTION_BANK if q["key"] in TARGET_KEYS]
+    one_view = answer_accuracy(args.world, held_out, gallery_answers(
+        embedder.answer, [p.image for p in held_out], targets), targets)
     train = split_people(args.world, "train")
     unseen = random.Random(0).sample(train, min(args.base_images, len(train)))
-    targets = [q for q in QUESTION_BANK if q["key"] in TARGET_KEYS]
     unseen_accuracy = answer_accuracy(args.world, unseen, gallery_answers(
-        embedder.answer, [p.image for p in unseen], targets), targets) if unseen else {}
+        ask, [p.image for p in unseen], targets), targets) if unseen else {}
     verify = evaluate_verification(embedder, load_split(args.world, "test", required=True),
                                    config=EvalConfig(pairs=args.pairs), answers=answers)
     match = {split: match_judges(embedder, people[split], answers, vocabulary,
@@ -140,6 +157,7 @@ def main() -> None:
     report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
               "answer_weight": ANSWER_WEIGHT, "judge_threshold": THIConfig().judge_threshold,
               "images_asked": len(answers), "seconds_asking": round(asked, 1), "answer_accuracy": accuracy,
+              "answer_accuracy_one_view": one_view, "hair_color_by_hat": hair_by_hat(held_out, answers),
               "answer_accuracy_train_images": {"images": len(unseen), "by_question": unseen_accuracy},
               "verification": verify,
               "match": match, "rerank": rerank, "thi_auto": thi, "seconds": round(time.time() - start, 1)}
@@ -147,6 +165,8 @@ def main() -> None:
     console = Console()
     console.print(_vqa_table(f"the MLLM's answers, % right on {len(people['val']) + len(people['test'])} held-out "
                              "images", accuracy))
+    console.print(_vqa_table("the same asked freely about the image alone (no options, one view)", one_view))
+    console.print(f"hair colour by hat (% right, images): {report['hair_color_by_hat']}")
     if unseen:
         console.print(_vqa_table(f"the same on {len(unseen)} train images (people the base never saw either)",
                                  unseen_accuracy))

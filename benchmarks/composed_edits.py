@@ -30,7 +30,7 @@ from finetune.data import load_split, read_jsonl  # noqa: E402
 from finetune.data.world import QUESTION_BANK  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from retrieval.evaluate import agreement_matrix, encode_gallery  # noqa: E402
-from retrieval.judge import gallery_answers, world_vocabulary  # noqa: E402
+from retrieval.judge import bank_answerer, gallery_answers, world_vocabulary  # noqa: E402
 from retrieval.metrics import recall_at_k  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def edit_breakdown(embedder, world: Path, answer_weight: float = 0.0) -> dict:
     queries = embedder.encode_composed([(str(world / t["reference"]), t["modification"]) for t in rows], batch_size=32)
     sim = queries @ gallery.T
     if answer_weight:
-        answers = gallery_answers(embedder.answer, [r.image for r in records], QUESTION_BANK)
+        answers = gallery_answers(bank_answerer(embedder), [r.image for r in records], QUESTION_BANK)
         vocabulary = world_vocabulary()
         sim += answer_weight * agreement_matrix([answers[r.image] for r in records],
                                                 [vocabulary.modification(t["modification"]) for t in rows], vocabulary)

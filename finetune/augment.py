@@ -130,15 +130,17 @@ def caption_images(
     Ask "Describe the person." (kept as a caption when the model answers) and the question bank, map the
     answers onto the attribute vocabulary and fill the slot templates (default: the world's CAPTION_TEMPLATES)."""
     from finetune.data.world import CAPTION_TEMPLATES, QUESTION_BANK, describe
+    from retrieval.judge import bank_answerer
 
     templates = list(templates or CAPTION_TEMPLATES)
     if per_image < 1 or per_image > len(templates):
         raise LineupError(f"per_image={per_image}: must be between 1 and the number of templates ({len(templates)})")
     rng = np.random.default_rng(seed)
     out, unknown = [], 0
+    ask = bank_answerer(embedder)
     for image in images:
         chosen = [templates[i] for i in rng.choice(len(templates), size=per_image, replace=False)]
-        answers = {q["key"]: embedder.answer(image, q["question"]) for q in QUESTION_BANK}
+        answers = {q["key"]: ask(image, q["question"]) for q in QUESTION_BANK}
         attrs, n_unknown = answers_to_attributes(answers)
         unknown += n_unknown
         free = embedder.answer(image, DESCRIBE_PROMPT, max_new_tokens)

@@ -344,15 +344,28 @@ class MLLMEmbedder:
         """(n, dim) float32 embeddings of (image, modification text) pairs."""
         return self._encode(self.composed_batch, pairs, batch_size, progress, length=lambda p: len(str(p[1])))
 
-    def answer(self, image, question: str, max_new_tokens: int = 8) -> str:
+    def answer(self, image, question: str, max_new_tokens: int = 8, options: Sequence[str] | None = None,
+               views: bool = False) -> str:
         """Greedy answer to a question about an image (lower-case, stripped). A loaded LoRA adapter is
-        disabled while generating: it is trained for embeddings, the base's stage-0 skills answer questions."""
-        inputs = self._to_device(self.lm_batch([(image, question, None)]))
+        disabled while generating: it is trained for embeddings, the base's stage-0 skills answer questions.
+
+        `options`: the answer is one of them (decoding may only spell an option). `views`: four views of the image
+        (`answer_views`) are asked together and every token is picked by their mean log-probability — for
+        questions whose answer a mirror image does not change (a garment's colour, not which hand holds the bag)."""
+        shown = load_image(image)
+        inputs = self._to_device(self.lm_batch([(view, question, None)
+                                                for view in (answer_views(shown) if views else [shown])]))
         prompt_len = inputs["input_ids"].shape[1]
+        processors = []
+        if options or views:
+            eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+            spelled = [self.tokenizer(o, add_special_tokens=False)["input_ids"] + eos for o in options or ()]
+            processors = [_ViewConsensus(prompt_len, spelled)]
+            max_new_tokens = max(map(len, spelled)) if spelled else max_new_tokens
         base_only = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
         with self.inference(), base_only:
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors)
         text = self.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
         return text.strip().strip(".").strip().lower()
 
@@ -376,6 +389,35 @@ class MLLMEmbedder:
         self.config.merged_adapters = store_merged(self.merged_sources, directory)
         self.config.save(directory)
         return directory
+
+
+def answer_views(image) -> list:
+    """A PIL image, its mirror image, and both moved by 3 % of the width and 2.5 % of the height (grey border):
+    the views `MLLMEmbedder.answer(..., views=True)` asks about together."""
+    from PIL import Image, ImageOps
+
+    dx, dy = max(1, round(0.03 * image.width)), max(1, round(0.025 * image.height))
+    moved = image.transform(image.size, Image.AFFINE, (1, 0, dx, 0, 1, dy), fillcolor=(128, 128, 128))
+    return [image, ImageOps.mirror(image), moved, ImageOps.mirror(moved)]
+
+
+class _ViewConsensus:
+    """A `generate` logits processor for `MLLMEmbedder.answer`: every row of the batch (views of one image) gets
+    the rows' mean log-probabilities, so all rows decode the same answer; with `options` (token ids, each ending
+    in eos), only tokens that continue an option's spelling stay allowed."""
+
+    def __init__(self, prompt_len: int, options: list[list[int]]):
+        self.prompt_len, self.options = prompt_len, options
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(scores.float(), dim=-1).mean(0, keepdim=True)
+        if self.options:
+            done = input_ids[0, self.prompt_len:].tolist()
+            allowed = sorted({o[len(done)] for o in self.options if len(o) > len(done) and o[:len(done)] == done})
+            keep = torch.full_like(logp, float("-inf"))
+            keep[:, allowed] = 0.0
+            logp = logp + keep
+        return logp.expand_as(scores).to(scores.dtype)
 
 
 _QUANTIZATION = ("4bit", "8bit")

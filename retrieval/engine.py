@@ -201,11 +201,14 @@ class SearchEngine:
     ) -> int:
         """Store answers to the THI question bank in each point's payload (``payload["answers"][key]``).
 
-        ``answer_fn(image_path, question)`` defaults to the MLLM (``embedder.answer``). Points that already
-        hold every answer are skipped, so this resumes too. Returns how many points were updated.
+        ``answer_fn(image_path, question)`` defaults to the MLLM (``retrieval.judge.bank_answerer``). Points that
+        already hold every answer are skipped, so this resumes too. Returns how many points were updated.
         """
         self._ensure(create=False)
-        answer_fn = answer_fn or (lambda image, question: self.embedder.answer(image, question))
+        if answer_fn is None:
+            from retrieval.judge import bank_answerer
+
+            answer_fn = bank_answerer(self.embedder)
         keys = [q["key"] for q in question_bank]
         updated = 0
         for hit in list(self.store.scroll(self.collection)):

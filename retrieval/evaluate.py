@@ -283,10 +283,10 @@ def evaluate_verification(embedder, records, image_vecs=None, config: EvalConfig
         scores["MLLM yes/no"] = said
     if config.answers_judge:
         from finetune.data.world import QUESTION_BANK
-        from retrieval.judge import gallery_answers, same_score
+        from retrieval.judge import bank_answerer, gallery_answers, same_score
 
-        answers = gallery_answers(embedder.answer, sorted({records[i].image for pair in pairs for i in pair[:2]}),
-                                  QUESTION_BANK, answers, progress)
+        images = sorted({records[i].image for pair in pairs for i in pair[:2]})
+        answers = gallery_answers(bank_answerer(embedder), images, QUESTION_BANK, answers, progress)
         alike = np.array([same_score(answers[records[i].image], answers[records[j].image]) for i, j, _ in pairs])
         cut = best_threshold(alike, labels)
         out["mllm_answers"] = {**verification_metrics(alike, labels, cut), "auc": roc_auc(alike, labels),
@@ -388,9 +388,9 @@ def evaluate_dataset(embedder, path: str | Path, tasks: Sequence[str] = TASKS, c
             out["composed"] = evaluate_composed(embedder, records, triplets, progress=progress, **kw)
     if config.answer_weight and {"t2i", "composed"} & set(tasks):
         from finetune.data.world import QUESTION_BANK
-        from retrieval.judge import gallery_answers, world_vocabulary
+        from retrieval.judge import bank_answerer, gallery_answers, world_vocabulary
 
-        answers = gallery_answers(embedder.answer, [r.image for r in records], QUESTION_BANK, answers)
+        answers = gallery_answers(bank_answerer(embedder), [r.image for r in records], QUESTION_BANK, answers)
         kw |= {"answers": [answers[r.image] for r in records], "answer_weight": config.answer_weight,
                "vocabulary": world_vocabulary()}
         if "t2i" in tasks:
@@ -417,7 +417,7 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
     from finetune.data import load_split
     from finetune.data.world import answer_from_attributes
     from retrieval.engine import SearchEngine
-    from retrieval.judge import world_vocabulary
+    from retrieval.judge import bank_answerer, world_vocabulary
     from retrieval.store import open_store
     from retrieval.thi import THIConfig, evaluate_thi
 
@@ -433,15 +433,16 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
         return answer_from_attributes(attrs, key)
 
     key_of = {q["question"]: q["key"] for q in question_bank}
+    ask = bank_answerer(embedder)
 
     def known_or_asked(image: str, question: str) -> str:
-        return ((answers or {}).get(image) or {}).get(key_of[question]) or embedder.answer(image, question)
+        return ((answers or {}).get(image) or {}).get(key_of[question]) or ask(image, question)
 
     def answerer_for(query: dict):
         attrs = query["record"].attributes
         if user == "simulated" and attrs is not None:
             return lambda q: answer_from_attributes(attrs, q["key"])
-        return lambda q: embedder.answer(query["record"].image, q["question"])
+        return lambda q: ask(query["record"].image, q["question"])
 
     queries = [{"text": r.captions[0], "person_id": r.person_id, "record": r}
                for r in records[: max_queries or len(records)] if r.captions]

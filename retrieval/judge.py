@@ -27,6 +27,21 @@ from retrieval.dialogue import Vocabulary, normalize_answer
 ANSWER_WEIGHT = 0.3
 
 
+def bank_answerer(embedder, vocabulary: Vocabulary | None = None) -> Callable[[Any, str], str]:
+    """``answer(image, question)`` by the MLLM: a question of ``vocabulary``'s bank (default: the world's) gets
+    one of its answer values, read from four views of the image (``MLLMEmbedder.answer(options=, views=True)``;
+    the bank asks nothing a mirror image changes); any other question a free answer."""
+    vocabulary = vocabulary or world_vocabulary()
+    options = {q["question"]: list(vocabulary.options[q["key"]]) for q in vocabulary.bank}
+
+    def answer(image, question: str) -> str:
+        if question in options:
+            return embedder.answer(image, question, options=options[question], views=True)
+        return embedder.answer(image, question)
+
+    return answer
+
+
 def bank_answers(answer: Callable[[Any, str], str], image, bank: Sequence[dict[str, str]],
                  known: Mapping[str, str] | None = None) -> dict[str, str]:
     """The image's answer to every bank question, normalised, by question key: the ``known`` one (e.g. cached in

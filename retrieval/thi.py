@@ -36,7 +36,7 @@ import numpy as np
 
 from mllm_embed.errors import LineupError
 from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters, normalize_answer
-from retrieval.judge import bank_answers, match_score
+from retrieval.judge import bank_answerer, bank_answers, match_score
 from retrieval.store import Hit
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class THISession:
         self.vocabulary = vocabulary
         self.stated = vocabulary.parse(self.query) if vocabulary is not None else {}
         emb = engine.embedder
-        self.vqa = vqa or (lambda image, question: emb.answer(image, question))
+        self.vqa = vqa or bank_answerer(emb, vocabulary)
         if judge is None and self.config.judge == "question":
             def judge(image, q):
                 return normalize_answer(emb.answer(image, emb.config.match_prompt(q))).startswith("yes")

@@ -92,7 +92,7 @@ class FakeEmbedder:
         out = [self._pad_norm(onehot({**self._attrs(i), **words_to_attrs(m)}), str(i) + m) for i, m in pairs]
         return np.stack(out)
 
-    def answer(self, image, question, max_new_tokens=8):
+    def answer(self, image, question, max_new_tokens=8, options=None, views=False):
         self.calls["answer"] += 1
         if isinstance(image, Image.Image):  # side-by-side pair from verification: compare the two halves
             left, right = image.info["pair"]

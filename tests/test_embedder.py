@@ -176,6 +176,41 @@ def test_answer_ignores_the_embedding_adapter(tiny_base, tiny_world):
     assert [emb.answer(image, question) for image, question in asked] == before
 
 
+def test_view_consensus_averages_the_views_and_spells_only_options():
+    """Every row (view) gets the views' mean log-probabilities; with options, only tokens continuing one."""
+    from mllm_embed.embedder import _ViewConsensus
+
+    scores = torch.tensor([[2.0, 0.0, 1.0, 0.0, 0.0], [0.0, 3.0, 1.0, 0.0, 0.0]])
+    prompt = torch.zeros(2, 3, dtype=torch.long)
+    mean = torch.log_softmax(scores, -1).mean(0)
+    free = _ViewConsensus(3, [])(prompt, scores)
+    assert torch.allclose(free[0], mean) and torch.allclose(free[1], mean)
+    options = [[2, 4], [3, 0, 4]]  # two spellings (4: eos); token 1 wins the mean but spells no option
+    first = _ViewConsensus(3, options)(prompt, scores)
+    assert first[0].argmax() == 2 and torch.isinf(first[0, [0, 1, 4]]).all()
+    after_3 = _ViewConsensus(3, options)(torch.cat([prompt, torch.full((2, 1), 3)], 1), scores)
+    assert torch.isfinite(after_3[0]).tolist() == [True, False, False, False, False]
+
+
+def test_answer_with_options_names_one_and_views_ask_about_the_image(embedder, tiny_world):
+    """`answer(options=...)` returns an option even where the free answer is another word; `views=True` asks
+    about four views of the image (mirror and moved copies) and still answers from the options."""
+    from PIL import Image
+
+    from mllm_embed.embedder import answer_views
+
+    row = json.loads((tiny_world / "vqa.jsonl").read_text().splitlines()[0])
+    image, question = tiny_world / row["image"], row["question"]
+    free = embedder.answer(image, question)
+    others = [w for w in ("red", "blue", "green", "black") if w != free][:2]
+    assert embedder.answer(image, question, options=others) in others
+    assert embedder.answer(image, question, options=[free, *others], views=True) in [free, *others]
+    shown = Image.open(image).convert("RGB")
+    views = answer_views(shown)
+    assert len(views) == 4 and all(v.size == shown.size for v in views)
+    assert np.array_equal(np.asarray(views[1])[:, ::-1], np.asarray(shown))
+
+
 def test_4bit_base_runs_lora_forward_and_backward(tiny_base, tiny_world):
     recs = _records(tiny_world, 3)
     full = load_embedder(tiny_base, device="cpu").encode_images([p for p, _ in recs])

@@ -11,7 +11,7 @@ from finetune.data.world import QUESTION_BANK, answer_from_attributes
 from finetune.stage0 import Judgements, split_people
 from mllm_embed.config import EmbedderConfig
 from retrieval.evaluate import sample_pairs
-from retrieval.judge import bank_answers, match_score, same_score, world_vocabulary
+from retrieval.judge import bank_answerer, bank_answers, match_score, same_score, world_vocabulary
 from retrieval.metrics import roc_auc
 
 
@@ -70,6 +70,28 @@ def test_bank_answers_asks_every_question_once():
     got = bank_answers(lambda image, q: asked.append((image, q)) or "red", "img.png", QUESTION_BANK[:3], cached)
     assert got == {QUESTION_BANK[0]["key"]: "blue"} | {q["key"]: "red" for q in QUESTION_BANK[1:3]}
     assert [q for _, q in asked[3:]] == [q["question"] for q in QUESTION_BANK[1:3]]
+
+
+def test_bank_answerer_asks_bank_questions_with_their_values_on_four_views():
+    """A bank question is asked with its answer values as options (has_* ones: yes / no) on four views; a free
+    question as it is."""
+    asked = []
+
+    class Embedder:
+        def answer(self, image, question, **how):
+            asked.append((question, how))
+            return "x"
+
+    ask = bank_answerer(Embedder())
+    by_key = {q["key"]: q["question"] for q in QUESTION_BANK}
+    for key in ("upper_type", "has_bag", "sleeve_length"):
+        ask("img.png", by_key[key])
+    ask("img.png", "Describe the person.")
+    garments = ["t-shirt", "shirt", "jacket", "coat", "hoodie"]
+    assert asked == [(by_key["upper_type"], {"options": garments, "views": True}),
+                     (by_key["has_bag"], {"options": ["yes", "no"], "views": True}),
+                     (by_key["sleeve_length"], {"options": ["long", "short"], "views": True}),
+                     ("Describe the person.", {})]
 
 
 @pytest.mark.slow

@@ -19,8 +19,8 @@ from _env import child_env
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mllm_embed", "finetune", "retrieval", "cli", "benchmarks")
 LAYERS = ("mllm_embed", "finetune.data", "retrieval", "finetune", "cli", "benchmarks")
-# what training may use of retrieval: pure numpy metrics and the evaluation protocols (no Qdrant)
-TRAINING_MAY_USE = ("retrieval.metrics", "retrieval.evaluate")
+# what training may use of retrieval: pure numpy metrics, the evaluation protocols and the bank answerer (no Qdrant)
+TRAINING_MAY_USE = ("retrieval.metrics", "retrieval.evaluate", "retrieval.judge")
 UI_LIBRARIES = ("rich",)
 HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets", "qdrant_edge", "qdrant_client", "bitsandbytes")
 
