@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from finetune.data import load_split, read_jsonl  # noqa: E402
 from finetune.data.world import QUESTION_BANK  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
-from retrieval.evaluate import agreement_matrix, encode_gallery  # noqa: E402
+from retrieval.evaluate import encode_gallery, evidence_matrix  # noqa: E402
 from retrieval.judge import bank_answerer, gallery_answers, world_vocabulary  # noqa: E402
 from retrieval.metrics import recall_at_k  # noqa: E402
 
@@ -46,8 +46,8 @@ def edit_breakdown(embedder, world: Path, answer_weight: float = 0.0) -> dict:
     if answer_weight:
         answers = gallery_answers(bank_answerer(embedder), [r.image for r in records], QUESTION_BANK)
         vocabulary = world_vocabulary()
-        sim += answer_weight * agreement_matrix([answers[r.image] for r in records],
-                                                [vocabulary.modification(t["modification"]) for t in rows], vocabulary)
+        sim += answer_weight * evidence_matrix(embedder, [answers[r.image] for r in records],
+                                               [vocabulary.modification(t["modification"]) for t in rows], vocabulary)
     ref_col = np.array([column[(world / t["reference"]).resolve()] for t in rows])
     target_col = np.array([column[(world / t["target"]).resolve()] for t in rows])
     sim[np.arange(len(rows)), ref_col] = -np.inf

@@ -86,9 +86,9 @@ def _add_answer_weight(p: argparse.ArgumentParser) -> None:
     from retrieval.judge import ANSWER_WEIGHT
 
     p.add_argument("--answer-weight", type=float, default=ANSWER_WEIGHT,
-                   help="text and composed searches: weight of the hits' cached answers (lineup index --vqa-cache) "
-                        f"agreeing with what the query states, added to the cosine (default {ANSWER_WEIGHT}); 0 "
-                        "ranks by cosine alone")
+                   help="text and composed searches: weight of the evidence of the hits' cached answers (lineup "
+                        "index --vqa-cache) for what the query states, added to the cosine (default "
+                        f"{ANSWER_WEIGHT}); 0 ranks by cosine alone")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -103,9 +103,10 @@ class SearchEngine:
     Every search first checks (once) that the collection was built by this embedder.
 
     Answer re-ranking: with a ``vocabulary`` (``retrieval.dialogue.Vocabulary``) and an ``answer_weight``, a text
-    or composed search fetches the top ``pool`` by cosine and adds answer_weight × the share of what the query
-    states about the wanted person (a description's words, a modification's new values) that a hit's cached
-    answers to the question bank (``cache_answers``) agree with (``retrieval.judge.agreement``; 0.5 uncached).
+    or composed search fetches the top ``pool`` by cosine and adds answer_weight × the evidence of a hit's cached
+    answers to the question bank (``cache_answers``) for what the query states about the wanted person (a
+    description's words, a modification's new values): ``retrieval.judge.evidence``, each answer weighed by how
+    often the embedder's base answers that question right (0 for a hit without answers).
     """
 
     def __init__(self, embedder: Any, store: Store, collection: str = "gallery", vocabulary: Any = None,
@@ -115,6 +116,7 @@ class SearchEngine:
         self.collection = collection
         self.meta = embedder_meta(embedder)
         self.vocabulary, self.answer_weight, self.pool = vocabulary, answer_weight, pool
+        self._reliability: dict[str, float] | None = None
         self._checked = False
 
     def _ensure(self, create: bool) -> None:
@@ -261,14 +263,16 @@ class SearchEngine:
         return max(k, self.pool) if stated else k
 
     def rerank(self, hits: list[Hit], stated: dict[str, str], k: int) -> list[Hit]:
-        """The top k of ``hits`` by cosine + answer_weight × agreement of their cached answers with ``stated``."""
+        """The top k of ``hits`` by cosine + answer_weight × the evidence of their cached answers for ``stated``."""
         if not stated:
             return hits[:k]
-        from retrieval.judge import agreement
+        from retrieval.judge import answer_reliability, evidence
 
-        w, voc = self.answer_weight, self.vocabulary
-        scored = [Hit(h.id, h.score + w * agreement(h.payload.get("answers") or {}, stated, voc), h.payload, h.vector)
-                  for h in hits]
+        if self._reliability is None:
+            self._reliability = answer_reliability(self.embedder)
+        w, voc, sure = self.answer_weight, self.vocabulary, self._reliability
+        scored = [Hit(h.id, h.score + w * evidence(h.payload.get("answers") or {}, stated, voc, sure), h.payload,
+                      h.vector) for h in hits]
         return sorted(scored, key=lambda h: -h.score)[:k]
 
     def _search(self, vector: np.ndarray, stated: dict[str, str], k: int, filter: dict | None) -> list[Hit]:

@@ -73,18 +73,21 @@ def encode_gallery(embedder: Any, records: Sequence[PersonImage], batch_size: in
 
 
 # --- retrieval tasks --------------------------------------------------------------------------------
-def agreement_matrix(answers: Sequence[dict[str, str]], stated: Sequence[dict[str, str]], vocabulary) -> np.ndarray:
-    """(queries, gallery): how far each gallery image's answers agree with what each query states."""
-    from retrieval.judge import agreement
+def evidence_matrix(embedder, answers: Sequence[dict[str, str]], stated: Sequence[dict[str, str]],
+                    vocabulary) -> np.ndarray:
+    """(queries, gallery): the `retrieval.judge.evidence` of each gallery image's answers for what each query
+    states, answers weighed by `embedder`'s base's reliability."""
+    from retrieval.judge import answer_reliability, evidence
 
-    return np.array([[agreement(a, s, vocabulary) for a in answers] for s in stated])
+    reliability = answer_reliability(embedder)
+    return np.array([[evidence(a, s, vocabulary, reliability) for a in answers] for s in stated])
 
 
 def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10), progress=None,
                  answers=None, vocabulary=None, answer_weight: float = 0.0) -> dict:
     """Every caption of every image as a query. With an ``answer_weight``, ``answers`` (each record's answers
     to the question bank) and a ``vocabulary``, the ranking is `SearchEngine`'s answer re-ranking over the
-    whole gallery: cosine + answer_weight × agreement with what the caption states."""
+    whole gallery: cosine + answer_weight × the answers' evidence for what the caption states."""
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
     texts = [(c, r.person_id) for r in records for c in r.captions]
     if not texts:
@@ -92,7 +95,7 @@ def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10
     text_vecs = embedder.encode_text([t for t, _ in texts], batch_size=batch_size, progress=progress)
     sim = text_vecs @ image_vecs.T
     if answer_weight:
-        sim += answer_weight * agreement_matrix(answers, [vocabulary.stated(t) for t, _ in texts], vocabulary)
+        sim += answer_weight * evidence_matrix(embedder, answers, [vocabulary.stated(t) for t, _ in texts], vocabulary)
     return rank_metrics(sim, [p for _, p in texts], [r.person_id for r in records], ks=ks)
 
 
@@ -134,8 +137,8 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
                                     batch_size=batch_size, progress=progress)
     sim = vecs @ image_vecs.T
     if answer_weight:
-        sim += answer_weight * agreement_matrix(answers, [vocabulary.modification(t.modification) for t in usable],
-                                          vocabulary)
+        sim += answer_weight * evidence_matrix(embedder, answers,
+                                               [vocabulary.modification(t.modification) for t in usable], vocabulary)
     for i, t in enumerate(usable):  # the reference image itself is not a candidate (CIRR convention)
         if _path_key(t.reference) in column:
             sim[i, column[_path_key(t.reference)]] = -np.inf

@@ -9,34 +9,44 @@ compares answers:
 - ``match_score(answers, text)``: the share of what ``text`` states (``Vocabulary.parse``, closed under
   ``implied``) that the image's answers agree with;
 - ``same_score(a, b)``: the share of bank questions two crops' answers agree on;
-- composed search: ``agreement`` of a candidate's answers with what the modification says the wanted person
-  has (``Vocabulary.modification``), added to the cosine by ``answer_weight``.
 
 Both are graded in [0, 1], so a ROC curve has more than two points; a judge says yes at a threshold.
+
+Answer re-ranking of text and composed search adds to the cosine ``answer_weight`` × the ``evidence`` of a
+candidate's answers for what the query states about the wanted person (a caption's words, ``Vocabulary.stated``;
+a modification's new values, ``Vocabulary.modification``), each answer weighed by how often the base answers that
+question right (``answer_reliability``).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from retrieval.dialogue import Vocabulary, normalize_answer
 
-# SearchEngine.answer_weight the CLI uses: the best of 0.05–1.0 on the demo world's val split for text (0.2 and
-# 0.3 tie on Rank-1, 0.3 has the higher mAP) and composed search (0.3); benchmarks/answers.py
-ANSWER_WEIGHT = 0.3
+# SearchEngine.answer_weight the CLI uses (it scales `evidence`): the best composed identity R@1 of 0.02–0.2 on the
+# demo world's val split, text Rank-1 within 0.5 of the best (benchmarks/answers.py)
+ANSWER_WEIGHT = 0.1
+# how sure an answer is for a question a base reports no accuracy for, and the bounds of any accuracy used
+DEFAULT_RELIABILITY, RELIABILITY_BOUNDS = 0.9, (0.5, 0.98)
 
 
-def bank_answerer(embedder, vocabulary: Vocabulary | None = None) -> Callable[[Any, str], str]:
+def bank_answerer(embedder, vocabulary: Vocabulary | None = None, views: bool = False) -> Callable[[Any, str], str]:
     """``answer(image, question)`` by the MLLM: a question of ``vocabulary``'s bank (default: the world's) gets
-    one of its answer values, read from four views of the image (``MLLMEmbedder.answer(options=, views=True)``;
-    the bank asks nothing a mirror image changes); any other question a free answer."""
+    one of its answer values (``MLLMEmbedder.answer(options=)``; a hub MLLM's free answer may name none), with
+    ``views`` read from four views of the image (the bank asks nothing a mirror image changes); any other
+    question a free answer. The engine asks one view: four lift the tiny base's upper-type answers by 3–4 points
+    but lower its answer re-ranking (``benchmarks/answers.py``, ``demo_answer_views.json``)."""
     vocabulary = vocabulary or world_vocabulary()
     options = {q["question"]: list(vocabulary.options[q["key"]]) for q in vocabulary.bank}
 
     def answer(image, question: str) -> str:
         if question in options:
-            return embedder.answer(image, question, options=options[question], views=True)
+            return embedder.answer(image, question, options=options[question], views=views)
         return embedder.answer(image, question)
 
     return answer
@@ -74,6 +84,35 @@ def agreement(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary:
     if not keys:
         return 0.5
     return sum(vocabulary.canonical(k, answers[k]) == stated[k] for k in keys) / len(keys)
+
+
+def evidence(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary: Vocabulary,
+             reliability: Mapping[str, float]) -> float:
+    """How strongly one image's `answers` say it shows what is `stated`: the sum over the stated questions it was
+    asked of ± the log-odds of its answer being right (``reliability``, per question key; 90 % where absent) —
+    + when the answer agrees, − when not (a naive-Bayes log-likelihood ratio); 0 when none was asked. A caption
+    stating five attributes weighs more than a modification changing one, and a contradiction on a question the
+    MLLM answers at 98 % outweighs one it answers at 60 % (glasses)."""
+    total = 0.0
+    for key in (k for k in stated if k in answers):
+        p = min(max(reliability.get(key, DEFAULT_RELIABILITY), RELIABILITY_BOUNDS[0]), RELIABILITY_BOUNDS[1])
+        sign = 1.0 if vocabulary.canonical(key, answers[key]) == stated[key] else -1.0
+        total += sign * math.log(p / (1 - p))
+    return total
+
+
+def answer_reliability(embedder) -> dict[str, float]:
+    """Per question key, the share of right answers the base reported on its validation people
+    (``stage0_done.json`` beside its weights, written by stage 0 of ``lineup bootstrap``); empty for a base
+    without that file (a hub checkpoint): every answer then counts as 90 % sure."""
+    base = getattr(embedder, "base", None) or ""
+    report = Path(base) / "stage0_done.json"
+    if not base or not report.is_file():
+        return {}
+    try:
+        return dict(json.loads(report.read_text())["val_vqa"]["by_attribute"])
+    except (ValueError, KeyError, TypeError):
+        return {}
 
 
 def match_score(answers: Mapping[str, str], text: str, vocabulary: Vocabulary) -> float:

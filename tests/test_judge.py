@@ -11,7 +11,8 @@ from finetune.data.world import QUESTION_BANK, answer_from_attributes
 from finetune.stage0 import Judgements, split_people
 from mllm_embed.config import EmbedderConfig
 from retrieval.evaluate import sample_pairs
-from retrieval.judge import bank_answerer, bank_answers, match_score, same_score, world_vocabulary
+from retrieval.judge import (answer_reliability, bank_answerer, bank_answers, evidence, match_score, same_score,
+                             world_vocabulary)
 from retrieval.metrics import roc_auc
 
 
@@ -72,9 +73,9 @@ def test_bank_answers_asks_every_question_once():
     assert [q for _, q in asked[3:]] == [q["question"] for q in QUESTION_BANK[1:3]]
 
 
-def test_bank_answerer_asks_bank_questions_with_their_values_on_four_views():
-    """A bank question is asked with its answer values as options (has_* ones: yes / no) on four views; a free
-    question as it is."""
+def test_bank_answerer_asks_bank_questions_with_their_values_as_options():
+    """A bank question is asked with its answer values as options (has_* ones: yes / no), on four views when
+    asked to; a free question as it is."""
     asked = []
 
     class Embedder:
@@ -82,7 +83,7 @@ def test_bank_answerer_asks_bank_questions_with_their_values_on_four_views():
             asked.append((question, how))
             return "x"
 
-    ask = bank_answerer(Embedder())
+    ask = bank_answerer(Embedder(), views=True)
     by_key = {q["key"]: q["question"] for q in QUESTION_BANK}
     for key in ("upper_type", "has_bag", "sleeve_length"):
         ask("img.png", by_key[key])
@@ -92,6 +93,33 @@ def test_bank_answerer_asks_bank_questions_with_their_values_on_four_views():
                      (by_key["has_bag"], {"options": ["yes", "no"], "views": True}),
                      (by_key["sleeve_length"], {"options": ["long", "short"], "views": True}),
                      ("Describe the person.", {})]
+    bank_answerer(Embedder())("img.png", by_key["hat"])
+    assert asked[-1] == (by_key["hat"], {"options": ["none", "cap", "beanie"], "views": False})
+
+
+def test_evidence_weighs_each_answer_by_how_often_the_base_answers_that_question_right(tmp_path):
+    """+log-odds for an agreeing answer, − for a contradicting one: a contradiction on a question answered at 98 %
+    outweighs agreement on one answered at 60 %; unasked questions add nothing; the reliabilities are the base's
+    stage-0 validation accuracies (none for a base without that report)."""
+    voc = world_vocabulary()
+    sure = {"upper_color": 0.98, "glasses": 0.6}
+    stated = {"upper_color": "blue", "glasses": "sunglasses"}
+    right = evidence({"upper_color": "blue", "glasses": "sunglasses"}, stated, voc, sure)
+    colour_wrong = evidence({"upper_color": "red", "glasses": "sunglasses"}, stated, voc, sure)
+    glasses_wrong = evidence({"upper_color": "blue", "glasses": "none"}, stated, voc, sure)
+    assert right > glasses_wrong > 0 > colour_wrong
+    assert right == pytest.approx(np.log(0.98 / 0.02) + np.log(0.6 / 0.4))
+    assert evidence({}, stated, voc, sure) == 0.0
+    assert evidence({"upper_color": "blue"}, stated, voc, {}) == pytest.approx(np.log(0.9 / 0.1))  # 90 % default
+
+    (tmp_path / "stage0_done.json").write_text('{"val_vqa": {"by_attribute": {"upper_color": 1.0, "glasses": 0.6}}}')
+
+    class Embedder:
+        base = str(tmp_path)  # the folder the base was loaded from
+
+    assert answer_reliability(Embedder()) == {"upper_color": 1.0, "glasses": 0.6}
+    Embedder.base = "org/hub-model"
+    assert answer_reliability(Embedder()) == {}
 
 
 @pytest.mark.slow
