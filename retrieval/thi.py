@@ -36,7 +36,8 @@ import numpy as np
 
 from mllm_embed.errors import LineupError
 from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters, normalize_answer
-from retrieval.judge import bank_answerer, bank_answers, match_score
+from retrieval.judge import agreement as stated_agreement
+from retrieval.judge import bank_answerer, bank_answers
 from retrieval.store import Hit
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,8 @@ class THISession:
         cand = base_ranking[k - 1]
         if self.judge is None:
             answers = self._candidate_answers(cand)
-            said_yes = match_score(answers, self.query, self.vocabulary) >= self.config.judge_threshold
+            stated = self.vocabulary.implied(self.stated)  # match_score's reading, without parsing again
+            said_yes = stated_agreement(answers, stated, self.vocabulary) >= self.config.judge_threshold
         else:
             answers, said_yes = None, bool(self.judge(cand.payload["image"], self.query))
         top1 = base_ranking[0].score
