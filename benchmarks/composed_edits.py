@@ -8,7 +8,7 @@ out of its ranking as in `retrieval.evaluate.evaluate_composed`), per adapter an
 Rank-1 (top person is the target), reference share (top person is the reference), exact-target R@10, and overall
 the Rank-1 a query would reach were the reference person's other images out of the gallery. With
 `--answer-weight W` the ranking is the engine's answer re-ranking (`retrieval.evaluate.evaluate_composed`'s:
-cosine + W × agreement of the base MLLM's answers about each gallery image with the modification's new values),
+cosine + W × the evidence of the base MLLM's answers about each gallery image for the modification's new values),
 the answers asked first. Prints a table and writes benchmarks/results/composed_edits.json.
 """
 
