@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from finetune.data.world import ATTRIBUTES, WorldConfig, generate_world  # noqa:
 from finetune.vision_pretrain import AttributeHeads  # noqa: E402
 
 KEYS = list(ATTRIBUTES)
-HEIGHT, WIDTH, BATCH = 128, 64, 64
+BATCH = 64
 
 
 class ViTReader(torch.nn.Module):
@@ -62,15 +63,16 @@ class ViTReader(torch.nn.Module):
 
 
 class ResNetReader(torch.nn.Module):
-    """The base's ResNet tower, its feature map read cell by cell by vision pre-training's attribute heads."""
+    """The base's ResNet tower, its feature map read cell by cell by vision pre-training's attribute heads.
+    `stride` other than the tiny size's (16) adds or drops a stage, so a larger input keeps the 8×4 map."""
 
-    def __init__(self):
+    def __init__(self, stride: int = 16):
         super().__init__()
         from transformers import ResNetModel
 
         from mllm_embed.tiny import SIZES, vision_config
 
-        cfg = vision_config(SIZES["tiny"])
+        cfg = vision_config(replace(SIZES["tiny"], patch_size=stride))
         self.resnet = ResNetModel(cfg)
         self.heads = AttributeHeads(cfg.hidden_size, [len(ATTRIBUTES[k]) for k in KEYS])
 
@@ -91,14 +93,20 @@ class CNNReader(torch.nn.Module):
         return [head(f) for head in self.heads]
 
 
+TOWERS = {"vit": ("ViT (previous base)", ViTReader, 1e-3), "resnet": ("ResNet (base)", ResNetReader, 2e-3),
+          "resnet32": ("ResNet of stride 32", partial(ResNetReader, 32), 2e-3),
+          "cnn": ("CNN (control)", CNNReader, 2e-3)}
+
+
 def labels(records) -> torch.Tensor:
     return torch.tensor([[ATTRIBUTES[k].index(r.attributes[k]) for k in KEYS] for r in records])
 
 
 def train_and_score(make_reader, train, held_x, held_y, steps: int, lr: float, seed: int) -> dict:
+    """Train a fresh reader on `train` at the held-out crops' size and score it on them."""
     torch.manual_seed(seed)  # before the reader is built: the seed fixes its initial weights too
     reader = make_reader()
-    x, y = load_crops([r.image for r in train], HEIGHT, WIDTH), labels(train)
+    x, y = load_crops([r.image for r in train], *held_x.shape[-2:]), labels(train)
     opt = torch.optim.AdamW(reader.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
@@ -127,21 +135,27 @@ def main() -> None:
     ap.add_argument("--large-world", required=True, help="many-people world (rendered here when missing)")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--input", default="128x64", help="crop height x width every tower reads")
+    ap.add_argument("--towers", nargs="+", choices=list(TOWERS), default=["vit", "resnet", "cnn"])
+    ap.add_argument("--worlds", nargs="+", choices=["demo", "large"], default=["demo", "large"],
+                    help="train splits each tower learns from")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "tower_probe.json"))
     args = ap.parse_args()
     large = Path(args.large_world)
     if not (large / "world.json").exists():
         generate_world(large, WorldConfig(identities=10000, images_per_id=2, seed=7))
     held = load_split(args.world, "val") + load_split(args.world, "test")
-    held_x, held_y = load_crops([r.image for r in held], HEIGHT, WIDTH), labels(held)
+    height, width = (int(v) for v in args.input.split("x"))
+    held_x, held_y = load_crops([r.image for r in held], height, width), labels(held)
     majority = {k: 100 * max(float((held_y[:, a] == c).float().mean()) for c in range(len(ATTRIBUTES[k])))
                 for a, k in enumerate(KEYS)}
     rows = {}
-    for tower, make, lr in (("ViT (previous base)", ViTReader, 1e-3), ("ResNet (base)", ResNetReader, 2e-3),
-                            ("CNN (control)", CNNReader, 2e-3)):
-        for name, world in (("demo world", args.world), ("large world", large)):
-            rows[f"{tower}, {name}"] = train_and_score(make, load_split(world, "train"), held_x, held_y,
-                                                       args.steps, lr, args.seed)
+    for tower in args.towers:
+        title, make, lr = TOWERS[tower]
+        for name in args.worlds:
+            world = args.world if name == "demo" else large
+            rows[f"{title}, {name} world"] = train_and_score(make, load_split(world, "train"), held_x, held_y,
+                                                            args.steps, lr, args.seed)
     table = Table(title=f"held-out attribute accuracy % ({len(held)} images of {len({r.person_id for r in held})} "
                         f"people), {args.steps} steps × {BATCH}")
     table.add_column("tower, train world")
@@ -152,7 +166,7 @@ def main() -> None:
         table.add_row(f"{name} ({row['train_people']} people)", *(f"{row['accuracy'][k]:.0f}" for k in KEYS))
     Console(width=200).print(table)
     out = {"world": args.world, "large_world": str(large), "steps": args.steps, "batch": BATCH,
-           "input": [HEIGHT, WIDTH], "held_out_images": len(held), "majority": majority, "rows": rows}
+           "input": [height, width], "held_out_images": len(held), "majority": majority, "rows": rows}
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
 

@@ -33,8 +33,8 @@ INPUT = "you> "
 HELP = ("answer the question (one of its options, or 'skip'); '#2 is close' / 'not #4' for feedback; "
         "'only with a backpack' / 'no hat' / 'camera 3' to filter, 'drop the backpack filter'; "
         "'like #N but <change>' for a composed query; 'undo', 'new <description>', 'quit'")
-SCORE_NOTE = ("score: the query's cosine similarity mixed with answer agreement and feedback, "
-              "in [-1, 1] (1 = best)")
+SCORE_NOTE = ("score: the query's cosine similarity plus the evidence of each image's cached answers for what "
+              "you said and the feedback (higher = better)")
 
 
 @dataclass
@@ -53,7 +53,9 @@ class ChatSession:
 
         self.engine, self.bank, self.k = engine, list(question_bank), k
         self.vocabulary = vocabulary
-        self.thi_config = thi_config or THIConfig(mode="interactive", rounds=len(self.bank))
+        # the answers' evidence weighs in the dialogue as in the engine's searches (--answer-weight)
+        self.thi_config = thi_config or THIConfig(mode="interactive", rounds=len(self.bank),
+                                                  answer_weight=engine.answer_weight)
         self.thi = None
         self.steps: list[Step] = []
         self.pending: dict[str, str] | None = None

@@ -262,15 +262,23 @@ class SearchEngine:
         """How many hits to fetch for a top k: the re-ranking pool when there is something to re-rank by."""
         return max(k, self.pool) if stated else k
 
+    @property
+    def reliability(self) -> dict[str, float]:
+        """Per question key, how often the embedder's base answers it right (``retrieval.judge.answer_reliability``,
+        read once)."""
+        if self._reliability is None:
+            from retrieval.judge import answer_reliability
+
+            self._reliability = answer_reliability(self.embedder)
+        return self._reliability
+
     def rerank(self, hits: list[Hit], stated: dict[str, str], k: int) -> list[Hit]:
         """The top k of ``hits`` by cosine + answer_weight × the evidence of their cached answers for ``stated``."""
         if not stated:
             return hits[:k]
-        from retrieval.judge import answer_reliability, evidence
+        from retrieval.judge import evidence
 
-        if self._reliability is None:
-            self._reliability = answer_reliability(self.embedder)
-        w, voc, sure = self.answer_weight, self.vocabulary, self._reliability
+        w, voc, sure = self.answer_weight, self.vocabulary, self.reliability
         scored = [Hit(h.id, h.score + w * evidence(h.payload.get("answers") or {}, stated, voc, sure), h.payload,
                       h.vector) for h in hits]
         return sorted(scored, key=lambda h: -h.score)[:k]

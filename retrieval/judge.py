@@ -86,17 +86,19 @@ def agreement(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary:
     return sum(vocabulary.canonical(k, answers[k]) == stated[k] for k in keys) / len(keys)
 
 
-def evidence(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary: Vocabulary,
+def evidence(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary: Vocabulary | None,
              reliability: Mapping[str, float]) -> float:
     """How strongly one image's `answers` say it shows what is `stated`: the sum over the stated questions it was
     asked of ± the log-odds of its answer being right (``reliability``, per question key; 90 % where absent) —
     + when the answer agrees, − when not (a naive-Bayes log-likelihood ratio); 0 when none was asked. A caption
     stating five attributes weighs more than a modification changing one, and a contradiction on a question the
-    MLLM answers at 98 % outweighs one it answers at 60 % (glasses)."""
+    MLLM answers at 98 % outweighs one it answers at 60 % (glasses). Without a vocabulary answers must match
+    the stated words exactly."""
     total = 0.0
     for key in (k for k in stated if k in answers):
         p = min(max(reliability.get(key, DEFAULT_RELIABILITY), RELIABILITY_BOUNDS[0]), RELIABILITY_BOUNDS[1])
-        sign = 1.0 if vocabulary.canonical(key, answers[key]) == stated[key] else -1.0
+        said = vocabulary.canonical(key, answers[key]) if vocabulary is not None else answers[key]
+        sign = 1.0 if said == stated[key] else -1.0
         total += sign * math.log(p / (1 - p))
     return total
 

@@ -17,8 +17,10 @@ ranking becomes Ŝ = λ·S(q, v) + (1−λ)·S(q̂, v) with the anchor's score s
 (``SearchEngine.cache_answers``). Each round picks the unasked question whose cached answers best split
 the current top-K (entropy = expected information gain), asks an ``answerer`` (the user in the CLI, a
 simulated user answering from ground truth, or the MLLM looking at the target), rewrites q̂ and re-ranks
-by Ŝ = λ·S(q, v) + (1−λ)·S(q̂, v) + μ·agreement(v), agreement = share of the given answers that match
-v's cached answers. One text embedding and one store query per round. ``undo()`` drops the last round.
+by Ŝ = λ·S(q, v) + (1−λ)·S(q̂, v) + μ·evidence(v): ``retrieval.judge.evidence`` of v's cached answers for
+everything known of the wanted person (the answers and, listening, what the description says; each answer
+weighed by how often the base answers that question right), the score the engine's answer re-ranking adds to
+a text search. One text embedding and one store query per round. ``undo()`` drops the last round.
 
 Scores are computed over a candidate pool: the top ``pool`` hits of q, grown by the top ``pool`` hits
 of every q̂ (vectors come back from the store, so S(q, ·) and S(q̂, ·) are exact on the pool).
@@ -37,7 +39,7 @@ import numpy as np
 from mllm_embed.errors import LineupError
 from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters, normalize_answer
 from retrieval.judge import agreement as stated_agreement
-from retrieval.judge import bank_answerer, bank_answers
+from retrieval.judge import ANSWER_WEIGHT, bank_answerer, bank_answers, evidence
 from retrieval.store import Hit
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ class THIConfig:
                 "or 'question' (the MLLM's yes/no to match_question)"})
     judge_threshold: float = field(default=0.8, metadata={
         "help": "auto, judge 'answers': share of the query's stated answers a candidate must agree with"})
-    answer_weight: float = field(default=0.3, metadata={"help": "μ: interactive weight of cached-answer agreement"})
+    answer_weight: float = field(default=ANSWER_WEIGHT, metadata={
+        "help": "μ: interactive weight of the cached answers' evidence (the engine's answer re-ranking weight)"})
     split_k: int = field(default=10, metadata={"help": "interactive: top-K the next question should split"})
     pool: int = field(default=100, metadata={"help": "candidates fetched per (refined) query"})
     feedback_weight: float = field(default=0.3, metadata={"help": "ν: weight of relevance feedback (interactive)"})
@@ -139,16 +142,18 @@ class Round:
 class THISession:
     """A THI dialogue over ``engine``'s collection for one text query.
 
-    ``rounds[0]`` is the plain ranking; ``step()`` runs one round; ``undo()`` removes the last one.
-    Interactive sessions also take relevance feedback (``feedback``) and payload filters (``add_filter`` /
-    ``drop_filter``), each one round, so ``undo`` treats every step alike. With a ``vocabulary`` the session
-    listens: a question the description or an earlier answer already answers is never asked (``known``).
+    ``step()`` runs one round; ``undo()`` removes the last one. Interactive sessions also take relevance
+    feedback (``feedback``) and payload filters (``add_filter`` / ``drop_filter``), each one round, so ``undo``
+    treats every step alike. With a ``vocabulary`` (default: the engine's) the session listens: a question the
+    description or an earlier answer already answers is never asked, and what the description says counts as
+    answers (``known``).
 
-    Interactive scores stay in [-1, 1]: Ŝ = (λ·S(q, v) + (1−λ)·S(q̂, v) + μ·agreement(v) + ν·feedback(v)) / (1 + μ + ν),
-    μ counted from the first step on (the agreement covers the answers and, listening, what the description
-    said) and ν once feedback is; feedback(v) ∈ [0, 1] is the Qdrant feedback
-    query's score min–max scaled over the pool, run once a positive is given (with the negatives as its
-    negative examples). A point marked unlike is not the person: it scores −1.
+    Interactive scores (auto mode's ``rounds[0]`` is always the plain ranking): Ŝ = λ·S(q, v) + (1−λ)·S(q̂, v) + μ·evidence(v) + ν·feedback(v), the q̂ term once an
+    answer is given, the evidence term once something is known (so a listening session's ``rounds[0]`` is the
+    engine's re-ranked text search; a deaf one's, the plain cosine ranking) and ν once feedback is;
+    feedback(v) ∈ [0, 1] is the Qdrant feedback query's score min–max scaled over the pool, run once a positive
+    is given (with the negatives as its negative examples). A point marked unlike is not the person: it goes
+    below every other.
     """
 
     def __init__(
@@ -171,7 +176,7 @@ class THISession:
         self.bank = list(question_bank)
         self.config = config or THIConfig()
         self.filter = filter
-        self.vocabulary = vocabulary
+        self.vocabulary = vocabulary = vocabulary if vocabulary is not None else getattr(engine, "vocabulary", None)
         self.stated = vocabulary.parse(self.query) if vocabulary is not None else {}
         emb = engine.embedder
         self.vqa = vqa or bank_answerer(emb, vocabulary)
@@ -189,7 +194,11 @@ class THISession:
         self._vecs: list[np.ndarray] = []
         self._grow(self.q_vec)
         self.base = self.vectors @ self.q_vec
-        self.rounds: list[Round] = [Round(0, self._rank(self.base), self.query)]
+        self.rounds: list[Round] = []
+        if self.config.mode == "auto":  # the ICL paper's base ranking: the plain text search
+            self.rounds.append(Round(0, self._rank(self.base), self.query))
+        else:
+            self._push(Round(0, [], self.query), [])
 
     # --- pool ----------------------------------------------------------------------------------------
     @property
@@ -248,7 +257,16 @@ class THISession:
         questions a listening session does not ask."""
         if self.vocabulary is None or not self.config.listen:
             return {}
-        return self.vocabulary.implied({**self.stated, **{q["key"]: a for q, a in self.answers}})
+        return self._known(self.answers)
+
+    def _known(self, given: Sequence[tuple[dict[str, str], str]]) -> dict[str, str]:
+        """What is known of the wanted person after the answers ``given``: they and, listening, what the
+        description says (closed under the bank's relations; without a vocabulary the answers as given)."""
+        said = {q["key"]: a for q, a in given}
+        if self.vocabulary is None:
+            return said
+        heard = self.stated if self.config.listen else {}
+        return self.vocabulary.implied({**heard, **said})
 
     @property
     def positives(self) -> tuple[str, ...]:
@@ -412,17 +430,15 @@ class THISession:
             fb = self._feedback_scores(rnd.positives, rnd.negatives, text_vec, flt)  # from a look-alike hurts
         vecs = self.vectors
         scores = cfg.lam * self.base + (1 - cfg.lam) * (vecs @ text_vec) if given else self.base.copy()
-        weight = 1.0
-        agreed = given + self._heard(given)
-        if agreed:
-            scores = scores + cfg.answer_weight * np.array([agreement(p, agreed) for p in self.payloads])
-            weight += cfg.answer_weight
+        known = self._known(given)
+        if known and cfg.answer_weight:
+            sure = self.engine.reliability
+            scores += cfg.answer_weight * np.array([evidence(p.get("answers") or {}, known, self.vocabulary, sure)
+                                                    for p in self.payloads])
         if fb is not None:
-            scores = scores + cfg.feedback_weight * fb
-            weight += cfg.feedback_weight
-        scores = scores / weight
-        for point in rnd.negatives:  # "not #4": that image is not the person; it goes to the bottom
-            scores[self._index[point]] = -1.0
+            scores += cfg.feedback_weight * fb
+        if rnd.negatives:  # "not #4": that image is not the person; it goes to the bottom
+            scores[[self._index[point] for point in rnd.negatives]] = scores.min() - 1.0
         keep = None
         if flt:
             keep = np.array([all(_match(_get(p, k), v) for k, v in flt.items()) for p in self.payloads])
@@ -430,16 +446,6 @@ class THISession:
         rnd.ranking = self._rank(scores, keep)
         self.rounds.append(rnd)
         return rnd
-
-    def _heard(self, given: list[tuple[dict[str, str], str]]) -> list[tuple[dict[str, str], str]]:
-        """What a listening session read in the description, as answers to the questions it will not ask
-        (they count in the answer agreement from the first step on; round 0 stays the plain text search)."""
-        if self.vocabulary is None or not self.config.listen:
-            return []
-        answered = {q["key"] for q, _ in given}
-        by_key = {q["key"]: q for q in self.bank}
-        return [(by_key[k], v) for k, v in self.vocabulary.implied(self.stated).items()
-                if k in by_key and k not in answered]
 
     def _feedback_scores(self, pos: Sequence[str], neg: Sequence[str], target: np.ndarray,
                          flt: dict[str, Any] | None) -> np.ndarray:
@@ -463,12 +469,6 @@ class THISession:
         lo, hi = np.nanmin(raw), np.nanmax(raw)
         out = (raw - lo) / (hi - lo) if hi > lo else np.ones_like(raw)
         return np.nan_to_num(out, nan=0.0)
-
-
-def agreement(payload: dict[str, Any], given: Sequence[tuple[dict[str, str], str]]) -> float:
-    """Share of the given answers that match the point's cached answers (0.5 for an uncached question)."""
-    cached = payload.get("answers") or {}
-    return sum(0.5 if q["key"] not in cached else float(cached[q["key"]] == a) for q, a in given) / len(given)
 
 
 def run_session(session: THISession, answerer: Answerer | None = None) -> list[Round]:

@@ -201,12 +201,12 @@ class IdentityEmbedder:
     attributes) that only feedback on their images can tell apart."""
 
     def __init__(self, attrs_by_image, person_of, strength=0.8, noise=0.2):
-        self.base = FakeEmbedder(attrs_by_image, noise=0.0, dim_pad=32)
+        self.fake = FakeEmbedder(attrs_by_image, noise=0.0, dim_pad=32)
         self.person_of, self.strength, self.noise = person_of, strength, noise
-        self.dim, self.config = self.base.dim, self.base.config
+        self.dim, self.config = self.fake.dim, self.fake.config
 
     def encode_text(self, texts, batch_size=16, progress=None):
-        return self.base.encode_text(texts)
+        return self.fake.encode_text(texts)
 
     def encode_images(self, images, batch_size=16, progress=None):
         import hashlib
@@ -217,7 +217,7 @@ class IdentityEmbedder:
         out = []
         for image in images:
             person = np.random.default_rng(self.person_of[str(image)]).normal(size=32) / np.sqrt(32)
-            x = np.concatenate([onehot(self.base.attrs_by_image[str(image)]), self.strength * person])
+            x = np.concatenate([onehot(self.fake.attrs_by_image[str(image)]), self.strength * person])
             seed = int(hashlib.sha1(Path(str(image)).name.encode()).hexdigest()[:8], 16)
             x = x + self.noise * np.random.default_rng(seed).normal(size=x.shape)
             out.append(x / np.linalg.norm(x))
@@ -281,3 +281,26 @@ def test_listening_session_skips_what_the_description_says(world):
     deaf = THISession(engine, "a woman with long brown hair in a red coat", QUESTION_BANK,
                       THIConfig(rounds=16, listen=False), vocabulary=voc)
     assert deaf.known == {} and "gender" in {q["key"] for q in QUESTION_BANK if q["key"] not in deaf.asked}
+
+
+def test_listening_session_starts_from_the_reranked_search_and_weighs_answers_by_evidence(world):
+    engine, queries = world
+    voc = Vocabulary.build(BANK, VOCAB, {})
+    reranking = SearchEngine(engine.embedder, engine.store, engine.collection, vocabulary=voc, answer_weight=0.1)
+    q = queries[7]
+    s = THISession(reranking, q["text"], BANK, THIConfig(rounds=3))  # the engine's vocabulary: it listens
+    assert s.vocabulary is voc and s.known
+    assert [h.id for h in s.ranking[:10]] == [h.id for h in reranking.search_text(q["text"], k=10)]
+    # with λ = 1 an answer moves each candidate by ± answer_weight × the log-odds of its cached answer being
+    # right (90 % for a base without a val report): + where it agrees, − where it contradicts
+    s = THISession(reranking, q["text"], BANK, THIConfig(rounds=3, lam=1.0))
+    before = {h.id: h.score for h in s.ranking}
+    question = s.next_question()
+    truth = q["attributes"][question["key"]]
+    moved = {h.id: (h.score - before[h.id], h.payload["answers"][question["key"]] == truth)
+             for h in s.answer(question, truth).ranking}
+    assert {agrees for _, agrees in moved.values()} == {True, False}
+    for delta, agrees in moved.values():
+        assert delta == pytest.approx((1 if agrees else -1) * 0.1 * np.log(9), abs=1e-5)
+    listening = evaluate_thi(reranking, queries, BANK, THIConfig(rounds=3), answerer_for=simulated_user)
+    assert listening[3]["R1"] >= listening[0]["R1"] + 30
