@@ -1,10 +1,11 @@
 """The simulated user's whole dialogue on a project: questions only vs + relevance feedback vs + filters.
 
-    OMP_NUM_THREADS=1 python benchmarks/dialogue.py --project DIR [--rounds 3] [--queries 60]
+    OMP_NUM_THREADS=1 python benchmarks/dialogue.py --project DIR [--world DIR] [--rounds 3] [--queries 60]
         [--gallery-split all] [--cache mllm|truth] [--strategies best_score sum_scores context discover naive]
         [--plots DIR] [--out benchmarks/results/dialogue.json]
 
-DIR is a Lineup project (world/, model/, runs/stage*/adapter: the most trained adapter is used). The world's
+DIR is a Lineup project (world/, model/, runs/stage*/adapter: the most trained adapter is used; ``--world`` searches
+another world with them, without retraining). The world's
 ``--split`` images are indexed into a temporary Qdrant Edge collection (with ``--gallery-split all`` every split's
 images, so the other people are distractors), the MLLM's answers to the question bank are cached in the payload
 (``--cache truth`` caches ground truth instead), and each query (the first caption of one test image) runs
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, required=True, help="project folder: world/, model/, runs/")
     parser.add_argument("--adapter", type=Path, default=None, help="adapter (default: stage2, else stage1)")
+    parser.add_argument("--world", type=Path, default=None,
+                        help="another world to search (default: the project's), e.g. one of another seed")
     parser.add_argument("--split", default="test")
     parser.add_argument("--gallery-split", default=None, help="'all' adds every split's images as distractors")
     parser.add_argument("--queries", type=int, default=60)
@@ -122,11 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
                  if v is not None}
     config = THIConfig(mode="interactive", rounds=args.rounds, **overrides)
     started = time.time()
-    result = evaluate_dialogue_dataset(embedder, project.world, QUESTION_BANK, vocabulary, config, split=args.split,
+    world = args.world or project.world
+    result = evaluate_dialogue_dataset(embedder, world, QUESTION_BANK, vocabulary, config, split=args.split,
                                        gallery_split=args.gallery_split, cache=args.cache,
                                        strategies=args.strategies, max_queries=args.queries)
     result["seconds"] = round(time.time() - started, 1)
-    result["config"] = {"project": str(args.project), "adapter": str(adapter), "thi": vars(config)}
+    result["config"] = {"project": str(args.project), "world": str(world), "adapter": str(adapter),
+                        "thi": vars(config)}
 
     console.print(rounds_table(f"dialogue rounds ({result['queries']} queries, gallery {result['gallery']}, "
                                f"{args.cache} cache {result['cache_accuracy']:.0f} % right)",

@@ -53,9 +53,7 @@ class ChatSession:
 
         self.engine, self.bank, self.k = engine, list(question_bank), k
         self.vocabulary = vocabulary
-        # the answers' evidence weighs in the dialogue as in the engine's searches (--answer-weight)
-        self.thi_config = thi_config or THIConfig(mode="interactive", rounds=len(self.bank),
-                                                  answer_weight=engine.answer_weight)
+        self.thi_config = thi_config or THIConfig(mode="interactive", rounds=len(self.bank))
         self.thi = None
         self.steps: list[Step] = []
         self.pending: dict[str, str] | None = None

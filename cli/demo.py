@@ -35,7 +35,8 @@ class DemoConfig:
     stage1_epochs: int | None = field(default=None, metadata={"help": "stage-1 epochs (None: recipes/demo-stage1.yaml's)"})
     stage2_epochs: int | None = field(default=None, metadata={"help": "stage-2 epochs (None: recipes/demo-stage2.yaml's)"})
     thi_rounds: int = field(default=3, metadata={"help": "THI rounds evaluated"})
-    thi_queries: int = field(default=60, metadata={"help": "THI evaluation queries"})
+    thi_queries: int = field(default=200, metadata={"help": "THI evaluation queries (the first caption of each "
+                                                              "test image, at most this many)"})
 
     @classmethod
     def fast(cls) -> DemoConfig:
@@ -153,8 +154,9 @@ def _evaluate(project: Project, load_embedder, answers: dict[str, dict[str, str]
 
 
 def _thi(project: Project, engine, records: list[PersonImage], cfg: DemoConfig) -> list[dict]:
-    """Interactive THI on the indexed gallery: a simulated user answers from the ground-truth attributes,
-    candidates are scored against the MLLM's own cached answers."""
+    """Interactive THI on the indexed gallery, listening as `lineup chat` does (the engine's vocabulary): a
+    simulated user answers from the ground-truth attributes, candidates are scored against the MLLM's own cached
+    answers."""
     from finetune.data.world import QUESTION_BANK, answer_from_attributes
     from retrieval.thi import THIConfig, evaluate_thi
 
