@@ -148,9 +148,10 @@ class THISession:
     description or an earlier answer already answers is never asked, and what the description says counts as
     answers (``known``).
 
-    Interactive scores (auto mode's ``rounds[0]`` is always the plain ranking): Ŝ = λ·S(q, v) + (1−λ)·S(q̂, v) + μ·evidence(v) + ν·feedback(v), the q̂ term once an
+    Interactive scores: Ŝ = λ·S(q, v) + (1−λ)·S(q̂, v) + μ·evidence(v) + ν·feedback(v), the q̂ term once an
     answer is given, the evidence term once something is known (so a listening session's ``rounds[0]`` is the
-    engine's re-ranked text search; a deaf one's, the plain cosine ranking) and ν once feedback is;
+    engine's re-ranked text search; a deaf one's, the plain cosine ranking; auto mode's, always the plain one) and
+    ν once feedback is;
     feedback(v) ∈ [0, 1] is the Qdrant feedback query's score min–max scaled over the pool, run once a positive
     is given (with the negatives as its negative examples). A point marked unlike is not the person: it goes
     below every other.
