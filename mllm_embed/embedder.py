@@ -120,6 +120,21 @@ def train_mode(model, mode: bool = True) -> None:
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
                 p.requires_grad for p in module.parameters()):
             module.eval()
+        if mode and getattr(module, "support_avx512bf16_for_cpu", False):
+            _unpack_cpu_4bit(module)
+
+
+def _unpack_cpu_4bit(module) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weight for inference the first time the layer
+    runs in eval mode, and its matmul on that layout adds the bias in place, which autograd refuses. Once the model
+    trains, the layer goes back to the plain layout and stays there (evaluation passes during training included)."""
+    from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+
+    module.support_avx512bf16_for_cpu = False
+    state = getattr(module.weight, "quant_state", None)
+    if getattr(state, "packing_format_for_cpu", False):
+        module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data,
+                                                                                             state)
 
 class MLLMEmbedder:
     """Embeds images, texts and (image, modification) pairs; answers questions about images."""
