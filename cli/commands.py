@@ -487,6 +487,7 @@ def cmd_demo(args, project: Project) -> int:
     cfg = DemoConfig.fast() if args.fast else DemoConfig()
     if args.identities:
         cfg.identities = args.identities
+    cfg.base = args.base
     run_demo(project, cfg)
     return 0
 

@@ -12,11 +12,13 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli.project import Project
 from cli.training import run_training, show_stage0
 from cli.ui import TASK_TITLES, console, metrics_table, progress_bar, show_hits
+from mllm_embed.errors import LineupError
 from retrieval.judge import ANSWER_WEIGHT, world_vocabulary
 
 if TYPE_CHECKING:
@@ -31,6 +33,8 @@ class DemoConfig:
     val_people: int = field(default=16, metadata={"help": "identities held out for per-epoch validation"})
     test_people: int = field(default=32, metadata={"help": "identities held out for the evaluation and searches"})
     size: str = field(default="tiny", metadata={"help": "base model size preset (mllm_embed.tiny.SIZES)"})
+    base: str | None = field(default=None, metadata={"help": "a finished base (`lineup bootstrap --out`) to copy "
+                                                             "instead of the shipped one"})
     stage0_epochs: int | None = field(default=None, metadata={"help": "stage-0 epochs (None: the recipe's)"})
     stage1_epochs: int | None = field(default=None, metadata={"help": "stage-1 epochs (None: recipes/demo-stage1.yaml's)"})
     stage2_epochs: int | None = field(default=None, metadata={"help": "stage-2 epochs (None: recipes/demo-stage2.yaml's)"})
@@ -68,6 +72,10 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     from retrieval.engine import SearchEngine
     from retrieval.store import open_store
 
+    shipped = Path(cfg.base) if cfg.base else SHIPPED_BASES / cfg.size
+    if cfg.base and not (shipped / DONE_FILE).exists():
+        raise LineupError(f"--base {shipped}: no finished base there ({DONE_FILE} missing); build one with "
+                          f"`lineup bootstrap --out {shipped}`")
     started, cpu_started = time.time(), time.process_time()
     project.root.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": asdict(cfg)}
@@ -78,9 +86,8 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
             generate_world(project.world, cfg.world(), progress=advance)
     console.print(f"world: {project.world}")
 
-    shipped = SHIPPED_BASES / cfg.size
     if (shipped / DONE_FILE).exists():
-        _step(f"2/6 the shipped offline base ({shipped}; rebuild it with the command in its lineup_base.json)")
+        _step(f"2/6 the offline base ({shipped}; a shipped base's lineup_base.json holds the command that rebuilt it)")
         if not (project.model / DONE_FILE).exists():
             shutil.copytree(shipped, project.model, dirs_exist_ok=True)
     else:

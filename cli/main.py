@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=commands.cmd_demo)
     p.add_argument("--identities", type=_at_least(3), default=None, help="world size (default: the demo's)")
     p.add_argument("--fast", action="store_true", help="a much smaller demo (minutes), for smoke tests")
+    p.add_argument("--base", default=None, help="a finished base (`lineup bootstrap --out`) to use instead of the "
+                                                "shipped one")
     _add_project(p)
     return parser
 

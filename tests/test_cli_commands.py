@@ -18,9 +18,10 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
     names = set(build_parser()._subparsers._group_actions[0].choices)
     assert names - COVERED_ELSEWHERE == {"world", "bootstrap", "train", "demo"}
 
-    # `world` and `bootstrap` build the demo project's world and base; the demo then resumes from them
+    # `world` and `bootstrap` build the demo project's world and a base; the demo then resumes from the world and
+    # copies that base (--base)
     project = tmp_path / "demo"
-    world, model = project / "world", project / "model"
+    world, model = project / "world", tmp_path / "base"
     assert main(["world", "--out", str(world), "--identities", "16", "--images-per-id", "4", "--seed", "3"]) == 0
     assert len((world / "annotations.jsonl").read_text().splitlines()) == 64
     assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
@@ -50,8 +51,9 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
                  "--world", str(tiny_world), "--out", str(run2), "--epochs", "1", "--eval-split", ""]) == 0
     assert (run2 / "adapter" / "lineup_embedder.json").exists()
 
-    assert main(["demo", "--fast", "--identities", "16", "--project", str(project)]) == 0
+    assert main(["demo", "--fast", "--base", str(tmp_path / "no-base"), "--project", str(project)]) == 2
+    assert main(["demo", "--fast", "--identities", "16", "--base", str(model), "--project", str(project)]) == 0
     report = json.loads((project / "reports" / "demo.json").read_text())
     assert {"eval", "thi", "search"} <= set(report)
-    assert (model / "stage0_done.json").read_bytes() == stage0  # the demo kept the base `bootstrap` built
+    assert (project / "model" / "stage0_done.json").read_bytes() == stage0  # the base `bootstrap` built
     assert (project / "runs" / "stage2" / "adapter" / "lineup_embedder.json").exists()
