@@ -72,10 +72,10 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
     from retrieval.engine import SearchEngine
     from retrieval.store import open_store
 
-    shipped = Path(cfg.base) if cfg.base else SHIPPED_BASES / cfg.size
-    if cfg.base and not (shipped / DONE_FILE).exists():
-        raise LineupError(f"--base {shipped}: no finished base there ({DONE_FILE} missing); build one with "
-                          f"`lineup bootstrap --out {shipped}`")
+    base = Path(cfg.base) if cfg.base else SHIPPED_BASES / cfg.size
+    if cfg.base and not (base / DONE_FILE).exists():
+        raise LineupError(f"--base {base}: no finished base there ({DONE_FILE} missing); build one with "
+                          f"`lineup bootstrap --out {base}`")
     started, cpu_started = time.time(), time.process_time()
     project.root.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": asdict(cfg)}
@@ -86,10 +86,10 @@ def run_demo(project: Project, cfg: DemoConfig) -> dict:
             generate_world(project.world, cfg.world(), progress=advance)
     console.print(f"world: {project.world}")
 
-    if (shipped / DONE_FILE).exists():
-        _step(f"2/6 the offline base ({shipped}; a shipped base's lineup_base.json holds the command that rebuilt it)")
+    if (base / DONE_FILE).exists():
+        _step(f"2/6 the offline base ({base}; a shipped base's lineup_base.json holds the command that rebuilt it)")
         if not (project.model / DONE_FILE).exists():
-            shutil.copytree(shipped, project.model, dirs_exist_ok=True)
+            shutil.copytree(base, project.model, dirs_exist_ok=True)
     else:
         _step("2/6 bootstrap the offline base (local tokenizer, tiny MLLM, vision pre-training, stage 0)")
         with progress_bar("bootstrapping the base", total=None) as advance:

@@ -136,6 +136,7 @@ def _unpack_cpu_4bit(module) -> None:
         module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data,
                                                                                              state)
 
+
 class MLLMEmbedder:
     """Embeds images, texts and (image, modification) pairs; answers questions about images."""
 
