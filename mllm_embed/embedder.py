@@ -114,7 +114,8 @@ def base_fingerprint(model_config, path: str | Path) -> str:
 def train_mode(model, mode: bool = True) -> None:
     """`model.train(mode)`, except that batch norms whose weights are frozen stay in eval mode: a frozen
     convolutional tower keeps the statistics it was trained with, so it embeds an image the same way in training
-    and at inference, whatever else is in the batch."""
+    and at inference, whatever else is in the batch. Entering training also takes 4-bit layers off bitsandbytes'
+    CPU inference layout (`_unpack_cpu_4bit`)."""
     model.train(mode)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(
