@@ -3,22 +3,32 @@
 1. a locally trained tokenizer and an MLLM built from config (`mllm_embed.tiny`: a ResNet or ViT tower);
 2. vision pre-training of its tower and projector on attributes and identities (`finetune.vision_pretrain`);
 3. stage 0, generative pre-training of projector + LM on captions and VQA (`finetune.stage0`), checkpointed and
-   resumed exactly when killed.
-Each step leaves its marker file in the model folder; a re-run skips finished steps. The settings of each size are
+   resumed exactly when killed;
+4. the answers' calibration: the finished base answers every bank question about held-out people, and how it
+   answers each true value is counted (`retrieval.judge.answer_confusion`) into answer_confusion.json, which the
+   answer re-ranking and THI weigh its answers by (`retrieval.judge.evidence`).
+Each step leaves its marker file in the model folder; a re-run skips finished steps (so a base built before step 4
+existed gets it by running the same command again). The settings of each size are
 recipe files: recipes/bootstrap.yaml (tiny, small) and recipes/bootstrap-test.yaml.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from finetune.config import BootstrapConfig
+from finetune.config import BootstrapConfig, CalibrationConfig
 from finetune.stage0 import DONE_FILE as STAGE0_DONE
 from finetune.stage0 import pretrain
 from finetune.vision_pretrain import DONE_FILE as VISION_DONE
 from finetune.vision_pretrain import pretrain_vision
+from retrieval.judge import CONFUSION_FILE
+
+FINISHED = CONFUSION_FILE  # the last step's marker
 
 logger = logging.getLogger(__name__)
 
@@ -45,4 +55,37 @@ def bootstrap_base(world_dir: str | Path, out_dir: str | Path, size: str = "tiny
                         progress=progress and (lambda n: progress("vision pre-training", n)))
     if not (out / STAGE0_DONE).exists():
         pretrain(out, world_dir, cfg.stage0, progress=progress and (lambda n: progress("stage 0", n)))
+    if not (out / CONFUSION_FILE).exists():
+        calibrate_answers(out, world_dir, cfg.calibration,
+                          progress=progress and (lambda n: progress("answer calibration", n)))
     return out
+
+
+def calibrate_answers(model_dir: str | Path, world_dir: str | Path, cfg: CalibrationConfig | None = None,
+                      progress: Callable[[int], None] | None = None) -> dict:
+    """Ask the base (`model_dir`) every bank question about up to ``cfg.calibration_images`` images of the world's
+    val and test people (never trained on) and write its confusion counts and share of right answers per question
+    to ``model_dir``/answer_confusion.json (written last, whole: it marks the step done)."""
+    from finetune.data.world import QUESTION_BANK, answer_from_attributes
+    from finetune.stage0 import split_people
+    from mllm_embed import load_embedder
+    from retrieval.judge import answer_confusion, bank_answerer, gallery_answers, world_vocabulary
+
+    cfg = cfg or CalibrationConfig()
+    start = time.time()
+    people = [r for split in ("val", "test") for r in split_people(Path(world_dir), split)]
+    people = random.Random(cfg.calibration_seed).sample(people, min(cfg.calibration_images, len(people)))
+    vocabulary = world_vocabulary()
+    answers = gallery_answers(bank_answerer(load_embedder(str(model_dir)), vocabulary), [r.image for r in people],
+                              QUESTION_BANK, progress=progress)
+    truths = {r.image: {q["key"]: answer_from_attributes(r.attributes, q["key"]) for q in QUESTION_BANK}
+              for r in people}
+    counts = answer_confusion(answers, truths, vocabulary)
+    report = {"images": len(people), "seconds": round(time.time() - start, 1), "config": vars(cfg),
+              "accuracy": {k: sum(row.get(t, 0) for t, row in c.items()) / sum(sum(r.values()) for r in c.values())
+                           for k, c in counts.items()},
+              "counts": counts}
+    tmp = Path(model_dir) / (CONFUSION_FILE + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(Path(model_dir) / CONFUSION_FILE)
+    return report

@@ -426,11 +426,24 @@ class VisionPretrainConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """How the finished base's answers are calibrated (`retrieval.judge.answer_confusion`)."""
+
+    calibration_images: int = field(default=800, metadata={
+        "help": "held-out (val + test) images whose answers to every bank question are compared with the truth"})
+    calibration_seed: int = field(default=0, metadata={"help": "sampling seed of those images"})
+
+    def __post_init__(self):
+        _check(self, [("calibration_images", self.calibration_images >= 1, "must be >= 1")])
+
+
+@dataclass(frozen=True)
 class BootstrapConfig(_Nested):
-    """`lineup bootstrap`: vision pre-training, then stage 0 (recipes/bootstrap-<size>.yaml)."""
+    """`lineup bootstrap`: vision pre-training, stage 0, then the answers' calibration (recipes/bootstrap*.yaml)."""
 
     vision: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
     stage0: Stage0Config = field(default_factory=Stage0Config)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     @classmethod
     def recipe(cls, size: str) -> BootstrapConfig:
@@ -440,7 +453,8 @@ class BootstrapConfig(_Nested):
 
 
 _SECTION_TYPES = {cls.__name__: cls for cls in (ModelConfig, BatchConfig, LossConfig, AugmentConfig, ScheduleConfig,
-                                                RunConfig, Stage0Config, VisionPretrainConfig)}
+                                                RunConfig, Stage0Config, VisionPretrainConfig,
+                                                CalibrationConfig)}
 
 
 def load_recipe(path: str | Path) -> dict:

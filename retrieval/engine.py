@@ -106,17 +106,17 @@ class SearchEngine:
     or composed search fetches the top ``pool`` by cosine and adds answer_weight × the evidence of a hit's cached
     answers to the question bank (``cache_answers``) for what the query states about the wanted person (a
     description's words, a modification's new values): ``retrieval.judge.evidence``, each answer weighed by how
-    often the embedder's base answers that question right (0 for a hit without answers).
+    the embedder's base answers that question (``reliability``; 0 for a hit without answers).
     """
 
     def __init__(self, embedder: Any, store: Store, collection: str = "gallery", vocabulary: Any = None,
-                 answer_weight: float = 0.0, pool: int = 100) -> None:
+                 answer_weight: float = 0.0, pool: int = 100, reliability: dict | None = None) -> None:
         self.embedder = embedder
         self.store = store
         self.collection = collection
         self.meta = embedder_meta(embedder)
         self.vocabulary, self.answer_weight, self.pool = vocabulary, answer_weight, pool
-        self._reliability: dict[str, float] | None = None
+        self._reliability = reliability
         self._checked = False
 
     def _ensure(self, create: bool) -> None:
@@ -263,9 +263,9 @@ class SearchEngine:
         return max(k, self.pool) if stated else k
 
     @property
-    def reliability(self) -> dict[str, float]:
-        """Per question key, how often the embedder's base answers it right (``retrieval.judge.answer_reliability``,
-        read once)."""
+    def reliability(self) -> dict:
+        """Per question key, how far a cached answer is trusted (``retrieval.judge.evidence``): the one given, else
+        the embedder's base's calibration (``retrieval.judge.answer_reliability``, read once)."""
         if self._reliability is None:
             from retrieval.judge import answer_reliability
 

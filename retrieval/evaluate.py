@@ -450,12 +450,18 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
     queries = [{"text": r.captions[0], "person_id": r.person_id, "record": r}
                for r in records[: max_queries or len(records)] if r.captions]
     with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
-        engine = SearchEngine(embedder, store, "thi")
+        engine = SearchEngine(embedder, store, "thi", reliability=_certain(question_bank) if cache == "truth" else None)
         engine.index_images(records, batch_size=batch_size)
         engine.cache_answers(question_bank, answer_fn=truth if cache == "truth" else known_or_asked)
         return evaluate_thi(engine, queries, question_bank, thi_config,
                             answerer_for=answerer_for if thi_config.mode == "interactive" else None,
                             progress=progress, vocabulary=world_vocabulary())
+
+
+def _certain(question_bank: Sequence[dict[str, str]]) -> dict[str, float]:
+    """A cache of true answers is trusted as far as `retrieval.judge.evidence` trusts any answer, whatever the
+    base's own calibration says."""
+    return {q["key"]: 1.0 for q in question_bank}
 
 
 def evaluate_dialogue_dataset(embedder, path: str | Path, question_bank: Sequence[dict[str, str]], vocabulary,
@@ -497,7 +503,8 @@ def evaluate_dialogue_dataset(embedder, path: str | Path, question_bank: Sequenc
     out: dict[str, Any] = {"queries": len(queries), "gallery": len(gallery), "split": split,
                            "gallery_split": gallery_split or split, "cache": cache, "rounds": thi_config.rounds}
     with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "dialogue") as store:
-        engine = SearchEngine(embedder, store, "dialogue")
+        engine = SearchEngine(embedder, store, "dialogue",
+                              reliability=_certain(question_bank) if cache == "truth" else None)
         engine.index_images(gallery, batch_size=batch_size)
         engine.cache_answers(question_bank, answer_fn=(lambda img, q: by_image[img][key_of[q]]) if cache == "truth"
                              else None)

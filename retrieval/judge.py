@@ -15,7 +15,8 @@ Both are graded in [0, 1], so a ROC curve has more than two points; a judge says
 Answer re-ranking of text and composed search adds to the cosine ``answer_weight`` × the ``evidence`` of a
 candidate's answers for what the query states about the wanted person (a caption's words, ``Vocabulary.stated``;
 a modification's new values, ``Vocabulary.modification``), each answer weighed by how often the base answers that
-question right (``answer_reliability``).
+question right (``answer_reliability``): per value where the base's answers were calibrated (its confusion counts,
+``answer_confusion``), else per question.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from retrieval.dialogue import Vocabulary, normalize_answer
 ANSWER_WEIGHT = 0.1
 # how sure an answer is for a question a base reports no accuracy for, and the bounds of any accuracy used
 DEFAULT_RELIABILITY, RELIABILITY_BOUNDS = 0.9, (0.5, 0.98)
+# beside a base: how it answers each true value of each bank question (``lineup bootstrap``'s last step)
+CONFUSION_FILE = "answer_confusion.json"
 
 
 def bank_answerer(embedder, vocabulary: Vocabulary | None = None, views: bool = False) -> Callable[[Any, str], str]:
@@ -87,34 +90,78 @@ def agreement(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary:
 
 
 def evidence(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary: Vocabulary | None,
-             reliability: Mapping[str, float]) -> float:
+             reliability: Mapping[str, float | Mapping[str, Mapping[str, float]]]) -> float:
     """How strongly one image's `answers` say it shows what is `stated`: the sum over the stated questions it was
-    asked of ± the log-odds of its answer being right (``reliability``, per question key; 90 % where absent) —
-    + when the answer agrees, − when not (a naive-Bayes log-likelihood ratio); 0 when none was asked. A caption
-    stating five attributes weighs more than a modification changing one, and a contradiction on a question the
-    MLLM answers at 98 % outweighs one it answers at 60 % (glasses). Without a vocabulary answers must match
-    the stated words exactly."""
+    asked of the log-likelihood ratio of its answer (a naive-Bayes score; 0 when none was asked). Per question key
+    ``reliability`` holds either the base's share of right answers p (90 % where absent): ± log(p / (1 − p)), + when
+    the answer agrees, − when not; or a table stated value → answer → log-ratio (``confusion_log_odds``), which
+    knows that a beanie answered "none" is a common slip and a blue top answered "red" is not. A caption stating
+    five attributes weighs more than a modification changing one. Without a vocabulary answers must match the
+    stated words exactly."""
     total = 0.0
     for key in (k for k in stated if k in answers):
-        p = min(max(reliability.get(key, DEFAULT_RELIABILITY), RELIABILITY_BOUNDS[0]), RELIABILITY_BOUNDS[1])
+        rel = reliability.get(key, DEFAULT_RELIABILITY)
         said = vocabulary.canonical(key, answers[key]) if vocabulary is not None else answers[key]
-        sign = 1.0 if said == stated[key] else -1.0
-        total += sign * math.log(p / (1 - p))
+        if isinstance(rel, Mapping):
+            total += rel.get(stated[key], {}).get(said, 0.0)
+            continue
+        p = min(max(rel, RELIABILITY_BOUNDS[0]), RELIABILITY_BOUNDS[1])
+        total += (1.0 if said == stated[key] else -1.0) * math.log(p / (1 - p))
     return total
 
 
-def answer_reliability(embedder) -> dict[str, float]:
-    """Per question key, the share of right answers the base reported on its validation people
-    (``stage0_done.json`` beside its weights, written by stage 0 of ``lineup bootstrap``); empty for a base
-    without that file (a hub checkpoint): every answer then counts as 90 % sure."""
-    base = getattr(embedder, "base", None) or ""
-    report = Path(base) / "stage0_done.json"
-    if not base or not report.is_file():
-        return {}
-    try:
-        return dict(json.loads(report.read_text())["val_vqa"]["by_attribute"])
-    except (ValueError, KeyError, TypeError):
-        return {}
+def answer_confusion(answers: Mapping[str, Mapping[str, str]], truths: Mapping[str, Mapping[str, str]],
+                     vocabulary: Vocabulary) -> dict[str, dict[str, dict[str, int]]]:
+    """Per question key, true value → the MLLM's answer → how many images: ``answers`` and ``truths`` by image,
+    both by question key, read as the vocabulary's canonical values; every value of the question has a row,
+    counted or not."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for image, truth in truths.items():
+        for key, value in truth.items():
+            if key not in answers[image]:
+                continue
+            said = normalize_answer(answers[image][key])
+            table = counts.setdefault(key, {v: {} for v in vocabulary.options.get(key, ())})
+            row = table.setdefault(vocabulary.canonical(key, value) or value, {})
+            said = vocabulary.canonical(key, said) or said
+            row[said] = row.get(said, 0) + 1
+    return counts
+
+
+def confusion_log_odds(counts: Mapping[str, Mapping[str, int]], prior: float = 1.0) -> dict[str, dict[str, float]]:
+    """One question's confusion counts (true value → answer → count) as stated value v → answer a →
+    log P(a | v) / P(a | not v), each probability smoothed by ``prior`` pseudo-counts spread over the values seen
+    and bounded like a 98 % sure answer."""
+    values = sorted(set(counts) | {a for row in counts.values() for a in row})
+    share, bound = prior / len(values), math.log(RELIABILITY_BOUNDS[1] / (1 - RELIABILITY_BOUNDS[1]))
+    table: dict[str, dict[str, float]] = {}
+    for v in values:
+        row, others = counts.get(v, {}), [r for t, r in counts.items() if t != v]
+        n_v, n_other = sum(row.values()), sum(sum(r.values()) for r in others)
+        table[v] = {}
+        for a in values:
+            p = (row.get(a, 0) + share) / (n_v + prior)
+            q = (sum(r.get(a, 0) for r in others) + share) / (n_other + prior)
+            table[v][a] = min(max(math.log(p / q), -bound), bound)
+    return table
+
+
+def answer_reliability(embedder) -> dict[str, float | dict[str, dict[str, float]]]:
+    """Per question key, how far the base's answers can be trusted (``evidence``): the log-ratio table of its
+    confusion counts (``answer_confusion.json`` beside its weights, the last step of ``lineup bootstrap``), else
+    the share of right answers it reported on its validation people (``stage0_done.json``, stage 0); empty for a
+    base with neither (a hub checkpoint): every answer then counts as 90 % sure."""
+    base = getattr(embedder, "base", None)
+    out: dict[str, float | dict[str, dict[str, float]]] = {}
+    for name, read in (("stage0_done.json", lambda d: d["val_vqa"]["by_attribute"]),
+                       (CONFUSION_FILE, lambda d: {k: confusion_log_odds(c) for k, c in d["counts"].items()})):
+        report = Path(base or "") / name
+        if base and report.is_file():
+            try:
+                out.update(read(json.loads(report.read_text())))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                pass
+    return out
 
 
 def match_score(answers: Mapping[str, str], text: str, vocabulary: Vocabulary) -> float:

@@ -53,7 +53,9 @@ def tiny_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tiny_world, tmp_path_factory) -> Path:
     """A tiny LLaVA-style base with a local tokenizer, briefly stage-0 pre-trained (owner: mllm_embed.tiny
-    + finetune.stage0). Loaded through exactly the path a hub checkpoint takes."""
+    + finetune.stage0). Loaded through exactly the path a hub checkpoint takes. Its answers are not calibrated
+    (no answer_confusion.json: they weigh by its stage-0 accuracies), so tests whose cache holds true answers
+    re-rank by them."""
     from finetune.stage0 import Stage0Config, pretrain
     from finetune.data.world import world_texts
     from mllm_embed.tiny import build_tiny_base

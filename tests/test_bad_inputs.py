@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
+from finetune.bootstrap import FINISHED
 
 MARKER = "REMOTE_CODE_RAN"
 
@@ -36,6 +37,7 @@ def project(tiny_world, tiny_base, tiny_adapter, tmp_path_factory) -> Path:
     proj = root / "proj"
     shutil.copytree(tiny_world, proj / "world")
     shutil.copytree(tiny_base, proj / "model")
+    (proj / "model" / FINISHED).write_text('{"counts": {}}')  # a finished base: bootstrap's last step has run
     shutil.copytree(tiny_adapter, proj / "runs" / "stage1" / "adapter")
     bad = root / "bad"
     bad.mkdir()

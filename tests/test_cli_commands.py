@@ -9,6 +9,7 @@ import yaml
 
 from cli.main import build_parser, main
 from finetune.config import TrainConfig
+from finetune.data.world import QUESTION_BANK
 
 # index, search, chat, batch and eval run in test_cli_e2e.py; caption and rewrite in test_cli_augment.py.
 COVERED_ELSEWHERE = {"index", "search", "chat", "batch", "eval", "caption", "rewrite"}
@@ -27,6 +28,9 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
     assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
     stage0 = (model / "stage0_done.json").read_bytes()
     assert json.loads(stage0)["steps"] > 0 and (model / "vision_pretrain.json").exists()
+    calibration = json.loads((model / "answer_confusion.json").read_text())  # the last step: the answers counted
+    assert calibration["images"] == 16 and set(calibration["counts"]) == {q["key"] for q in QUESTION_BANK}
+    assert all(sum(sum(row.values()) for row in c.values()) == 16 for c in calibration["counts"].values())
 
     # a recipe file, every flag kind the generated options take on top of it, and --quantization, which `train`
     # passes itself; the resolved config beside the adapter reruns the same run
@@ -56,4 +60,5 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
     report = json.loads((project / "reports" / "demo.json").read_text())
     assert {"eval", "thi", "search"} <= set(report)
     assert (project / "model" / "stage0_done.json").read_bytes() == stage0  # the base `bootstrap` built
+    assert (project / "model" / "answer_confusion.json").exists()
     assert (project / "runs" / "stage2" / "adapter" / "lineup_embedder.json").exists()

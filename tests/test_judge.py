@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -11,8 +12,8 @@ from finetune.data.world import QUESTION_BANK, answer_from_attributes
 from finetune.stage0 import Judgements, split_people
 from mllm_embed.config import EmbedderConfig
 from retrieval.evaluate import sample_pairs
-from retrieval.judge import (answer_reliability, bank_answerer, bank_answers, evidence, match_score, same_score,
-                             world_vocabulary)
+from retrieval.judge import (answer_confusion, answer_reliability, bank_answerer, bank_answers, confusion_log_odds,
+                             evidence, match_score, same_score, world_vocabulary)
 from retrieval.metrics import roc_auc
 
 
@@ -120,6 +121,39 @@ def test_evidence_weighs_each_answer_by_how_often_the_base_answers_that_question
     assert answer_reliability(Embedder()) == {"upper_color": 1.0, "glasses": 0.6}
     Embedder.base = "org/hub-model"
     assert answer_reliability(Embedder()) == {}
+
+
+def test_calibrated_evidence_knows_which_wrong_answers_are_common_slips(tmp_path):
+    """From confusion counts: a beanie the base often answers "none" costs a candidate answered "none" little,
+    a blue top answered "red" (a slip it never makes) costs the full bound; agreement earns more where the answer
+    is rarely given for other values; the counts beside a base replace its per-question accuracies."""
+    voc = world_vocabulary()
+    truths = {f"{i}.png": {"hat": hat, "upper_color": "blue"} for i, hat in enumerate(["beanie"] * 10 + ["none"] * 10)}
+    answers = {img: {"hat": "none" if i < 4 or i >= 10 else "beanie", "upper_color": "blue"}
+               for i, img in enumerate(truths)}  # 4 of 10 beanies answered "none"
+    answers["19.png"]["upper_color"] = "Blue"  # normalised before counting
+    counts = answer_confusion(answers, truths, voc)
+    assert counts["hat"] == {"none": {"none": 10}, "cap": {}, "beanie": {"none": 4, "beanie": 6}}  # a row per value
+    assert counts["upper_color"]["blue"] == {"blue": 20}
+    hat = confusion_log_odds(counts["hat"])
+    assert hat["beanie"]["beanie"] > 2 > 0 > hat["beanie"]["none"] > -1  # a missed beanie: a small penalty
+    assert hat["none"]["beanie"] < -2  # a beanie is never seen where there is none
+    assert hat["beanie"]["cap"] == 0  # an answer never given tells nothing
+    assert 0 < hat["none"]["none"] < hat["beanie"]["beanie"]  # "none" is also said for 4 of 10 beanies
+    bounded = confusion_log_odds({"a": {"a": 1000}, "b": {"b": 1000}})
+    assert bounded["a"]["b"] == pytest.approx(-np.log(0.98 / 0.02)) == -bounded["a"]["a"]  # like a 98 % answer
+
+    (tmp_path / "stage0_done.json").write_text('{"val_vqa": {"by_attribute": {"hat": 0.7, "glasses": 0.6}}}')
+    (tmp_path / "answer_confusion.json").write_text(json.dumps({"counts": {"hat": counts["hat"]}}))
+
+    class Embedder:
+        base = str(tmp_path)
+
+    sure = answer_reliability(Embedder())
+    assert sure["glasses"] == 0.6 and sure["hat"] == hat
+    missed = evidence({"hat": "none"}, {"hat": "beanie"}, voc, sure)
+    assert missed == hat["beanie"]["none"] > evidence({"hat": "beanie"}, {"hat": "none"}, voc, sure)
+    assert evidence({"hat": "none"}, {"hat": "beanie"}, voc, {"hat": 0.8}) < missed  # per question: −log(0.8 / 0.2)
 
 
 @pytest.mark.slow
