@@ -42,7 +42,7 @@ from finetune.data.render import VIEWS  # noqa: E402
 from finetune.data.world import QUESTION_BANK, answer_from_attributes  # noqa: E402
 from finetune.stage0 import Judgements, split_people  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
-from retrieval.evaluate import (EvalConfig, encode_gallery, evaluate_composed, evaluate_t2i,  # noqa: E402
+from retrieval.evaluate import (EvalConfig, certain, encode_gallery, evaluate_composed, evaluate_t2i,  # noqa: E402
                                 evaluate_thi_dataset, evaluate_verification)
 from retrieval.judge import ANSWER_WEIGHT, bank_answerer, gallery_answers, match_score, world_vocabulary  # noqa: E402
 from retrieval.metrics import roc_auc  # noqa: E402
@@ -112,7 +112,8 @@ def rerank_sweep(embedder, world: Path, split: str, answers: dict, vocabulary) -
     for source in ("mllm", "truth"):
         rows = [answers[r.image] if source == "mllm" else
                 {q["key"]: answer_from_attributes(r.attributes, q["key"]) for q in QUESTION_BANK} for r in records]
-        kw = {"image_vecs": vecs, "batch_size": 32, "answers": rows, "vocabulary": vocabulary}
+        kw = {"image_vecs": vecs, "batch_size": 32, "answers": rows, "vocabulary": vocabulary,
+              "reliability": certain(QUESTION_BANK) if source == "truth" else None}
         out[source] = {w: {"t2i": evaluate_t2i(embedder, records, answer_weight=w, **kw),
                            "composed": evaluate_composed(embedder, records, triplets, answer_weight=w, **kw)}
                        for w in WEIGHTS}

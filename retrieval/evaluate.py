@@ -74,20 +74,27 @@ def encode_gallery(embedder: Any, records: Sequence[PersonImage], batch_size: in
 
 # --- retrieval tasks --------------------------------------------------------------------------------
 def evidence_matrix(embedder, answers: Sequence[dict[str, str]], stated: Sequence[dict[str, str]],
-                    vocabulary) -> np.ndarray:
+                    vocabulary, reliability=None) -> np.ndarray:
     """(queries, gallery): the `retrieval.judge.evidence` of each gallery image's answers for what each query
-    states, answers weighed by `embedder`'s base's reliability."""
+    states, answers weighed by ``reliability`` (default: `embedder`'s base's calibration)."""
     from retrieval.judge import answer_reliability, evidence
 
-    reliability = answer_reliability(embedder)
+    reliability = answer_reliability(embedder) if reliability is None else reliability
     return np.array([[evidence(a, s, vocabulary, reliability) for a in answers] for s in stated])
 
 
+def certain(question_bank: Sequence[dict[str, str]]) -> dict[str, float]:
+    """A cache of true answers is trusted as far as `retrieval.judge.evidence` trusts any answer, whatever the
+    base's own calibration says."""
+    return {q["key"]: 1.0 for q in question_bank}
+
+
 def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10), progress=None,
-                 answers=None, vocabulary=None, answer_weight: float = 0.0) -> dict:
+                 answers=None, vocabulary=None, answer_weight: float = 0.0, reliability=None) -> dict:
     """Every caption of every image as a query. With an ``answer_weight``, ``answers`` (each record's answers
     to the question bank) and a ``vocabulary``, the ranking is `SearchEngine`'s answer re-ranking over the
-    whole gallery: cosine + answer_weight × the answers' evidence for what the caption states."""
+    whole gallery: cosine + answer_weight × the answers' evidence for what the caption states (``reliability``:
+    see ``evidence_matrix``)."""
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
     texts = [(c, r.person_id) for r in records for c in r.captions]
     if not texts:
@@ -95,7 +102,8 @@ def evaluate_t2i(embedder, records, image_vecs=None, batch_size=16, ks=(1, 5, 10
     text_vecs = embedder.encode_text([t for t, _ in texts], batch_size=batch_size, progress=progress)
     sim = text_vecs @ image_vecs.T
     if answer_weight:
-        sim += answer_weight * evidence_matrix(embedder, answers, [vocabulary.stated(t) for t, _ in texts], vocabulary)
+        sim += answer_weight * evidence_matrix(embedder, answers, [vocabulary.stated(t) for t, _ in texts], vocabulary,
+                                               reliability)
     return rank_metrics(sim, [p for _, p in texts], [r.person_id for r in records], ks=ks)
 
 
@@ -113,7 +121,8 @@ def _path_key(path) -> str:
 
 
 def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=16, ks=(1, 5, 10),
-                      progress=None, answers=None, vocabulary=None, answer_weight: float = 0.0) -> dict:
+                      progress=None, answers=None, vocabulary=None, answer_weight: float = 0.0,
+                      reliability=None) -> dict:
     """Composed retrieval, both conventions over one similarity matrix (the reference image excluded):
 
     - identity level (``R@K``, ``mAP``): a query hits at K when the target person's best image is among the
@@ -123,8 +132,8 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
       images (CIRR / FashionIQ convention); only triplets whose ``target`` image is in the gallery count, and
       the keys are absent when there is none.
 
-    With an ``answer_weight`` (and ``answers``, ``vocabulary``: see ``evaluate_t2i``) the modification's new
-    values are what the answers are checked against (``Vocabulary.modification``).
+    With an ``answer_weight`` (and ``answers``, ``vocabulary``, ``reliability``: see ``evaluate_t2i``) the
+    modification's new values are what the answers are checked against (``Vocabulary.modification``).
     """
     image_vecs = encode_gallery(embedder, records, batch_size) if image_vecs is None else image_vecs
     pids = np.array([r.person_id for r in records])
@@ -138,7 +147,8 @@ def evaluate_composed(embedder, records, triplets, image_vecs=None, batch_size=1
     sim = vecs @ image_vecs.T
     if answer_weight:
         sim += answer_weight * evidence_matrix(embedder, answers,
-                                               [vocabulary.modification(t.modification) for t in usable], vocabulary)
+                                               [vocabulary.modification(t.modification) for t in usable], vocabulary,
+                                               reliability)
     for i, t in enumerate(usable):  # the reference image itself is not a candidate (CIRR convention)
         if _path_key(t.reference) in column:
             sim[i, column[_path_key(t.reference)]] = -np.inf
@@ -450,18 +460,12 @@ def evaluate_thi_dataset(embedder, path: str | Path, question_bank: Sequence[dic
     queries = [{"text": r.captions[0], "person_id": r.person_id, "record": r}
                for r in records[: max_queries or len(records)] if r.captions]
     with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "thi") as store:
-        engine = SearchEngine(embedder, store, "thi", reliability=_certain(question_bank) if cache == "truth" else None)
+        engine = SearchEngine(embedder, store, "thi", reliability=certain(question_bank) if cache == "truth" else None)
         engine.index_images(records, batch_size=batch_size)
         engine.cache_answers(question_bank, answer_fn=truth if cache == "truth" else known_or_asked)
         return evaluate_thi(engine, queries, question_bank, thi_config,
                             answerer_for=answerer_for if thi_config.mode == "interactive" else None,
                             progress=progress, vocabulary=world_vocabulary())
-
-
-def _certain(question_bank: Sequence[dict[str, str]]) -> dict[str, float]:
-    """A cache of true answers is trusted as far as `retrieval.judge.evidence` trusts any answer, whatever the
-    base's own calibration says."""
-    return {q["key"]: 1.0 for q in question_bank}
 
 
 def evaluate_dialogue_dataset(embedder, path: str | Path, question_bank: Sequence[dict[str, str]], vocabulary,
@@ -504,7 +508,7 @@ def evaluate_dialogue_dataset(embedder, path: str | Path, question_bank: Sequenc
                            "gallery_split": gallery_split or split, "cache": cache, "rounds": thi_config.rounds}
     with tempfile.TemporaryDirectory() as tmp, open_store(path=Path(tmp) / "dialogue") as store:
         engine = SearchEngine(embedder, store, "dialogue",
-                              reliability=_certain(question_bank) if cache == "truth" else None)
+                              reliability=certain(question_bank) if cache == "truth" else None)
         engine.index_images(gallery, batch_size=batch_size)
         engine.cache_answers(question_bank, answer_fn=(lambda img, q: by_image[img][key_of[q]]) if cache == "truth"
                              else None)
