@@ -29,8 +29,8 @@ from typing import Any
 
 from retrieval.dialogue import Vocabulary, normalize_answer
 
-# SearchEngine.answer_weight the CLI uses (it scales `evidence`): the best composed identity R@1 of 0.02–0.2 on the
-# demo world's val split, text Rank-1 within 0.5 of the best (benchmarks/answers.py)
+# SearchEngine.answer_weight the CLI uses (it scales `evidence`): the smallest weight with the best composed identity
+# R@1 on the demo world's val split, text Rank-1 within 1.0 of its best (benchmarks/answers.py)
 ANSWER_WEIGHT = 0.1
 # how sure an answer is for a question a base reports no accuracy for, and the bounds of any accuracy used
 DEFAULT_RELIABILITY, RELIABILITY_BOUNDS = 0.9, (0.5, 0.98)

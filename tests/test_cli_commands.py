@@ -31,6 +31,11 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
     calibration = json.loads((model / "answer_confusion.json").read_text())  # the last step: the answers counted
     assert calibration["images"] == 16 and set(calibration["counts"]) == {q["key"] for q in QUESTION_BANK}
     assert all(sum(sum(row.values()) for row in c.values()) == 16 for c in calibration["counts"].values())
+    # a base built before the calibration step existed gets only that step from the same command
+    (model / "answer_confusion.json").unlink()
+    assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
+    assert (model / "stage0_done.json").read_bytes() == stage0
+    assert json.loads((model / "answer_confusion.json").read_text())["counts"] == calibration["counts"]
 
     # a recipe file, every flag kind the generated options take on top of it, and --quantization, which `train`
     # passes itself; the resolved config beside the adapter reruns the same run
