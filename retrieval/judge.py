@@ -14,9 +14,9 @@ Both are graded in [0, 1], so a ROC curve has more than two points; a judge says
 
 Answer re-ranking of text and composed search adds to the cosine ``answer_weight`` × the ``evidence`` of a
 candidate's answers for what the query states about the wanted person (a caption's words, ``Vocabulary.stated``;
-a modification's new values, ``Vocabulary.modification``), each answer weighed by how often the base answers that
-question right (``answer_reliability``): per value where the base's answers were calibrated (its confusion counts,
-``answer_confusion``), else per question.
+a modification's new values, ``Vocabulary.modification``), each answer weighed by how the base answers
+(``answer_reliability``): per value where its answers were calibrated (its confusion counts, ``answer_confusion``),
+else by its share of right answers to the question.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def evidence(answers: Mapping[str, str], stated: Mapping[str, str], vocabulary: 
     asked of the log-likelihood ratio of its answer (a naive-Bayes score; 0 when none was asked). Per question key
     ``reliability`` holds either the base's share of right answers p (90 % where absent): ± log(p / (1 − p)), + when
     the answer agrees, − when not; or a table stated value → answer → log-ratio (``confusion_log_odds``), which
-    knows that a beanie answered "none" is a common slip and a blue top answered "red" is not. A caption stating
+    knows that a beanie answered "cap" is a common slip and a blue top answered "red" is not. A caption stating
     five attributes weighs more than a modification changing one. Without a vocabulary answers must match the
     stated words exactly."""
     total = 0.0
