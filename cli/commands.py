@@ -192,12 +192,12 @@ def _replace_folder(new: Path, out: Path) -> None:
 
 
 def cmd_bootstrap(args, project: Project) -> int:
-    from finetune.bootstrap import FINISHED, bootstrap_base
+    from finetune.bootstrap import bootstrap_base, finished
 
     world = _world(args, project)
     out = Path(args.out or project.model)
     # a finished base is replaced only with --force; an unfinished one (no last-step marker yet) resumes
-    if not (out / "config.json").exists() or (out / FINISHED).exists():
+    if not (out / "config.json").exists() or finished(out):
         _check_new_folder(out, args.force, "model", "config.json")
         if args.force and out.exists():
             shutil.rmtree(out)

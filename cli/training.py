@@ -27,6 +27,9 @@ def run_training(stage: str, cfg) -> Path:
 
 
 def show_stage0(model_dir: Path) -> None:
+    from finetune.answers import DONE_FILE as ANSWERS_DONE
+    from mllm_embed.embedder import ANSWERS_DIR
+
     done = json.loads((model_dir / "stage0_done.json").read_text())
     row = {"final loss": done["loss_curve"][-1], "steps": done["steps"], "seconds": done["seconds"]}
     vision = model_dir / "vision_pretrain.json"
@@ -34,4 +37,7 @@ def show_stage0(model_dir: Path) -> None:
         row["vision attr acc %"] = 100 * json.loads(vision.read_text()).get("held_out_mean_accuracy", 0.0)
     if "val_vqa" in done:
         row["val VQA acc %"] = 100 * done["val_vqa"]["accuracy"]
+    answers = model_dir / ANSWERS_DIR / ANSWERS_DONE
+    if answers.exists() and "val_vqa" in (got := json.loads(answers.read_text())):
+        row["answers adapter val VQA %"] = 100 * got["val_vqa"]["answers"]["accuracy"]
     console.print(metrics_table(f"stage 0 — {model_dir}", {"base": row}))

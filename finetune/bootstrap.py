@@ -4,12 +4,14 @@
 2. vision pre-training of its tower and projector on attributes and identities (`finetune.vision_pretrain`);
 3. stage 0, generative pre-training of projector + LM on captions and VQA (`finetune.stage0`), checkpointed and
    resumed exactly when killed;
-4. the answers' calibration: the finished base answers every bank question about held-out people, and how it
+4. the answers adapter (`finetune.answers`): a LoRA with the tower trained in full, on VQA only, that every
+   question is answered with while embeddings keep the base;
+5. the answers' calibration: the finished base answers every bank question about held-out people, and how it
    answers each true value is counted (`retrieval.judge.answer_confusion`) into answer_confusion.json, which the
    answer re-ranking and THI weigh its answers by (`retrieval.judge.evidence`).
-Each step leaves its marker file in the model folder; a re-run skips finished steps (so a base built before step 4
-existed gets it by running the same command again). The settings of each size are
-recipe files: recipes/bootstrap.yaml (tiny, small) and recipes/bootstrap-test.yaml.
+Each step leaves its marker file in the model folder; a re-run skips finished steps (so a base built before a step
+existed gets it by running the same command again; new answers drop the old calibration, which then runs again).
+The settings of each size are recipe files: recipes/bootstrap.yaml (tiny, small) and recipes/bootstrap-test.yaml.
 """
 
 from __future__ import annotations
@@ -21,16 +23,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from finetune.answers import DONE_FILE as ANSWERS_DONE
+from finetune.answers import train_answers
 from finetune.config import BootstrapConfig, CalibrationConfig
 from finetune.stage0 import DONE_FILE as STAGE0_DONE
 from finetune.stage0 import pretrain
 from finetune.vision_pretrain import DONE_FILE as VISION_DONE
 from finetune.vision_pretrain import pretrain_vision
+from mllm_embed.embedder import ANSWERS_DIR
 from retrieval.judge import CONFUSION_FILE
 
-FINISHED = CONFUSION_FILE  # the last step's marker
+# each step's marker file, in order
+MARKERS = ("lineup_base.json", VISION_DONE, STAGE0_DONE, f"{ANSWERS_DIR}/{ANSWERS_DONE}", CONFUSION_FILE)
 
 logger = logging.getLogger(__name__)
+
+
+def finished(model_dir: str | Path) -> bool:
+    """Whether every bootstrap step has run on the base in `model_dir`."""
+    return all((Path(model_dir) / marker).exists() for marker in MARKERS)
 
 
 def bootstrap_config(size: str, stage0_epochs: int | None = None, vision_steps: int | None = None) -> BootstrapConfig:
@@ -55,6 +66,9 @@ def bootstrap_base(world_dir: str | Path, out_dir: str | Path, size: str = "tiny
                         progress=progress and (lambda n: progress("vision pre-training", n)))
     if not (out / STAGE0_DONE).exists():
         pretrain(out, world_dir, cfg.stage0, progress=progress and (lambda n: progress("stage 0", n)))
+    if not (out / ANSWERS_DIR / ANSWERS_DONE).exists():
+        train_answers(out, world_dir, cfg.answers, progress=progress and (lambda n: progress("answers adapter", n)))
+        (out / CONFUSION_FILE).unlink(missing_ok=True)  # it counted the answers of the base without the adapter
     if not (out / CONFUSION_FILE).exists():
         calibrate_answers(out, world_dir, cfg.calibration,
                           progress=progress and (lambda n: progress("answer calibration", n)))

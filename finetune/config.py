@@ -426,6 +426,31 @@ class VisionPretrainConfig:
 
 
 @dataclass(frozen=True)
+class AnswersConfig:
+    """The base's answers adapter (`finetune.answers`): VQA-only LM training of a LoRA on the language model, with
+    the vision tower and projector trained in full and saved with it."""
+
+    answers_epochs: int = field(default=1, metadata={"help": "passes over the train split's images"})
+    answers_questions_per_image: int = field(default=4, metadata={"help": "VQA pairs drawn per image per epoch"})
+    answers_lr: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (warmup, cosine decay)"})
+    answers_rank: int = field(default=16, metadata={"help": "LoRA rank on the language model (alpha: twice it)"})
+    answers_eval_questions: int = field(default=300, metadata={
+        "help": "val VQA pairs answered by the base and by the adapter after training (0: none)"})
+    answers_save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only at the end)"})
+    answers_seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def __post_init__(self):
+        _check(self, [
+            ("answers_epochs", self.answers_epochs >= 1, "must be >= 1"),
+            ("answers_questions_per_image", self.answers_questions_per_image >= 0, "must be >= 0 (0: all)"),
+            ("answers_lr", self.answers_lr > 0, "must be > 0"),
+            ("answers_rank", self.answers_rank >= 1, "must be >= 1"),
+            ("answers_eval_questions", self.answers_eval_questions >= 0, "must be >= 0"),
+            ("answers_save_every", self.answers_save_every >= 0, "must be >= 0"),
+        ])
+
+
+@dataclass(frozen=True)
 class CalibrationConfig:
     """How the finished base's answers are calibrated (`retrieval.judge.answer_confusion`)."""
 
@@ -439,10 +464,12 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class BootstrapConfig(_Nested):
-    """`lineup bootstrap`: vision pre-training, stage 0, then the answers' calibration (recipes/bootstrap*.yaml)."""
+    """`lineup bootstrap`: vision pre-training, stage 0, the answers adapter, then the answers' calibration
+    (recipes/bootstrap*.yaml)."""
 
     vision: VisionPretrainConfig = field(default_factory=VisionPretrainConfig)
     stage0: Stage0Config = field(default_factory=Stage0Config)
+    answers: AnswersConfig = field(default_factory=AnswersConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     @classmethod
@@ -453,7 +480,7 @@ class BootstrapConfig(_Nested):
 
 
 _SECTION_TYPES = {cls.__name__: cls for cls in (ModelConfig, BatchConfig, LossConfig, AugmentConfig, ScheduleConfig,
-                                                RunConfig, Stage0Config, VisionPretrainConfig,
+                                                RunConfig, Stage0Config, VisionPretrainConfig, AnswersConfig,
                                                 CalibrationConfig)}
 
 

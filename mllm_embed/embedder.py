@@ -36,6 +36,8 @@ PAD, PROMPT, IMAGE, TEXT = 0, 1, 2, 3
 _SLOT = "\x00slot\x00"
 _IMAGE = "\x00image\x00"
 _EXTRA_KEYS = ("token_kinds", "word_ids")
+# inside a base folder: the adapter `MLLMEmbedder.answer` generates with (`finetune.answers`, `lineup bootstrap`)
+ANSWERS_DIR = "answers"
 
 
 def load_image(image):
@@ -153,6 +155,9 @@ class MLLMEmbedder:
         self.dim = model.config.get_text_config().hidden_size
         self._pieces: dict[str, list[int]] = {}
         self.merged_sources: list[Path] = []  # adapters folded into the base weights (mllm_embed.merge)
+        # loads the base with its answers adapter (set by load_embedder when the base folder has one); called once
+        self.answerer_loader: Callable[[], torch.nn.Module] | None = None
+        self._answerer: torch.nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -363,8 +368,9 @@ class MLLMEmbedder:
 
     def answer(self, image, question: str, max_new_tokens: int = 8, options: Sequence[str] | None = None,
                views: bool = False) -> str:
-        """Greedy answer to a question about an image (lower-case, stripped). A loaded LoRA adapter is
-        disabled while generating: it is trained for embeddings, the base's stage-0 skills answer questions.
+        """Greedy answer to a question about an image (lower-case, stripped). A loaded stage adapter is never
+        used: it is trained for embeddings. A base folder with an answers adapter (`ANSWERS_DIR`) answers with it
+        (loaded on first use, beside this model); any other base answers with its own stage-0 skills.
 
         `options`: the answer is one of them (decoding may only spell an option). `views`: four views of the image
         (`answer_views`) are asked together and every token is picked by their mean log-probability — for
@@ -379,10 +385,13 @@ class MLLMEmbedder:
             spelled = [self.tokenizer(o, add_special_tokens=False)["input_ids"] + eos for o in options or ()]
             processors = [_ViewConsensus(prompt_len, spelled)]
             max_new_tokens = max(map(len, spelled)) if spelled else max_new_tokens
-        base_only = self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
-        with self.inference(), base_only:
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors)
+        if self.answerer_loader is not None and self._answerer is None:
+            self._answerer = self.answerer_loader()
+        model = self._answerer if self._answerer is not None else self.model
+        stage_lora = model is self.model and hasattr(model, "disable_adapter")
+        with self.inference(), model.disable_adapter() if stage_lora else contextlib.nullcontext():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors)
         text = self.tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
         return text.strip().strip(".").strip().lower()
 
@@ -490,17 +499,21 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
     kwargs = {"dtype": torch_dtype}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device})
-    try:  # safetensors only: a .bin is a pickle; no code from the folder (config auto_map) runs either
-        model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=False, use_safetensors=True,
-                                                            **kwargs)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise LineupError(f"--model {name}: cannot load the weights ({_first_line(exc)}); the folder is "
-                          "incomplete or damaged — copy or rebuild it") from None
-    if quant is None:
-        model.to(device)
-    model.eval()
     family = family_cls(name)
-    family.prepare(model)
+
+    def weights():
+        try:  # safetensors only: a .bin is a pickle; no code from the folder (config auto_map) runs either
+            model = AutoModelForImageTextToText.from_pretrained(name, trust_remote_code=False, use_safetensors=True,
+                                                                **kwargs)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+            raise LineupError(f"--model {name}: cannot load the weights ({_first_line(exc)}); the folder is "
+                              "incomplete or damaged — copy or rebuild it") from None
+        if quant is None:
+            model.to(device)
+        family.prepare(model)
+        return model.eval()
+
+    model = weights()
     fingerprint = base_fingerprint(model_config, path)
     if adapter is None:
         config = EmbedderConfig.from_style(prompt_style or "lineup", base_model=name, base_fingerprint=fingerprint)
@@ -528,4 +541,20 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
     embedder = MLLMEmbedder(model, family, config, adapter=str(Path(adapter).resolve()) if adapter else None,
                             base=name)
     embedder.merged_sources = merged if adapter is not None else []
+    answers = path / ANSWERS_DIR
+    if (answers / "adapter_config.json").exists():
+        embedder.answerer_loader = lambda: _with_adapter(weights(), answers, merge=quant is None)
     return embedder
+
+
+def _with_adapter(model, adapter: Path, merge: bool):
+    """`model` with the peft adapter in `adapter` (folded into its weights when `merge`), for inference."""
+    from peft import PeftModel
+
+    try:
+        with quiet_tied_embeddings():
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        raise LineupError(f"{adapter}: cannot load the base's answers adapter ({_first_line(exc)}); the folder is "
+                          "incomplete or damaged — rebuild it with `lineup bootstrap`") from None
+    return (model.merge_and_unload() if merge else model).eval()

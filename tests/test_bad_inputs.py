@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from finetune.bootstrap import FINISHED
+from finetune.bootstrap import MARKERS
 
 MARKER = "REMOTE_CODE_RAN"
 
@@ -37,7 +37,9 @@ def project(tiny_world, tiny_base, tiny_adapter, tmp_path_factory) -> Path:
     proj = root / "proj"
     shutil.copytree(tiny_world, proj / "world")
     shutil.copytree(tiny_base, proj / "model")
-    (proj / "model" / FINISHED).write_text('{"counts": {}}')  # a finished base: bootstrap's last step has run
+    for marker in MARKERS:  # a finished base: every bootstrap step has left its marker
+        (proj / "model" / marker).parent.mkdir(exist_ok=True)
+        (proj / "model" / marker).touch()
     shutil.copytree(tiny_adapter, proj / "runs" / "stage1" / "adapter")
     bad = root / "bad"
     bad.mkdir()
@@ -62,7 +64,7 @@ def project(tiny_world, tiny_base, tiny_adapter, tmp_path_factory) -> Path:
     model_like("no_weights", ["config.json"])
     model_like("bin_only", ["config.json"])
     (bad / "bin_only" / "pytorch_model.bin").write_bytes(b"pickle")
-    model_like("truncated", [f.name for f in (proj / "model").iterdir()])
+    model_like("truncated", [f.name for f in (proj / "model").iterdir() if f.is_file()])
     data = (bad / "truncated" / "model.safetensors").read_bytes()
     (bad / "truncated" / "model.safetensors").write_bytes(data[: len(data) // 3])
     # a config whose auto_map points at code in the folder: with trust_remote_code=False it never runs

@@ -4,6 +4,7 @@ where a command's flags and the library disagree (e.g. a flag passed twice into 
 from __future__ import annotations
 
 import json
+import shutil
 
 import yaml
 
@@ -28,13 +29,21 @@ def test_world_bootstrap_train_and_demo_run_from_the_command_line(tiny_world, ti
     assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
     stage0 = (model / "stage0_done.json").read_bytes()
     assert json.loads(stage0)["steps"] > 0 and (model / "vision_pretrain.json").exists()
-    calibration = json.loads((model / "answer_confusion.json").read_text())  # the last step: the answers counted
+    answers = (model / "answers" / "answers_done.json").read_bytes()  # the answers adapter, then its calibration
+    calibration = json.loads((model / "answer_confusion.json").read_text())
     assert calibration["images"] == 16 and set(calibration["counts"]) == {q["key"] for q in QUESTION_BANK}
     assert all(sum(sum(row.values()) for row in c.values()) == 16 for c in calibration["counts"].values())
     # a base built before the calibration step existed gets only that step from the same command
     (model / "answer_confusion.json").unlink()
     assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
     assert (model / "stage0_done.json").read_bytes() == stage0
+    assert (model / "answers" / "answers_done.json").read_bytes() == answers
+    assert json.loads((model / "answer_confusion.json").read_text())["counts"] == calibration["counts"]
+    # one built before the answers adapter existed gets the adapter, and its answers are counted again
+    shutil.rmtree(model / "answers")
+    (model / "answer_confusion.json").write_text(json.dumps({"counts": {}}))
+    assert main(["bootstrap", "--world", str(world), "--out", str(model), "--size", "test", "--epochs", "1"]) == 0
+    assert (model / "stage0_done.json").read_bytes() == stage0 and (model / "answers" / "adapter_config.json").exists()
     assert json.loads((model / "answer_confusion.json").read_text())["counts"] == calibration["counts"]
 
     # a recipe file, every flag kind the generated options take on top of it, and --quantization, which `train`
