@@ -76,6 +76,7 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     shutil.rmtree(tmp, ignore_errors=True)
     embedder.model.eval()
     embedder.model.save_pretrained(tmp)
+    (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card; answers_done.json says what this is
     tmp.replace(final)
     result = {"loss_curve": [sum(v) / len(v) for _, v in sorted(by_epoch.items())], "steps": steps,
               "train_pairs": len(qa), "config": asdict(cfg)}
