@@ -123,7 +123,7 @@ def test_evidence_weighs_each_answer_by_how_often_the_base_answers_that_question
     assert answer_reliability(Embedder()) == {}
 
 
-def test_calibrated_evidence_knows_which_wrong_answers_are_common_slips(tmp_path):
+def test_calibrated_evidence_knows_which_wrong_answers_are_common_slips(tmp_path, caplog):
     """From confusion counts: a beanie the base often answers "none" costs a candidate answered "none" little,
     a blue top answered "red" (a slip it never makes) costs the full bound; agreement earns more where the answer
     is rarely given for other values; the counts beside a base replace its per-question accuracies."""
@@ -154,6 +154,11 @@ def test_calibrated_evidence_knows_which_wrong_answers_are_common_slips(tmp_path
     missed = evidence({"hat": "none"}, {"hat": "beanie"}, voc, sure)
     assert missed == hat["beanie"]["none"] > evidence({"hat": "beanie"}, {"hat": "none"}, voc, sure)
     assert evidence({"hat": "none"}, {"hat": "beanie"}, voc, {"hat": 0.8}) < missed  # per question: −log(0.8 / 0.2)
+    # a damaged calibration file is said in one line and the accuracies weigh the answers instead
+    (tmp_path / "answer_confusion.json").write_text('{"counts": ')
+    with caplog.at_level("WARNING", logger="retrieval.judge"):
+        assert answer_reliability(Embedder()) == {"hat": 0.7, "glasses": 0.6}
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [str(tmp_path / "answer_confusion.json")]
 
 
 @pytest.mark.slow
