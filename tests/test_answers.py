@@ -36,4 +36,3 @@ def test_the_answers_adapter_answers_better_and_leaves_embeddings_alone(tiny_bas
     asked = [(r.image, r.question) for r in load_vqa(tiny_world, "val")[:12]]
     assert [staged.answer(i, q) for i, q in asked] == [answering.answer(i, q) for i, q in asked]
     assert staged._answerer is not None and plain._answerer is None
-

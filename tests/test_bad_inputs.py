@@ -38,8 +38,10 @@ def project(tiny_world, tiny_base, tiny_adapter, tmp_path_factory) -> Path:
     shutil.copytree(tiny_world, proj / "world")
     shutil.copytree(tiny_base, proj / "model")
     for marker in MARKERS:  # a finished base: every bootstrap step has left its marker
-        (proj / "model" / marker).parent.mkdir(exist_ok=True)
-        (proj / "model" / marker).touch()
+        path = proj / "model" / marker
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            path.write_text('{"counts": {}}')
     shutil.copytree(tiny_adapter, proj / "runs" / "stage1" / "adapter")
     bad = root / "bad"
     bad.mkdir()
