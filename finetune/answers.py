@@ -17,7 +17,6 @@ import logging
 import random
 import shutil
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -25,8 +24,7 @@ from pathlib import Path
 import torch
 
 from finetune.config import AnswersConfig, ModelConfig, Stage0Config
-from finetune.data import read_jsonl
-from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, fit
+from finetune.loop import LoopSettings, accelerator_for, epoch_losses, fit
 from finetune.stage0 import Judgements, LanguageModelling, _pairs, vqa_accuracy
 from mllm_embed import load_embedder
 from mllm_embed.embedder import ANSWERS_DIR
@@ -69,16 +67,13 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     steps = fit(objective, LoopSettings(epochs=lm.epochs, max_grad_norm=lm.max_grad_norm, save_every=lm.save_every,
                                         resume=True), run, accelerator_for("no"), name="answers adapter",
                 callback=progress and (lambda row: row["event"] == "step" and progress(1)))
-    by_epoch = defaultdict(list)
-    for row in read_jsonl(run / METRICS_FILE):
-        by_epoch[row["epoch"]].append(row["loss"])
     tmp = model_dir / (ANSWERS_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     embedder.model.eval()
     embedder.model.save_pretrained(tmp)
     (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card; answers_done.json says what this is
     tmp.replace(final)
-    result = {"loss_curve": [sum(v) / len(v) for _, v in sorted(by_epoch.items())], "steps": steps,
+    result = {"loss_curve": epoch_losses(run), "steps": steps,
               "train_pairs": len(qa), "config": asdict(cfg)}
     if val:  # answered through the saved folder, as every later load of the base will
         result["val_vqa"] = {"base": before, "answers": vqa_accuracy(load_embedder(model_dir, dtype="fp32"), val)}

@@ -76,6 +76,14 @@ class LoopSettings:
     resume: bool = False
 
 
+def epoch_losses(out: Path) -> list[float]:
+    """The mean step loss of each epoch of the `fit` run in `out` (its metrics.jsonl), in epoch order."""
+    by_epoch: dict[int, list[float]] = {}
+    for row in read_jsonl(out / METRICS_FILE):
+        by_epoch.setdefault(row["epoch"], []).append(row["loss"])
+    return [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
+
+
 def checkpoints(out: Path) -> list[Path]:
     found = [p for p in out.glob("checkpoint-*") if (p / STATE_FILE).exists() and p.name.split("-")[-1].isdigit()]
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))

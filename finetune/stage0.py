@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from finetune.data import PersonImage, load_split, load_vqa, read_jsonl, words
+from finetune.data import PersonImage, load_split, load_vqa, words
 from finetune.config import Stage0Config
-from finetune.loop import METRICS_FILE, LoopSettings, accelerator_for, fit, load_tensors, save_tensors
+from finetune.loop import LoopSettings, accelerator_for, epoch_losses, fit, load_tensors, save_tensors
 from mllm_embed import load_embedder
 from mllm_embed.embedder import load_image, side_by_side, train_mode
 from mllm_embed.errors import LineupError
@@ -306,11 +306,7 @@ def pretrain(model_dir: str | Path, world_dir: str | Path, cfg: Stage0Config | N
                             resume=cfg.resume)
     steps = fit(objective, settings, run, accelerator_for("no"), name="stage 0",
                 callback=progress and (lambda row: row["event"] == "step" and progress(1)))
-    rows = read_jsonl(run / METRICS_FILE)
-    by_epoch = defaultdict(list)
-    for row in rows:
-        by_epoch[row["epoch"]].append(row["loss"])
-    curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
+    curve = epoch_losses(run)
     embedder.model.eval()
     embedder.model.save_pretrained(model_dir)
     shutil.rmtree(run)  # the loss curve goes into DONE_FILE; a finished base folder holds only the model
