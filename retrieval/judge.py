@@ -150,25 +150,6 @@ def confusion_log_odds(counts: Mapping[str, Mapping[str, int]], prior: float = 1
     return table
 
 
-def truth_given_answer(reliability: float | Mapping[str, Mapping[str, float]], values: Sequence[str],
-                       said: str | None) -> list[float]:
-    """How likely each of a question's ``values`` is the truth about an image the base answered ``said``
-    (canonical, or None when it named no value), the values equally likely beforehand: from a log-ratio table
-    (``confusion_log_odds``) each value's odds exp(L(value, said)) / (m − 1), else the share of right answers p on
-    ``said`` and (1 − p) / (m − 1) on each other value; an unknown answer says nothing (uniform)."""
-    m = len(values)
-    if said not in values or m < 2:
-        return [1.0 / m] * m
-    if isinstance(reliability, Mapping):
-        odds = [math.exp(reliability.get(v, {}).get(said, 0.0)) / (m - 1) for v in values]
-        weights = [o / (1 + o) for o in odds]
-    else:
-        p = min(max(reliability, RELIABILITY_BOUNDS[0]), RELIABILITY_BOUNDS[1])
-        weights = [p if v == said else (1 - p) / (m - 1) for v in values]
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
 def answer_reliability(embedder) -> dict[str, float | dict[str, dict[str, float]]]:
     """Per question key, how far the base's answers can be trusted (``evidence``): the log-ratio table of its
     confusion counts (``answer_confusion.json`` beside its weights, the last step of ``lineup bootstrap``), else

@@ -29,6 +29,8 @@ of every q̂ (vectors come back from the store, so S(q, ·) and S(q̂, ·) are e
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -37,8 +39,7 @@ import numpy as np
 from mllm_embed.errors import LineupError
 from retrieval.dialogue import AnswerFilter, Vocabulary, merge_filters, normalize_answer
 from retrieval.judge import agreement as stated_agreement
-from retrieval.judge import (ANSWER_WEIGHT, DEFAULT_RELIABILITY, bank_answerer, bank_answers, evidence,
-                             truth_given_answer)
+from retrieval.judge import ANSWER_WEIGHT, bank_answerer, bank_answers, evidence
 from retrieval.store import Hit
 
 log = logging.getLogger(__name__)
@@ -357,34 +358,21 @@ class THISession:
         return rnd
 
     def next_question(self) -> dict[str, str] | None:
-        """The unasked, not yet known question whose answer says most about which of the current top-K is the
-        person: the mutual information between the user's (true) answer and the candidate, each of the top-K
-        equally likely and each cached answer read through the base's calibration (``truth_given_answer``), so an
-        even split of answers the base often gets wrong is worth less than a slightly uneven split of reliable
-        ones (with fully reliable answers: the entropy of the cached answers). Ties go to the wider top-3K, then to
-        the bank's order."""
+        """The unasked, not yet known question whose cached answers split the current top-K most evenly
+        (max entropy). Ties go to the wider top-3K split, then to the bank's order."""
         skip = self.asked | set(self.known)
         remaining = [q for q in self.bank if q["key"] not in skip]
         if not remaining:
             return None
-        ranking, reliability = self.ranking, self.engine.reliability
+        ranking = self.ranking
+
+        def entropy(q: dict[str, str], n: int) -> float:
+            counts = Counter((h.payload.get("answers") or {}).get(q["key"], "?") for h in ranking[:n])
+            total = sum(counts.values())
+            return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
+
         k = self.config.split_k
-
-        def information(q: dict[str, str], n: int) -> float:
-            key = q["key"]
-            said = [(h.payload.get("answers") or {}).get(key) for h in ranking[:n]]
-            if self.vocabulary is not None:
-                values = list(self.vocabulary.options.get(key) or ())
-                said = [None if a is None else self.vocabulary.canonical(key, a) for a in said]
-            else:
-                values = sorted({a for a in said if a is not None})
-            if len(values) < 2 or not said:
-                return 0.0
-            rel = reliability.get(key, DEFAULT_RELIABILITY)
-            rows = np.array([truth_given_answer(rel, values, a) for a in said])
-            return _entropy(rows.mean(axis=0)) - float(np.mean([_entropy(r) for r in rows]))
-
-        return max(remaining, key=lambda q: (round(information(q, k), 9), round(information(q, 3 * k), 9)))
+        return max(remaining, key=lambda q: (round(entropy(q, k), 9), round(entropy(q, 3 * k), 9)))
 
     def answer(self, question: dict[str, str], answer: str | None) -> Round:
         """Apply the user's answer to ``question`` (None / 'skip' / "don't know" leave the ranking as is)."""
@@ -628,11 +616,6 @@ def evaluate_dialogue(
         hit_so_far |= (gallery_pids[top10] == query_pids[:, None]).any(axis=1)
         out.append({"round": r, "R1": m["R1"], "mAP": m["mAP"], "Hits@10": float(100.0 * hit_so_far.mean())})
     return {"rounds": out, "questions_asked": asked, "questions_redundant": redundant, "queries": len(queries)}
-
-
-def _entropy(p: np.ndarray) -> float:
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
 
 
 def _get(payload: dict[str, Any], key: str) -> Any:

@@ -75,22 +75,6 @@ def test_session_questions_split_candidates_and_undo(world):
     assert session.done and session.ranking[0].payload["person_id"] == q["person_id"]
 
 
-def test_questions_the_base_answers_unreliably_are_asked_later(world):
-    engine, queries = world
-    q = queries[4]
-    first = THISession(engine, q["text"], BANK, THIConfig(rounds=4)).next_question()
-    # the same cached answers, but the base's answers to that question right only half the time: they tell
-    # nothing about which candidate is the person, so another question goes first
-    doubtful = SearchEngine(engine.embedder, engine.store, engine.collection, reliability={first["key"]: 0.5})
-    second = THISession(doubtful, q["text"], BANK, THIConfig(rounds=4)).next_question()
-    assert second["key"] != first["key"]
-    # and a confusion table saying its answers are never mistaken gives it back its place
-    values = sorted({h.payload["answers"][first["key"]] for h in doubtful.search_text(q["text"], k=60)})
-    table = {v: {a: (5.0 if a == v else -5.0) for a in values} for v in values}
-    sure = SearchEngine(engine.embedder, engine.store, engine.collection, reliability={first["key"]: table})
-    assert THISession(sure, q["text"], BANK, THIConfig(rounds=4)).next_question() == first
-
-
 def _scripted(verdicts):
     seen = []
 
