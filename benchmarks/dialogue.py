@@ -18,8 +18,9 @@ images, so the other people are distractors), the MLLM's answers to the question
       rules out most of the shown top 10.
 
 Per round: Rank-1, mAP and cumulative Hits@10 (ChatIR's measure). Also (a) without listening (how many asked
-questions the description had answered) and (b) under every feedback strategy. Prints tables, writes the JSON,
-and with --plots a PNG of the three Hits@10 / Rank-1 curves.
+questions the description had answered), (b) under every feedback strategy, and why (a)'s last misses miss
+(``misses``, ``misses_line``). Prints tables, writes the JSON, and with --plots a PNG of the three Hits@10 /
+Rank-1 curves.
 """
 
 from __future__ import annotations
@@ -92,6 +93,19 @@ def rounds_table(title: str, rows: dict[str, dict]) -> Table:
     return table
 
 
+def misses_line(result: dict) -> str:
+    """Why (a)'s queries that end with another person on top do: that person agrees with everything known of the
+    wanted one (no answer so far could part them); or differs in something known that the cache has wrong (its
+    answer, or the wanted person's); or neither (the scores' weighing)."""
+    misses = result["misses"]
+    alike = sum(not m["top_differs"] for m in misses)
+    misread = sum(bool(m["top_differs"]) and bool(set(m["top_differs"]) & set(m["top_cached_wrong"])
+                                                  or m["target_cached_wrong"]) for m in misses)
+    return (f"(a) after the last round {len(misses)} of {result['queries']} queries have another person on top: "
+            f"{alike} agree with all that is known of the wanted person, {misread} differ in something known "
+            f"that the cache has wrong for them or for the wanted person, {len(misses) - alike - misread} neither")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--project", type=Path, required=True, help="project folder: world/, model/, runs/")
@@ -144,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{nl['questions_redundant']} the description had answered; listening asks "
                   f"{result['variants']['questions']['questions_asked']} (redundant "
                   f"{result['variants']['questions']['questions_redundant']})")
+    console.print(misses_line(result["variants"]["questions"]))
     if args.plots:
         result["plot"] = str(plot(result, args.plots))
         console.print(f"wrote {result['plot']}")

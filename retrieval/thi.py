@@ -556,8 +556,10 @@ def evaluate_dialogue(
     The pool covers the whole (filtered) gallery so mAP is exact.
 
     Returns ``{"rounds": [{"round", "R1", "mAP", "Hits@10"}, ...], "questions_asked", "questions_redundant",
-    "queries"}``: redundant = asked although the description (or an earlier answer) already gave the answer
-    (needs ``vocabulary``; 0 when the session listens).
+    "queries", "misses"}``: redundant = asked although the description (or an earlier answer) already gave the
+    answer (needs ``vocabulary``; 0 when the session listens); misses (with ``vocabulary``) = the queries that end
+    with another person on top, each with what is known that the top hit truly differs in and which known answers
+    the cache has wrong for it and for the wanted person (``_miss``).
     """
     from retrieval.metrics import rank_metrics
 
@@ -578,6 +580,7 @@ def evaluate_dialogue(
     n_rounds = config.rounds
     sims = np.full((n_rounds + 1, len(queries), len(gallery)), -1e9, dtype=np.float64)
     asked = redundant = 0
+    misses: list[dict[str, Any]] = []
     for qi, query in enumerate(queries):
         session = THISession(engine, query["text"], question_bank, config, filter=filter, vocabulary=vocabulary)
         if config.mode == "auto":
@@ -603,6 +606,8 @@ def evaluate_dialogue(
             stated = vocabulary.stated(query["text"]) if vocabulary is not None else {}
             asked += len(session.asked)
             redundant += len(session.asked & set(stated))
+            if vocabulary is not None and session.ranking[0].payload.get("person_id") != query["person_id"]:
+                misses.append(_miss(session, query, seen, vocabulary))
         for r in range(n_rounds + 1):
             for hit in rankings[min(r, len(rankings) - 1)]:
                 sims[r, qi, column[hit.id]] = hit.score
@@ -615,7 +620,29 @@ def evaluate_dialogue(
         top10 = np.argsort(-sims[r], axis=1, kind="stable")[:, :10]
         hit_so_far |= (gallery_pids[top10] == query_pids[:, None]).any(axis=1)
         out.append({"round": r, "R1": m["R1"], "mAP": m["mAP"], "Hits@10": float(100.0 * hit_so_far.mean())})
-    return {"rounds": out, "questions_asked": asked, "questions_redundant": redundant, "queries": len(queries)}
+    return {"rounds": out, "questions_asked": asked, "questions_redundant": redundant, "queries": len(queries),
+            "misses": misses}
+
+
+def _miss(session: THISession, query: dict[str, Any], seen: Callable[[Hit], dict[str, str]],
+          vocabulary: Vocabulary) -> dict[str, Any]:
+    """Why an interactive session ended with another person on top: what is known of the wanted person that the
+    top hit truly differs in (``seen``: a hit's true answers) and that the cached answers got wrong for either."""
+    known = session._known(session.answers)
+    top = session.ranking[0]
+    target = next((h for h in session.ranking if h.payload.get("person_id") == query["person_id"]), None)
+
+    def cached(hit: Hit, key: str) -> str | None:
+        return vocabulary.canonical(key, (hit.payload.get("answers") or {}).get(key) or "")
+
+    truth = seen(top)
+    return {"text": query["text"], "person_id": query["person_id"], "top": top.payload.get("image"),
+            "rank": None if target is None else session.ranking.index(target) + 1,
+            "asked": sorted(session.asked),
+            "top_differs": sorted(k for k, v in known.items() if k in truth and truth[k] != v),
+            "top_cached_wrong": sorted(k for k, v in known.items() if k in truth and cached(top, k) != truth[k]),
+            "target_cached_wrong": [] if target is None else sorted(k for k, v in known.items()
+                                                                     if cached(target, k) != v)}
 
 
 def _get(payload: dict[str, Any], key: str) -> Any:

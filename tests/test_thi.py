@@ -263,6 +263,26 @@ def test_feedback_beats_questions_and_filters_beat_feedback(tmp_path):
         assert hits[variant] == sorted(hits[variant])  # cumulative
     assert hits["questions"][0] == hits["feedback"][0] == hits["filters"][0]  # the same round 0
     assert hits["questions"][3] < hits["feedback"][3] < hits["filters"][3]
+
+    # why questions miss here: the person on top wears the same combination, so it agrees with all that is known
+    voc = Vocabulary.build(BANK, VOCAB, {})
+    result = evaluate_dialogue(engine, queries, BANK, THIConfig(rounds=3), answerer_for=simulated_user,
+                               vocabulary=voc, seen=lambda hit: hit.payload["attributes"])
+    misses = result["misses"]
+    assert len(misses) == round(len(queries) * (1 - result["rounds"][-1]["R1"] / 100)) > 0
+    assert all(m["top_differs"] == m["top_cached_wrong"] == m["target_cached_wrong"] == [] for m in misses)
+    # a cache that has the wanted person's gender wrong is named as the cause
+    wanted = queries[0]
+    wrong = {"man": "woman", "woman": "man"}
+    misled = SearchEngine(engine.embedder, engine.store, "misled")
+    misled.index_images(records)
+    misled.cache_answers(BANK, answer_fn=lambda image, q: (
+        wrong[attrs[image]["gender"]] if person_of[image] == wanted["person_id"] and q == BANK[0]["question"]
+        else attrs[image][next(b["key"] for b in BANK if b["question"] == q)]))
+    result = evaluate_dialogue(misled, [wanted], BANK, THIConfig(rounds=3), answerer_for=simulated_user,
+                               vocabulary=voc, seen=lambda hit: hit.payload["attributes"])
+    [miss] = result["misses"]
+    assert miss["target_cached_wrong"] == ["gender"] and miss["rank"] > 1
     engine.store.close()
 
 
