@@ -557,9 +557,9 @@ def evaluate_dialogue(
 
     Returns ``{"rounds": [{"round", "R1", "mAP", "Hits@10"}, ...], "questions_asked", "questions_redundant",
     "queries", "misses"}``: redundant = asked although the description (or an earlier answer) already gave the
-    answer (needs ``vocabulary``; 0 when the session listens); misses (with ``vocabulary``) = the queries that end
-    with another person on top, each with what is known that the top hit truly differs in and which known answers
-    the cache has wrong for it and for the wanted person (``_miss``).
+    answer (needs ``vocabulary``; 0 when the session listens); misses (variant "questions", with ``vocabulary``) =
+    the queries that end with another person on top, each with what is known that the top hit truly differs in and
+    which known answers the cache has wrong for it and for the wanted person (``_miss``).
     """
     from retrieval.metrics import rank_metrics
 
@@ -606,7 +606,8 @@ def evaluate_dialogue(
             stated = vocabulary.stated(query["text"]) if vocabulary is not None else {}
             asked += len(session.asked)
             redundant += len(session.asked & set(stated))
-            if vocabulary is not None and session.ranking[0].payload.get("person_id") != query["person_id"]:
+            if (variant == "questions" and vocabulary is not None
+                    and session.ranking[0].payload.get("person_id") != query["person_id"]):
                 misses.append(_miss(session, query, seen, vocabulary))
         for r in range(n_rounds + 1):
             for hit in rankings[min(r, len(rankings) - 1)]:
