@@ -6,8 +6,10 @@ not learn from attribute labels no question can teach it. This step trains, on t
 on the language model with the vision tower and projector trained in full (`lora_vision="full"`: saved with the
 adapter), so the answer's loss reaches the tower too. The adapter lives in the base folder (`ANSWERS_DIR`);
 `load_embedder` answers every question with it and embeds without it, so stage adapters trained on the base stay
-valid and their embeddings do not move. Writes `ANSWERS_DIR/answers_done.json` (loss curve, val VQA accuracy of
-the base and of the adapter on the same questions).
+valid and their embeddings do not move. Questions about the head (`AnswersConfig.answers_head_attributes`) are
+trained and asked on the image's head view (`mllm_embed.embedder.head_view`; the adapter lists them in
+`HEAD_VIEW_FILE`). Writes `ANSWERS_DIR/answers_done.json` (loss curve, val VQA accuracy of the base and of the
+adapter on the same questions).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from finetune.config import AnswersConfig, ModelConfig, Stage0Config
 from finetune.loop import LoopSettings, accelerator_for, epoch_losses, fit
 from finetune.stage0 import Judgements, LanguageModelling, _pairs, vqa_accuracy
 from mllm_embed import load_embedder
-from mllm_embed.embedder import ANSWERS_DIR
+from mllm_embed.embedder import ANSWERS_DIR, HEAD_FRACTION, HEAD_VIEW_FILE
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,11 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     qa, _ = _pairs(world_dir, "train", lm)
     if not qa:
         raise LineupError(f"{world_dir}: the train split has no VQA pairs (vqa.jsonl); the answers adapter needs them")
+    asked = {attribute: question for _, question, _, attribute in qa}
+    unknown = sorted(set(cfg.answers_head_attributes) - set(asked))
+    if unknown:
+        raise LineupError(f"answers_head_attributes (the bootstrap recipe's answers:): {', '.join(unknown)} not "
+                          f"among the attributes of {world_dir}/vqa.jsonl's train pairs ({', '.join(sorted(asked))})")
     val, _ = _pairs(world_dir, "val", lm)
     random.Random(cfg.answers_seed).shuffle(val)
     val = val[: cfg.answers_eval_questions]
@@ -62,7 +69,7 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     before = vqa_accuracy(embedder, val) if val else None
     embedder.add_adapter(_lora_config(ModelConfig(base_model=str(model_dir), lora_r=cfg.answers_rank,
                                                   lora_alpha=2 * cfg.answers_rank, lora_vision="full")))
-    objective = LanguageModelling(embedder, lm, qa, [], Judgements([], embedder.config))
+    objective = LanguageModelling(embedder, lm, qa, [], Judgements([], embedder.config), cfg.answers_head_attributes)
     run = model_dir / RUN_DIR
     steps = fit(objective, LoopSettings(epochs=lm.epochs, max_grad_norm=lm.max_grad_norm, save_every=lm.save_every,
                                         resume=True), run, accelerator_for("no"), name="answers adapter",
@@ -72,6 +79,8 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     embedder.model.eval()
     embedder.model.save_pretrained(tmp)
     (tmp / "README.md").unlink(missing_ok=True)  # peft's blank model card; answers_done.json says what this is
+    head = sorted({question for _, question, _, attribute in qa if attribute in cfg.answers_head_attributes})
+    (tmp / HEAD_VIEW_FILE).write_text(json.dumps({"questions": head, "fraction": HEAD_FRACTION}, indent=1))
     tmp.replace(final)
     result = {"loss_curve": epoch_losses(run), "steps": steps,
               "train_pairs": len(qa), "config": asdict(cfg)}

@@ -438,8 +438,15 @@ class AnswersConfig:
         "help": "val VQA pairs answered by the base and by the adapter after training (0: none)"})
     answers_save_every: int = field(default=200, metadata={"help": "checkpoint every N steps (0: only at the end)"})
     answers_seed: int = field(default=0, metadata={"help": "sampling seed"})
+    # a beanie leaves a few pixels of hair at 128x64; the head view shows the head 2.5 times larger
+    # (benchmarks/results/answers.json: hair colour and hat read from it against the whole crop)
+    answers_head_attributes: tuple[str, ...] = field(
+        default=("hair_color", "has_hat", "hat", "has_glasses", "glasses"), metadata={
+            "help": "VQA attributes whose questions are asked about the image's head view "
+                    "(mllm_embed.embedder.head_view), in training and whenever the adapter answers (empty: none)"})
 
     def __post_init__(self):
+        object.__setattr__(self, "answers_head_attributes", tuple(self.answers_head_attributes))
         _check(self, [
             ("answers_epochs", self.answers_epochs >= 1, "must be >= 1"),
             ("answers_questions_per_image", self.answers_questions_per_image >= 0, "must be >= 0 (0: all)"),

@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from finetune.data import PersonImage, load_split, load_vqa, words
 from finetune.config import Stage0Config
 from finetune.loop import LoopSettings, accelerator_for, epoch_losses, fit, load_tensors, save_tensors
 from mllm_embed import load_embedder
-from mllm_embed.embedder import load_image, side_by_side, train_mode
+from mllm_embed.embedder import head_view, load_image, side_by_side, train_mode
 from mllm_embed.errors import LineupError
 
 logger = logging.getLogger(__name__)
@@ -206,8 +206,10 @@ class LanguageModelling:
     from the pair counts, a judgement shortfall (no false caption or second crop found) refilled by repeating
     the epoch's first batches."""
 
-    def __init__(self, embedder, cfg: Stage0Config, qa: list[tuple], captions: list[tuple], judge: Judgements):
+    def __init__(self, embedder, cfg: Stage0Config, qa: list[tuple], captions: list[tuple], judge: Judgements,
+                 head: Collection[str] = ()):
         self.embedder, self.cfg, self.qa, self.captions, self.judge = embedder, cfg, qa, captions, judge
+        self.head = frozenset(head)  # VQA attributes asked about the image's head view
         self.n_match, self.n_same = (round(rate * len(judge.people)) for rate in (cfg.match_pairs, cfg.same_pairs))
         self.images = {path: load_image(path) for path in
                        {p[0] for p in qa} | {c[0] for c in captions} | {p.image for p in judge.people}}
@@ -234,7 +236,8 @@ class LanguageModelling:
         they do not pad the short VQA prompts), in random order."""
         cfg, rng = self.cfg, random.Random(f"stage0:{self.cfg.seed}:{epoch}")
         kept = rng.sample(self.captions, int(len(self.captions) * cfg.caption_weight))
-        with_image = [(self.images[i], q, a) for i, q, a, _ in _draw(self.qa, cfg.questions_per_image, rng)]
+        with_image = [(head_view(self.images[i]) if attribute in self.head else self.images[i], q, a)
+                      for i, q, a, attribute in _draw(self.qa, cfg.questions_per_image, rng)]
         with_image += [(self.images[i], self.embedder.config.caption_question, c) for i, c in kept]
         judged = [(self._pixels(i), q, a) for i, q, a, _ in
                   self.judge.match(self.n_match, rng) + self.judge.same(self.n_same, rng)]

@@ -38,6 +38,11 @@ _IMAGE = "\x00image\x00"
 _EXTRA_KEYS = ("token_kinds", "word_ids")
 # inside a base folder: the adapter `MLLMEmbedder.answer` generates with (`finetune.answers`, `lineup bootstrap`)
 ANSWERS_DIR = "answers"
+# inside ANSWERS_DIR: the questions the adapter reads from the head view, and that view's size
+HEAD_VIEW_FILE = "head_view.json"
+# the share of a pedestrian crop's height and width, from its top centre, that holds the head in every pose the
+# world renders (`finetune.data.render`: a person 80-94 % of the height, centred within 7 % of the width)
+HEAD_FRACTION = 0.4
 
 
 def load_image(image):
@@ -158,6 +163,9 @@ class MLLMEmbedder:
         # loads the base with its answers adapter (set by load_embedder when the base folder has one); called once
         self.answerer_loader: Callable[[], torch.nn.Module] | None = None
         self._answerer: torch.nn.Module | None = None
+        # questions the answers adapter was trained to read from `head_view(image, head_fraction)` (HEAD_VIEW_FILE)
+        self.head_questions: frozenset[str] = frozenset()
+        self.head_fraction = HEAD_FRACTION
 
     @property
     def device(self) -> torch.device:
@@ -374,8 +382,11 @@ class MLLMEmbedder:
 
         `options`: the answer is one of them (decoding may only spell an option). `views`: four views of the image
         (`answer_views`) are asked together and every token is picked by their mean log-probability — for
-        questions whose answer a mirror image does not change (a garment's colour, not which hand holds the bag)."""
+        questions whose answer a mirror image does not change (a garment's colour, not which hand holds the bag).
+        A question of `head_questions` is asked about the image's `head_view` (its views with `views`)."""
         shown = load_image(image)
+        if question in self.head_questions and self.answerer_loader is not None:
+            shown = head_view(shown, self.head_fraction)
         inputs = self._to_device(self.lm_batch([(view, question, None)
                                                 for view in (answer_views(shown) if views else [shown])]))
         prompt_len = inputs["input_ids"].shape[1]
@@ -415,6 +426,15 @@ class MLLMEmbedder:
         self.config.merged_adapters = store_merged(self.merged_sources, directory)
         self.config.save(directory)
         return directory
+
+
+def head_view(image, fraction: float = HEAD_FRACTION):
+    """The top-centre `fraction` of a PIL image's height and width (the image's aspect kept): a pedestrian's head,
+    which the model's input size then shows `1 / fraction` times larger than in the whole crop."""
+    w, h = image.size
+    cw, ch = max(1, round(fraction * w)), max(1, round(fraction * h))
+    x0 = (w - cw) // 2
+    return image.crop((x0, 0, x0 + cw, ch))
 
 
 def answer_views(image) -> list:
@@ -544,6 +564,13 @@ def load_embedder(name_or_path: str | Path, adapter: str | Path | None = None, d
     answers = path / ANSWERS_DIR
     if (answers / "adapter_config.json").exists():
         embedder.answerer_loader = lambda: _with_adapter(weights(), answers, merge=quant is None)
+        if (answers / HEAD_VIEW_FILE).exists():
+            try:
+                head = json.loads((answers / HEAD_VIEW_FILE).read_text())
+                embedder.head_questions, embedder.head_fraction = frozenset(head["questions"]), float(head["fraction"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise LineupError(f"{answers / HEAD_VIEW_FILE}: unreadable ({_first_line(exc)}); rebuild the answers "
+                                  "adapter with `lineup bootstrap`") from None
     return embedder
 
 

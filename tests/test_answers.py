@@ -6,12 +6,15 @@ import json
 import shutil
 
 import numpy as np
+import pytest
+from PIL import Image
 
 from finetune.answers import DONE_FILE, train_answers
 from finetune.config import BootstrapConfig
 from finetune.data import load_split, load_vqa
 from mllm_embed import load_embedder
-from mllm_embed.embedder import ANSWERS_DIR
+from mllm_embed.embedder import ANSWERS_DIR, HEAD_VIEW_FILE, head_view, load_image
+from mllm_embed.errors import LineupError
 
 
 def test_the_answers_adapter_answers_better_and_leaves_embeddings_alone(tiny_base, tiny_world, tiny_adapter, tmp_path):
@@ -36,3 +39,32 @@ def test_the_answers_adapter_answers_better_and_leaves_embeddings_alone(tiny_bas
     asked = [(r.image, r.question) for r in load_vqa(tiny_world, "val")[:12]]
     assert [staged.answer(i, q) for i, q in asked] == [answering.answer(i, q) for i, q in asked]
     assert staged._answerer is not None and plain._answerer is None
+
+    # questions about the head are asked about the head view, in training and after: it is all the adapter sees
+    head = {r.question for r in load_vqa(tiny_world, "train") if r.attribute in cfg.answers_head_attributes}
+    assert answering.head_questions == head and plain.head_questions == frozenset()
+    pairs = [(r.image, r.question) for r in load_vqa(tiny_world, "val") if r.question in head][:6]
+    seen = [answering.answer(i, q) for i, q in pairs]
+    answering.head_questions = frozenset()
+    assert seen == [answering.answer(head_view(load_image(i)), q) for i, q in pairs]
+
+    (base / ANSWERS_DIR / HEAD_VIEW_FILE).write_text("{")
+    with pytest.raises(LineupError, match=HEAD_VIEW_FILE + ": unreadable"):
+        load_embedder(base)
+
+
+def test_the_head_view_is_the_top_centre_of_a_pedestrian_crop_at_its_aspect():
+    image = Image.new("RGB", (128, 256), "white")
+    image.paste("black", (54, 10, 74, 40))  # a head: top centre
+    view = head_view(image)
+    assert view.size == (51, 102)
+    assert np.asarray(view)[10:40, 16:36].max() == 0 and np.asarray(view)[50:].min() == 255
+
+
+def test_a_head_attribute_the_world_never_asks_about_is_refused_before_training(tiny_base, tiny_world, tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(BootstrapConfig.recipe("test").answers, answers_head_attributes=("hair_color", "tattoo"))
+    with pytest.raises(LineupError, match=r"answers_head_attributes .*: tattoo not among the attributes of"):
+        train_answers(tiny_base, tiny_world, cfg)
+    assert not (tiny_base / ANSWERS_DIR).exists()
