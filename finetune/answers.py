@@ -54,8 +54,8 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     qa, _ = _pairs(world_dir, "train", lm)
     if not qa:
         raise LineupError(f"{world_dir}: the train split has no VQA pairs (vqa.jsonl); the answers adapter needs them")
-    asked = {attribute: question for _, question, _, attribute in qa}
-    unknown = sorted(set(cfg.answers_head_attributes) - set(asked))
+    asked = {attribute for *_, attribute in qa}
+    unknown = sorted(set(cfg.answers_head_attributes) - asked)
     if unknown:
         raise LineupError(f"answers_head_attributes (the bootstrap recipe's answers:): {', '.join(unknown)} not "
                           f"among the attributes of {world_dir}/vqa.jsonl's train pairs ({', '.join(sorted(asked))})")
