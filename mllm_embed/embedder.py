@@ -385,7 +385,7 @@ class MLLMEmbedder:
         questions whose answer a mirror image does not change (a garment's colour, not which hand holds the bag).
         A question of `head_questions` is asked about the image's `head_view` (its views with `views`)."""
         shown = load_image(image)
-        if question in self.head_questions and self.answerer_loader is not None:
+        if question in self.head_questions:
             shown = head_view(shown, self.head_fraction)
         inputs = self._to_device(self.lm_batch([(view, question, None)
                                                 for view in (answer_views(shown) if views else [shown])]))

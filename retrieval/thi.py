@@ -631,14 +631,15 @@ def _miss(session: THISession, query: dict[str, Any], seen: Callable[[Hit], dict
     top hit truly differs in (``seen``: a hit's true answers) and that the cached answers got wrong for either."""
     known = session._known(session.answers)
     top = session.ranking[0]
-    target = next((h for h in session.ranking if h.payload.get("person_id") == query["person_id"]), None)
+    rank = next((i for i, h in enumerate(session.ranking, 1) if h.payload.get("person_id") == query["person_id"]), None)
+    target = None if rank is None else session.ranking[rank - 1]
 
     def cached(hit: Hit, key: str) -> str | None:
         return vocabulary.canonical(key, (hit.payload.get("answers") or {}).get(key) or "")
 
     truth = seen(top)
     return {"text": query["text"], "person_id": query["person_id"], "top": top.payload.get("image"),
-            "rank": None if target is None else session.ranking.index(target) + 1,
+            "rank": rank,
             "asked": sorted(session.asked),
             "top_differs": sorted(k for k, v in known.items() if k in truth and truth[k] != v),
             "top_cached_wrong": sorted(k for k, v in known.items() if k in truth and cached(top, k) != truth[k]),
