@@ -8,7 +8,8 @@ adapter), so the answer's loss reaches the tower too. The adapter lives in the b
 `load_embedder` answers every question with it and embeds without it, so stage adapters trained on the base stay
 valid and their embeddings do not move. Questions about the head (`AnswersConfig.answers_head_attributes`) are
 trained and asked on the image's head view (`mllm_embed.embedder.head_view`; the adapter lists them in
-`HEAD_VIEW_FILE`). Writes `ANSWERS_DIR/answers_done.json` (loss curve, val VQA accuracy of the base and of the
+`HEAD_VIEW_FILE`). Attributes the adapter reads poorly at one epoch's share can be weighted up in its draw
+(`AnswersConfig.answers_attribute_weights`). Writes `ANSWERS_DIR/answers_done.json` (loss curve, val VQA accuracy of the base and of the
 adapter on the same questions).
 """
 
@@ -55,10 +56,11 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     if not qa:
         raise LineupError(f"{world_dir}: the train split has no VQA pairs (vqa.jsonl); the answers adapter needs them")
     asked = {attribute for *_, attribute in qa}
-    unknown = sorted(set(cfg.answers_head_attributes) - asked)
-    if unknown:
-        raise LineupError(f"answers_head_attributes (the bootstrap recipe's answers:): {', '.join(unknown)} not "
-                          f"among the attributes of {world_dir}/vqa.jsonl's train pairs ({', '.join(sorted(asked))})")
+    for name in ("answers_head_attributes", "answers_attribute_weights"):
+        unknown = sorted(set(getattr(cfg, name)) - asked)
+        if unknown:
+            raise LineupError(f"{name} (the bootstrap recipe's answers:): {', '.join(unknown)} not among the "
+                              f"attributes of {world_dir}/vqa.jsonl's train pairs ({', '.join(sorted(asked))})")
     val, _ = _pairs(world_dir, "val", lm)
     random.Random(cfg.answers_seed).shuffle(val)
     val = val[: cfg.answers_eval_questions]
@@ -69,7 +71,8 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     before = vqa_accuracy(embedder, val) if val else None
     embedder.add_adapter(_lora_config(ModelConfig(base_model=str(model_dir), lora_r=cfg.answers_rank,
                                                   lora_alpha=2 * cfg.answers_rank, lora_vision="full")))
-    objective = LanguageModelling(embedder, lm, qa, [], Judgements([], embedder.config), cfg.answers_head_attributes)
+    weighted = [pair for pair in qa for _ in range(cfg.answers_attribute_weights.get(pair[3], 1))]
+    objective = LanguageModelling(embedder, lm, weighted, [], Judgements([], embedder.config), cfg.answers_head_attributes)
     run = model_dir / RUN_DIR
     steps = fit(objective, LoopSettings(epochs=lm.epochs, max_grad_norm=lm.max_grad_norm, save_every=lm.save_every,
                                         resume=True), run, accelerator_for("no"), name="answers adapter",

@@ -444,6 +444,12 @@ class AnswersConfig:
         default=("hair_color", "has_hat", "hat", "has_glasses", "glasses"), metadata={
             "help": "VQA attributes whose questions are asked about the image's head view "
                     "(mllm_embed.embedder.head_view), in training and whenever the adapter answers (empty: none)"})
+    # in one epoch of four pairs an image the adapter sees ~8,000 glasses pairs and still answers the majority;
+    # three times as many read them (benchmarks/results/answers.json)
+    answers_attribute_weights: dict[str, int] = field(
+        default_factory=lambda: {"has_glasses": 3, "glasses": 3}, metadata={
+            "help": "VQA attribute -> how many times each of its pairs is listed in its image's pairs, which the "
+                    "epoch draws answers_questions_per_image from (absent: 1)"})
 
     def __post_init__(self):
         object.__setattr__(self, "answers_head_attributes", tuple(self.answers_head_attributes))
@@ -454,6 +460,9 @@ class AnswersConfig:
             ("answers_rank", self.answers_rank >= 1, "must be >= 1"),
             ("answers_eval_questions", self.answers_eval_questions >= 0, "must be >= 0"),
             ("answers_save_every", self.answers_save_every >= 0, "must be >= 0"),
+            ("answers_attribute_weights", isinstance(self.answers_attribute_weights, dict) and all(
+                isinstance(w, int) and w >= 1 for w in self.answers_attribute_weights.values()),
+             "must map attributes to whole numbers >= 1"),
         ])
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from finetune.answers import DONE_FILE, train_answers
-from finetune.config import BootstrapConfig
+from finetune.config import BootstrapConfig, Stage0Config
 from finetune.data import load_split, load_vqa
 from mllm_embed import load_embedder
 from mllm_embed.embedder import ANSWERS_DIR, HEAD_VIEW_FILE, head_view, load_image
@@ -23,6 +23,12 @@ def test_the_answers_adapter_answers_better_and_leaves_embeddings_alone(tiny_bas
     cfg = BootstrapConfig.recipe("test").answers
     result = train_answers(base, tiny_world, cfg)
     assert json.loads((base / ANSWERS_DIR / DONE_FILE).read_text())["steps"] == result["steps"] > 0
+    # every pair once (answers_questions_per_image 0), a weighted attribute's pairs as many times as its weight
+    weights = cfg.answers_attribute_weights
+    assert weights and not cfg.answers_questions_per_image
+    listed = sum(weights.get(r.attribute, 1) for r in load_vqa(tiny_world, "train"))
+    batch = Stage0Config().batch_size
+    assert result["steps"] == -(-listed // batch) > -(-result["train_pairs"] // batch)
     assert not (base / "answers_run").exists()  # a finished step leaves only the adapter
     vqa = result["val_vqa"]  # the same val questions; the adapter's through a fresh load of the base folder
     assert vqa["answers"]["n"] == vqa["base"]["n"] == cfg.answers_eval_questions
@@ -67,4 +73,9 @@ def test_a_head_attribute_the_world_never_asks_about_is_refused_before_training(
     cfg = replace(BootstrapConfig.recipe("test").answers, answers_head_attributes=("hair_color", "tattoo"))
     with pytest.raises(LineupError, match=r"answers_head_attributes .*: tattoo not among the attributes of"):
         train_answers(tiny_base, tiny_world, cfg)
+    cfg = replace(BootstrapConfig.recipe("test").answers, answers_attribute_weights={"glasses": 3, "tattoo": 2})
+    with pytest.raises(LineupError, match=r"answers_attribute_weights .*: tattoo not among the attributes of"):
+        train_answers(tiny_base, tiny_world, cfg)
+    with pytest.raises(LineupError, match="answers-attribute-weights must map attributes to whole numbers"):
+        replace(cfg, answers_attribute_weights={"glasses": 0.5})
     assert not (tiny_base / ANSWERS_DIR).exists()
