@@ -9,8 +9,8 @@ adapter), so the answer's loss reaches the tower too. The adapter lives in the b
 valid and their embeddings do not move. Questions about the head (`AnswersConfig.answers_head_attributes`) are
 trained and asked on the image's head view (`mllm_embed.embedder.head_view`; the adapter lists them in
 `HEAD_VIEW_FILE`). Attributes the adapter reads poorly at one epoch's share can be weighted up in its draw
-(`AnswersConfig.answers_attribute_weights`). Writes `ANSWERS_DIR/answers_done.json` (loss curve, val VQA accuracy of the base and of the
-adapter on the same questions).
+(`AnswersConfig.answers_attribute_weights`). Writes `ANSWERS_DIR/answers_done.json` (loss curve, val VQA accuracy
+of the base and of the adapter on the same questions).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def train_answers(model_dir: str | Path, world_dir: str | Path, cfg: AnswersConf
     embedder.add_adapter(_lora_config(ModelConfig(base_model=str(model_dir), lora_r=cfg.answers_rank,
                                                   lora_alpha=2 * cfg.answers_rank, lora_vision="full")))
     weighted = [pair for pair in qa for _ in range(cfg.answers_attribute_weights.get(pair[3], 1))]
-    objective = LanguageModelling(embedder, lm, weighted, [], Judgements([], embedder.config), cfg.answers_head_attributes)
+    objective = LanguageModelling(embedder, lm, weighted, [], Judgements([], embedder.config),
+                                  cfg.answers_head_attributes)
     run = model_dir / RUN_DIR
     steps = fit(objective, LoopSettings(epochs=lm.epochs, max_grad_norm=lm.max_grad_norm, save_every=lm.save_every,
                                         resume=True), run, accelerator_for("no"), name="answers adapter",

@@ -151,7 +151,8 @@ def test_answer_reranking_from_the_cli(gallery, tmp_path, capsys):
     voc = world_vocabulary()
     # the fixture base's stage-0 accuracies: a question it answers at chance or worse adds no evidence either way
     reliability = answer_reliability(gallery["embedder"])
-    counted = {q["key"] for q in QUESTION_BANK if reliability.get(q["key"], DEFAULT_RELIABILITY) > RELIABILITY_BOUNDS[0]}
+    counted = {q["key"] for q in QUESTION_BANK
+               if reliability.get(q["key"], DEFAULT_RELIABILITY) > RELIABILITY_BOUNDS[0]}
     answers = {img: {q["key"]: answer_from_attributes(a, q["key"]) for q in QUESTION_BANK if q["key"] in counted}
                for img, a in attrs.items()}
     texts = [r.captions[0] for r in records[::7]]
