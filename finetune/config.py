@@ -444,8 +444,8 @@ class AnswersConfig:
         default=("hair_color", "has_hat", "hat", "has_glasses", "glasses"), metadata={
             "help": "VQA attributes whose questions are asked about the image's head view "
                     "(mllm_embed.embedder.head_view), in training and whenever the adapter answers (empty: none)"})
-    # in one epoch of four pairs an image the adapter sees ~8,000 glasses pairs and still answers the majority;
-    # three times as many read them (benchmarks/results/answers.json)
+    # glasses are a dozen pixels of the head view: one epoch's share of their pairs leaves the adapter at the
+    # majority answer, three times as many read them (benchmarks/results/answers.json)
     answers_attribute_weights: dict[str, int] = field(
         default_factory=lambda: {"has_glasses": 3, "glasses": 3}, metadata={
             "help": "VQA attribute -> how many times each of its pairs is listed in its image's pairs, which the "
