@@ -175,7 +175,8 @@ def judge_accuracy(embedder, pairs: list[tuple]) -> dict:
         by_kind[kind].append(int(yes == (answer == "yes")))
     recall = [sum(v) / len(v) for v in by_answer.values()]
     return {"balanced_accuracy": sum(recall) / max(1, len(recall)), "n": len(pairs),
-            "yes_rate": said_yes / max(1, len(pairs)), "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
+            "yes_rate": said_yes / max(1, len(pairs)),
+            "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}}
 
 
 def vqa_accuracy(embedder, pairs: list[tuple], images: dict | None = None) -> dict:
@@ -227,19 +228,22 @@ class LanguageModelling:
         self.params = [p for _, p in self.named]
         self._plan: tuple[int, list] | None = None
 
-    def _pixels(self, image):
-        """A loaded image, or two shown side by side."""
-        return side_by_side(self.images[image[0]], self.images[image[1]]) if isinstance(image, tuple) else self.images[image]
+    def _pixels(self, image, head: bool):
+        """A loaded image (its head view where `head`), or two shown side by side."""
+        if isinstance(image, tuple):
+            return side_by_side(self.images[image[0]], self.images[image[1]])
+        return head_view(self.images[image]) if head else self.images[image]
 
     def plan(self, epoch: int) -> list[list[tuple]]:
-        """The epoch's batches: VQA + captioning batches and judgement batches (long prompts, batched apart so
-        they do not pad the short VQA prompts), in random order."""
+        """The epoch's batches of (image path or pair of paths, head view?, question, answer): VQA + captioning
+        batches and judgement batches (long prompts, batched apart so they do not pad the short VQA prompts), in
+        random order. `batch` renders the pixels, so an epoch's plan holds no crops."""
         cfg, rng = self.cfg, random.Random(f"stage0:{self.cfg.seed}:{epoch}")
         kept = rng.sample(self.captions, int(len(self.captions) * cfg.caption_weight))
-        with_image = [(head_view(self.images[i]) if attribute in self.head else self.images[i], q, a)
+        with_image = [(i, attribute in self.head, q, a)
                       for i, q, a, attribute in _draw(self.qa, cfg.questions_per_image, rng)]
-        with_image += [(self.images[i], self.embedder.config.caption_question, c) for i, c in kept]
-        judged = [(self._pixels(i), q, a) for i, q, a, _ in
+        with_image += [(i, False, self.embedder.config.caption_question, c) for i, c in kept]
+        judged = [(i, False, q, a) for i, q, a, _ in
                   self.judge.match(self.n_match, rng) + self.judge.same(self.n_same, rng)]
         batches = []
         for items in (with_image, judged):
@@ -258,7 +262,7 @@ class LanguageModelling:
         self._plan = (epoch, self.plan(epoch))
 
     def batch(self, epoch: int, position: int) -> tuple[str, list]:
-        return "stage0", self._plan[1][position]
+        return "stage0", [(self._pixels(image, head), q, a) for image, head, q, a in self._plan[1][position]]
 
     def loss(self, batch, epoch: int, position: int) -> dict[str, torch.Tensor]:
         return {"lm": self.embedder.lm_loss(self.embedder.lm_batch(batch[1]))}

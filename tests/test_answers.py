@@ -79,3 +79,30 @@ def test_a_head_attribute_the_world_never_asks_about_is_refused_before_training(
     with pytest.raises(LineupError, match="answers-attribute-weights must map attributes to whole numbers"):
         replace(cfg, answers_attribute_weights={"glasses": 0.5})
     assert not (tiny_base / ANSWERS_DIR).exists()
+
+
+def test_an_epoch_plan_holds_paths_and_its_batches_show_head_questions_the_head_view(tiny_base, tiny_world):
+    """`LanguageModelling.plan` keeps no pixels (an epoch of the shipped recipe would hold ~28,000 crops); `batch`
+    renders them: the head view for a head attribute's question, two crops side by side for a same-person pair."""
+    from finetune.stage0 import Judgements, LanguageModelling, _pairs, split_people
+    from mllm_embed.embedder import side_by_side
+
+    cfg = Stage0Config(questions_per_image=0, same_pairs=0.5, match_pairs=0.5)
+    embedder = load_embedder(tiny_base)
+    qa, captions = _pairs(tiny_world, "val", cfg)
+    objective = LanguageModelling(embedder, cfg, qa[:40], captions[:8],
+                                  Judgements(split_people(tiny_world, "val")[:16], embedder.config), ("hair_color",))
+    objective.begin_epoch(0, resumed=False)
+    plan = objective._plan[1]
+    items = [item for batch in plan for item in batch]
+    assert all(not isinstance(x, Image.Image) for item in items for x in item)
+    assert any(head for _, head, *_ in items) and any(isinstance(image, tuple) for image, *_ in items)
+    for position, planned in enumerate(plan):
+        _, shown = objective.batch(0, position)
+        for (image, head, question, answer), (pixels, q, a) in zip(planned, shown, strict=True):
+            assert (q, a) == (question, answer)
+            want = (side_by_side(load_image(image[0]), load_image(image[1])) if isinstance(image, tuple)
+                    else head_view(load_image(image)) if head else load_image(image))
+            assert pixels.size == want.size and np.array_equal(np.asarray(pixels), np.asarray(want))
+    asked_about_head = {q for _, q, _, attribute in qa[:40] if attribute == "hair_color"}
+    assert {question for _, head, question, _ in items if head} == asked_about_head
