@@ -1,0 +1,70 @@
+"""How far the re-ranked searches move from the demo's world to worlds of other seeds, per held-out split and over
+all held-out people (val + test: on a world the adapters were not trained on, neither split was used for anything),
+from `benchmarks/answers.py` reports (the demo's `answers.json` first, then one per other world).
+
+    python benchmarks/seed_gap.py [--out benchmarks/results/seed_gap.json] [answers.json answers_seed1.json ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT = ["answers.json", "answers_seed1.json", "answers_seed2.json", "answers_seed3.json"]
+# (task, metric, its query count) of a re-ranked search in an answers report
+METRICS = {"text R1": ("t2i", "R1", "queries"), "composed R@1": ("composed", "R@1", "queries"),
+           "exact R@10": ("composed", "exact_R@10", "exact_queries")}
+SPLITS = ("val", "test")
+
+
+def figures(report: dict, answers: str = "mllm") -> dict[str, dict[str, float]]:
+    """{metric: {val, test, held_out}}: the re-ranked searches at the report's answer weight, held_out pooling the two
+    splits by their query counts."""
+    weight = str(report["answer_weight"])
+    out = {}
+    for name, (task, metric, count) in METRICS.items():
+        runs = [report["rerank"][split][answers][weight][task] for split in SPLITS]
+        row = {split: run[metric] for split, run in zip(SPLITS, runs)}
+        row["held_out"] = sum(run[metric] * run[count] for run in runs) / sum(run[count] for run in runs)
+        out[name] = row
+    return out
+
+
+def gaps(paths: list[Path]) -> dict:
+    """Each world's figures (the MLLM's answers and true answers) and its gaps to the first world's."""
+    worlds = {}
+    for path in paths:
+        report = json.loads(path.read_text())
+        worlds[path.stem] = {"mllm": figures(report), "truth": figures(report, "truth")}
+    first = next(iter(worlds.values()))
+    for world in worlds.values():
+        world["gap"] = {name: {k: v - first["mllm"][name][k] for k, v in row.items()}
+                        for name, row in world["mllm"].items()}
+    return {"reports": [p.name for p in paths], "worlds": worlds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("reports", nargs="*", type=Path)
+    ap.add_argument("--out", type=Path, default=RESULTS / "seed_gap.json")
+    args = ap.parse_args()
+    result = gaps(args.reports or [RESULTS / name for name in DEFAULT])
+    table = Table(title="re-ranked search, MLLM answers (gap to the first world; true answers)")
+    for column in ("world", "metric", *SPLITS, "held_out"):
+        table.add_column(column, justify="left" if column in ("world", "metric") else "right")
+    for world, data in result["worlds"].items():
+        for name, row in data["mllm"].items():
+            table.add_row(world, name, *(f"{row[k]:.1f} ({data['gap'][name][k]:+.1f}; {data['truth'][name][k]:.1f})"
+                                         for k in (*SPLITS, "held_out")))
+    Console(width=120, color_system=None).print(table)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"→ {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""benchmarks/seed_gap.py: a world's held-out figure pools its val and test splits by their query counts, and each
+world's gap is taken to the first report's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_gap.py"
+_spec = importlib.util.spec_from_file_location("seed_gap", _PATH)
+seed_gap = sys.modules.setdefault("seed_gap", importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(seed_gap)
+
+
+def _report(path: Path, text: dict, composed: float) -> Path:
+    """An answers report whose text Rank-1 per split is text[split] = (R1, queries)."""
+    def run(r1, queries):
+        return {"t2i": {"R1": r1, "queries": queries},
+                "composed": {"R@1": composed, "queries": 10, "exact_R@10": composed, "exact_queries": 10}}
+    rerank = {split: {kind: {"0.1": run(*text[split]), "0.5": run(0.0, 1)} for kind in ("mllm", "truth")}
+              for split in ("val", "test")}
+    path.write_text(json.dumps({"answer_weight": 0.1, "rerank": rerank}))
+    return path
+
+
+def test_held_out_pools_splits_by_queries_and_gaps_are_to_the_first_world(tmp_path):
+    demo = _report(tmp_path / "answers.json", {"val": (80.0, 100), "test": (80.0, 300)}, 90.0)
+    other = _report(tmp_path / "answers_seed1.json", {"val": (90.0, 100), "test": (70.0, 300)}, 85.0)
+    worlds = seed_gap.gaps([demo, other])["worlds"]
+    text = worlds["answers_seed1"]["mllm"]["text R1"]
+    assert text["held_out"] == pytest.approx(75.0)  # (90 × 100 + 70 × 300) / 400, not the splits' plain mean 80
+    assert worlds["answers_seed1"]["gap"]["text R1"] == pytest.approx({"val": 10.0, "test": -10.0, "held_out": -5.0})
+    assert worlds["answers_seed1"]["gap"]["composed R@1"]["held_out"] == pytest.approx(-5.0)
+    assert worlds["answers"]["gap"]["text R1"]["held_out"] == 0.0
