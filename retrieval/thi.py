@@ -513,6 +513,9 @@ def simulated_feedback(ranking: Sequence[Hit], person_id: Any, shown: int = 5,
     return pos, neg
 
 
+_UNRANKED = -1e9  # evaluate_dialogue's score of a gallery point a round's ranking does not hold
+
+
 def simulated_filter(ranking: Sequence[Hit], truth: dict[str, str], seen: Callable[[Hit], dict[str, str]],
                      active: Sequence[AnswerFilter], bank: Sequence[dict[str, str]], shown: int = 10
                      ) -> AnswerFilter | None:
@@ -553,7 +556,7 @@ def evaluate_dialogue(
     mode); variant "feedback" also marks the ``shown`` top candidates (``simulated_feedback``), "filters" also
     adds one filter from its true answers (``simulated_filter``; ``seen(hit)`` = the true answers of a shown
     candidate, default its cached ones). Rounds run ``config.rounds`` times even when questions run out.
-    The pool covers the whole (filtered) gallery so mAP is exact.
+    The pool covers the whole (filtered) gallery so mAP is exact; the points a filter leaves out rank last.
 
     Returns ``{"rounds": [{"round", "R1", "mAP", "Hits@10"}, ...], "questions_asked", "questions_redundant",
     "queries", "misses"}``: redundant = asked although the description (or an earlier answer) already gave the
@@ -578,7 +581,7 @@ def evaluate_dialogue(
     gallery_pids = np.array([h.payload.get("person_id", -1) for h in gallery])
     config = replace(config, pool=max(config.pool, len(gallery)))
     n_rounds = config.rounds
-    sims = np.full((n_rounds + 1, len(queries), len(gallery)), -1e9, dtype=np.float64)
+    sims = np.full((n_rounds + 1, len(queries), len(gallery)), _UNRANKED, dtype=np.float64)
     asked = redundant = 0
     misses: list[dict[str, Any]] = []
     for qi, query in enumerate(queries):
@@ -615,6 +618,9 @@ def evaluate_dialogue(
         if progress:
             progress(1)
     query_pids = np.array([q["person_id"] for q in queries])
+    # what a filtered ranking left out ranks below all it returned, the wanted person's images last: the user never
+    # sees them, and the store's order of the left-out points decides nothing
+    sims[(sims == _UNRANKED) & (gallery_pids[None, :] == query_pids[:, None])[None]] = 2 * _UNRANKED
     out, hit_so_far = [], np.zeros(len(queries), dtype=bool)
     for r in range(n_rounds + 1):
         m = rank_metrics(sims[r], query_pids, gallery_pids)

@@ -224,17 +224,12 @@ class IdentityEmbedder:
         return np.stack(out).astype(np.float32)
 
 
-def test_feedback_beats_questions_and_filters_beat_feedback(tmp_path):
-    """The ordering the dialogue benchmark reports on a fixture where it holds by construction: six attribute
-    combinations worn by eight look-alikes each (3 images apiece). Questions can only find the combination;
-    marking a shown look-alike "not him" drops its images; a filter from the true answers drops every
-    candidate of another combination outright where an answer only re-weights it."""
+def _lookalikes(tmp_path):
+    """Six attribute combinations worn by eight look-alikes each (3 images apiece), indexed with true cached
+    answers: (engine, records, attributes by image, person by image, one text query per person)."""
     import itertools
 
     from PIL import Image
-
-    from _retrieval_fakes import VOCAB
-    from retrieval.thi import evaluate_dialogue
 
     rng = np.random.default_rng(0)
     combos = list(itertools.product(*VOCAB.values()))
@@ -255,6 +250,16 @@ def test_feedback_beats_questions_and_filters_beat_feedback(tmp_path):
     people = {r["person_id"]: r["attributes"] for r in records}
     queries = [{"text": caption(a, ["gender"]), "person_id": p, "attributes": a, "answers": a}
                for p, a in sorted(people.items())]
+    return engine, records, attrs, person_of, queries
+
+
+def test_feedback_beats_questions_and_filters_beat_feedback(tmp_path):
+    """The ordering the dialogue benchmark reports on a fixture where it holds by construction (`_lookalikes`).
+    Questions can only find the combination; marking a shown look-alike "not him" drops its images; a filter from
+    the true answers drops every candidate of another combination outright where an answer only re-weights it."""
+    from retrieval.thi import evaluate_dialogue
+
+    engine, records, attrs, person_of, queries = _lookalikes(tmp_path)
     hits = {}
     for variant in ("questions", "feedback", "filters"):
         result = evaluate_dialogue(engine, queries, BANK, THIConfig(rounds=3), answerer_for=simulated_user,
@@ -283,6 +288,29 @@ def test_feedback_beats_questions_and_filters_beat_feedback(tmp_path):
                                vocabulary=voc, seen=lambda hit: hit.payload["attributes"])
     [miss] = result["misses"]
     assert miss["target_cached_wrong"] == ["gender"] and miss["rank"] > 1
+    engine.store.close()
+
+
+def test_a_filter_that_drops_the_wanted_person_ranks_their_images_last(tmp_path):
+    """A filter from the true answers drops the wanted person's images when the cache has them wrong: they rank
+    below every point the filtered search returns, last, so mAP charges the miss in full whatever order the store
+    keeps the dropped points in."""
+    from retrieval.thi import evaluate_dialogue
+
+    engine, records, attrs, person_of, queries = _lookalikes(tmp_path)
+    wanted = queries[0]
+    wrong = {k: next(v for v in VOCAB[k] if v != a) for k, a in wanted["attributes"].items()}
+    misled = SearchEngine(engine.embedder, engine.store, "misled")
+    misled.index_images(records)
+    misled.cache_answers(BANK, answer_fn=lambda image, q: (
+        wrong if person_of[image] == wanted["person_id"] else attrs[image])[next(b["key"] for b in BANK
+                                                                               if b["question"] == q)])
+    result = evaluate_dialogue(misled, [wanted], BANK, THIConfig(rounds=3), answerer_for=simulated_user,
+                               variant="filters", seen=lambda hit: hit.payload["attributes"])
+    n = len(records)
+    final = result["rounds"][-1]
+    assert final["R1"] == 0 and final["mAP"] == pytest.approx(100 * np.mean([1 / (n - 2), 2 / (n - 1), 3 / n]))
+    assert final["Hits@10"] == result["rounds"][0]["Hits@10"]  # round 0's hit, if any, is the only one
     engine.store.close()
 
 
