@@ -3,6 +3,8 @@ all held-out people (val + test: on a world the adapters were not trained on, ne
 from `benchmarks/answers.py` reports (the demo's `answers.json` first, then one per other world).
 
     python benchmarks/seed_gap.py [--out benchmarks/results/seed_gap.json] [answers.json answers_seed1.json ...]
+
+Without reports it reads benchmarks/results/answers.json and every answers_seed*.json beside it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT = ["answers.json", "answers_seed1.json", "answers_seed2.json", "answers_seed3.json"]
 # (task, metric, its query count) of a re-ranked search in an answers report
 METRICS = {"text R1": ("t2i", "R1", "queries"), "composed R@1": ("composed", "R@1", "queries"),
            "exact R@10": ("composed", "exact_R@10", "exact_queries")}
@@ -36,16 +37,19 @@ def figures(report: dict, answers: str = "mllm") -> dict[str, dict[str, float]]:
 
 
 def gaps(paths: list[Path]) -> dict:
-    """Each world's figures (the MLLM's answers and true answers) and its gaps to the first world's."""
+    """Each world's figures (the MLLM's answers and true answers), its gaps to the first world's, and the mean gap
+    over the other worlds."""
     worlds = {}
     for path in paths:
         report = json.loads(path.read_text())
         worlds[path.stem] = {"mllm": figures(report), "truth": figures(report, "truth")}
-    first = next(iter(worlds.values()))
+    first, *others = worlds.values()
     for world in worlds.values():
         world["gap"] = {name: {k: v - first["mllm"][name][k] for k, v in row.items()}
                         for name, row in world["mllm"].items()}
-    return {"reports": [p.name for p in paths], "worlds": worlds}
+    mean_gap = {name: {k: sum(w["gap"][name][k] for w in others) / len(others) for k in row}
+                for name, row in first["gap"].items()} if others else {}
+    return {"reports": [p.name for p in paths], "worlds": worlds, "mean_gap": mean_gap}
 
 
 def main() -> None:
@@ -53,7 +57,7 @@ def main() -> None:
     ap.add_argument("reports", nargs="*", type=Path)
     ap.add_argument("--out", type=Path, default=RESULTS / "seed_gap.json")
     args = ap.parse_args()
-    result = gaps(args.reports or [RESULTS / name for name in DEFAULT])
+    result = gaps(args.reports or [RESULTS / "answers.json", *sorted(RESULTS.glob("answers_seed*.json"))])
     table = Table(title="re-ranked search, MLLM answers (gap to the first world; true answers)")
     for column in ("world", "metric", *SPLITS, "held_out"):
         table.add_column(column, justify="left" if column in ("world", "metric") else "right")
@@ -61,6 +65,8 @@ def main() -> None:
         for name, row in data["mllm"].items():
             table.add_row(world, name, *(f"{row[k]:.1f} ({data['gap'][name][k]:+.1f}; {data['truth'][name][k]:.1f})"
                                          for k in (*SPLITS, "held_out")))
+    for name, row in result["mean_gap"].items():
+        table.add_row("mean gap", name, *(f"{row[k]:+.1f}" for k in (*SPLITS, "held_out")))
     Console(width=120, color_system=None).print(table)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"→ {args.out}")

@@ -36,3 +36,11 @@ def test_held_out_pools_splits_by_queries_and_gaps_are_to_the_first_world(tmp_pa
     assert worlds["answers_seed1"]["gap"]["text R1"] == pytest.approx({"val": 10.0, "test": -10.0, "held_out": -5.0})
     assert worlds["answers_seed1"]["gap"]["composed R@1"]["held_out"] == pytest.approx(-5.0)
     assert worlds["answers"]["gap"]["text R1"]["held_out"] == 0.0
+
+
+def test_the_mean_gap_leaves_the_first_world_out(tmp_path):
+    demo = _report(tmp_path / "answers.json", {"val": (80.0, 100), "test": (80.0, 100)}, 90.0)
+    one = _report(tmp_path / "answers_seed1.json", {"val": (70.0, 100), "test": (70.0, 100)}, 90.0)
+    two = _report(tmp_path / "answers_seed2.json", {"val": (84.0, 100), "test": (84.0, 100)}, 90.0)
+    assert seed_gap.gaps([demo, one, two])["mean_gap"]["text R1"] == pytest.approx(
+        {"val": -3.0, "test": -3.0, "held_out": -3.0})  # (-10 + 4) / 2, not over three worlds
