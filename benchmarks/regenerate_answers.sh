@@ -12,7 +12,8 @@ export OMP_NUM_THREADS=1
 cp "$P/reports/demo.json" $R/demo.json
 
 answers_lane() {
-  python benchmarks/answers.py --base "$P/model" --world "$P/world" --adapter "$P/runs/stage2/adapter" --out $R/answers.json
+  python benchmarks/answers.py --base "$P/model" --world "$P/world" --adapter "$P/runs/stage2/adapter" \
+    --out $R/answers.json
   for i in "${!WORLDS[@]}"; do
     python benchmarks/answers.py --base "$P/model" --world "${WORLDS[$i]}" --adapter "$P/runs/stage2/adapter" \
       --out $R/answers_seed$((i + 1)).json
