@@ -3,19 +3,13 @@ split, it must find held-out people from text far above chance through the proje
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from _env import benchmark
 
 from finetune.data import load_split
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "control_dual_encoder.py"
-_spec = importlib.util.spec_from_file_location("control_dual_encoder", _PATH)
-control = sys.modules.setdefault("control_dual_encoder", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(control)
+control = benchmark("control_dual_encoder")
 
 
 @pytest.fixture(scope="module")

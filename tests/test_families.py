@@ -167,13 +167,9 @@ def test_stage2_merge_init_and_continue_both_train_and_reload(tiny_base, tiny_wo
 def test_gpu_check_smoke_on_cpu(tmp_path):
     """benchmarks/gpu_check.py --device cpu: every section runs (throughput, stage-1 step with sdpa and with
     gradient checkpointing, QLoRA 4-bit) and the JSON holds positive figures."""
-    import importlib.util
-    from pathlib import Path
+    from _env import benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    gpu_check = benchmark("gpu_check")
     out = gpu_check.main(["--device", "cpu", "--batch", "2", "--n", "4", "--ids", "2", "--repeats", "1",
                           "--out", str(tmp_path / "gpu.json")])
     results = out["results"]

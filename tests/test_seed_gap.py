@@ -3,17 +3,13 @@ world's gap is taken to the first report's."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from _env import benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_gap.py"
-_spec = importlib.util.spec_from_file_location("seed_gap", _PATH)
-seed_gap = sys.modules.setdefault("seed_gap", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(seed_gap)
+seed_gap = benchmark("seed_gap")
 
 
 def _report(path: Path, text: dict, composed: float) -> Path:

@@ -224,6 +224,9 @@ class IdentityEmbedder:
         return np.stack(out).astype(np.float32)
 
 
+_KEY = {b["question"]: b["key"] for b in BANK}  # the attribute each bank question asks about
+
+
 def _lookalikes(tmp_path):
     """Six attribute combinations worn by eight look-alikes each (3 images apiece), indexed with true cached
     answers: (engine, records, attributes by image, person by image, one text query per person)."""
@@ -245,8 +248,7 @@ def _lookalikes(tmp_path):
                 attrs[path], person_of[path] = a, pid
     engine = SearchEngine(IdentityEmbedder(attrs, person_of), open_store(path=tmp_path / "q"), "g")
     engine.index_images(records)
-    engine.cache_answers(BANK, answer_fn=lambda image, q: attrs[image][next(b["key"] for b in BANK
-                                                                            if b["question"] == q)])
+    engine.cache_answers(BANK, answer_fn=lambda image, q: attrs[image][_KEY[q]])
     people = {r["person_id"]: r["attributes"] for r in records}
     queries = [{"text": caption(a, ["gender"]), "person_id": p, "attributes": a, "answers": a}
                for p, a in sorted(people.items())]
@@ -283,7 +285,7 @@ def test_feedback_beats_questions_and_filters_beat_feedback(tmp_path):
     misled.index_images(records)
     misled.cache_answers(BANK, answer_fn=lambda image, q: (
         wrong[attrs[image]["gender"]] if person_of[image] == wanted["person_id"] and q == BANK[0]["question"]
-        else attrs[image][next(b["key"] for b in BANK if b["question"] == q)]))
+        else attrs[image][_KEY[q]]))
     result = evaluate_dialogue(misled, [wanted], BANK, THIConfig(rounds=3), answerer_for=simulated_user,
                                vocabulary=voc, seen=lambda hit: hit.payload["attributes"])
     [miss] = result["misses"]
@@ -303,8 +305,7 @@ def test_a_filter_that_drops_the_wanted_person_ranks_their_images_last(tmp_path)
     misled = SearchEngine(engine.embedder, engine.store, "misled")
     misled.index_images(records)
     misled.cache_answers(BANK, answer_fn=lambda image, q: (
-        wrong if person_of[image] == wanted["person_id"] else attrs[image])[next(b["key"] for b in BANK
-                                                                               if b["question"] == q)])
+        wrong if person_of[image] == wanted["person_id"] else attrs[image])[_KEY[q]])
     result = evaluate_dialogue(misled, [wanted], BANK, THIConfig(rounds=3), answerer_for=simulated_user,
                                variant="filters", seen=lambda hit: hit.payload["attributes"])
     n = len(records)
