@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every committed result that reads the shipped base's answers (its answers adapter and calibration), regenerated in
-# two lanes of one thread each, about 45 minutes on 2 cores. Run after `lineup demo --project P` and
-# `lineup world --out Wn --identities 160 --seed n` for the seed worlds, given in seed order from 1: answers on
-# every world, seed evals and dialogues on the first three.
+# two lanes of one thread each (31 min on 2 cores with three seed worlds; each more adds one answers.py run, about
+# 8 min, to the answers lane). Run after `lineup demo --project P` and `lineup world --out Wn --identities 160
+# --seed n` for the seed worlds, given in seed order from 1: answers on every world, seed evals and dialogues on the
+# first three.
 #     bash benchmarks/regenerate_answers.sh P W1 W2 W3 W4 W5 W6
 set -euo pipefail
 P=$1 R=benchmarks/results

@@ -21,6 +21,7 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = {"text R1": ("t2i", "R1", "queries"), "composed R@1": ("composed", "R@1", "queries"),
            "exact R@10": ("composed", "exact_R@10", "exact_queries")}
 SPLITS = ("val", "test")
+COLUMNS = (*SPLITS, "held_out")  # a world's figures: each split, then both pooled
 
 
 def figures(report: dict, answers: str = "mllm") -> dict[str, dict[str, float]]:
@@ -59,14 +60,14 @@ def main() -> None:
     args = ap.parse_args()
     result = gaps(args.reports or [RESULTS / "answers.json", *sorted(RESULTS.glob("answers_seed*.json"))])
     table = Table(title="re-ranked search, MLLM answers (gap to the first world; true answers)")
-    for column in ("world", "metric", *SPLITS, "held_out"):
+    for column in ("world", "metric", *COLUMNS):
         table.add_column(column, justify="left" if column in ("world", "metric") else "right")
     for world, data in result["worlds"].items():
         for name, row in data["mllm"].items():
             table.add_row(world, name, *(f"{row[k]:.1f} ({data['gap'][name][k]:+.1f}; {data['truth'][name][k]:.1f})"
-                                         for k in (*SPLITS, "held_out")))
+                                         for k in COLUMNS))
     for name, row in result["mean_gap"].items():
-        table.add_row("mean gap", name, *(f"{row[k]:+.1f}" for k in (*SPLITS, "held_out")))
+        table.add_row("mean gap", name, *(f"{row[k]:+.1f}" for k in COLUMNS))
     Console(width=120, color_system=None).print(table)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"→ {args.out}")
