@@ -4,7 +4,10 @@ from `benchmarks/answers.py` reports (the demo's `answers.json` first, then one 
 
     python benchmarks/seed_gap.py [--out benchmarks/results/seed_gap.json] [answers.json answers_seed1.json ...]
 
-Without reports it reads benchmarks/results/answers.json and every answers_seed*.json beside it.
+Without reports it reads benchmarks/results/answers.json and every answers_seed*.json beside it. Beside a report
+answers_X.json, unseen_people_X.json (`benchmarks/unseen_people.py` on the same world) adds the world's
+all_people column: the mean over every person of the world in galleries of its test split's size, its gap taken to
+the first world's test split.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = {"text R1": ("t2i", "R1", "queries"), "composed R@1": ("composed", "R@1", "queries"),
            "exact R@10": ("composed", "exact_R@10", "exact_queries")}
 SPLITS = ("val", "test")
-COLUMNS = (*SPLITS, "held_out")  # a world's figures: each split, then both pooled
+# a world's figures: each split, both pooled, and (where measured) every person of a world nobody trained on
+COLUMNS = (*SPLITS, "held_out", "all_people")
 
 
 def figures(report: dict, answers: str = "mllm") -> dict[str, dict[str, float]]:
@@ -38,18 +42,29 @@ def figures(report: dict, answers: str = "mllm") -> dict[str, dict[str, float]]:
 
 
 def gaps(paths: list[Path]) -> dict:
-    """Each world's figures (the MLLM's answers and true answers), its gaps to the first world's, and the mean gap
-    over the other worlds."""
+    """Each world's figures (the MLLM's answers and true answers), its gaps to the first world's (all_people: to its
+    test split), and the mean gap over the other worlds that have the column."""
     worlds = {}
     for path in paths:
         report = json.loads(path.read_text())
-        worlds[path.stem] = {"mllm": figures(report), "truth": figures(report, "truth")}
+        world = worlds[path.stem] = {"mllm": figures(report), "truth": figures(report, "truth")}
+        unseen = path.with_name(path.name.replace("answers", "unseen_people", 1))
+        if unseen != path and unseen.is_file():
+            summary = json.loads(unseen.read_text())["summary"]
+            for source in ("mllm", "truth"):
+                for name, row in world[source].items():
+                    row["all_people"] = summary[source][name]["mean"]
     first, *others = worlds.values()
     for world in worlds.values():
-        world["gap"] = {name: {k: v - first["mllm"][name][k] for k, v in row.items()}
-                        for name, row in world["mllm"].items()}
-    mean_gap = {name: {k: sum(w["gap"][name][k] for w in others) / len(others) for k in row}
-                for name, row in first["gap"].items()} if others else {}
+        world["gap"] = {name: {k: v - first["mllm"][name]["test" if k == "all_people" else k]
+                               for k, v in row.items()} for name, row in world["mllm"].items()}
+    mean_gap = {}
+    for name in first["gap"]:
+        mean_gap[name] = {}
+        for k in COLUMNS:
+            values = [w["gap"][name][k] for w in others if k in w["gap"][name]]
+            if values:
+                mean_gap[name][k] = sum(values) / len(values)
     return {"reports": [p.name for p in paths], "worlds": worlds, "mean_gap": mean_gap}
 
 
@@ -65,9 +80,9 @@ def main() -> None:
     for world, data in result["worlds"].items():
         for name, row in data["mllm"].items():
             table.add_row(world, name, *(f"{row[k]:.1f} ({data['gap'][name][k]:+.1f}; {data['truth'][name][k]:.1f})"
-                                         for k in COLUMNS))
+                                         if k in row else "" for k in COLUMNS))
     for name, row in result["mean_gap"].items():
-        table.add_row("mean gap", name, *(f"{row[k]:+.1f}" for k in COLUMNS))
+        table.add_row("mean gap", name, *(f"{row[k]:+.1f}" if k in row else "" for k in COLUMNS))
     Console(width=120, color_system=None).print(table)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"→ {args.out}")

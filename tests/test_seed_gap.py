@@ -40,3 +40,17 @@ def test_the_mean_gap_leaves_the_first_world_out(tmp_path):
     two = _report(tmp_path / "answers_seed2.json", {"val": (84.0, 100), "test": (84.0, 100)}, 90.0)
     assert seed_gap.gaps([demo, one, two])["mean_gap"]["text R1"] == pytest.approx(
         {"val": -3.0, "test": -3.0, "held_out": -3.0})  # (-10 + 4) / 2, not over three worlds
+
+
+def test_all_people_comes_from_the_unseen_people_report_and_gaps_to_the_first_worlds_test_split(tmp_path):
+    demo = _report(tmp_path / "answers.json", {"val": (70.0, 100), "test": (80.0, 100)}, 90.0)
+    one = _report(tmp_path / "answers_seed1.json", {"val": (70.0, 100), "test": (70.0, 100)}, 90.0)
+    two = _report(tmp_path / "answers_seed2.json", {"val": (84.0, 100), "test": (84.0, 100)}, 90.0)
+    summary = {source: {name: {"mean": mean} for name, mean in (("text R1", 77.0), ("composed R@1", 88.0),
+                                                                ("exact R@10", 60.0))} for source in ("mllm", "truth")}
+    (tmp_path / "unseen_people_seed1.json").write_text(json.dumps({"summary": summary}))
+    result = seed_gap.gaps([demo, one, two])
+    assert result["worlds"]["answers_seed1"]["gap"]["text R1"]["all_people"] == pytest.approx(-3.0)  # 77 − test 80
+    assert "all_people" not in result["worlds"]["answers_seed2"]["mllm"]["text R1"]
+    assert result["mean_gap"]["text R1"]["all_people"] == pytest.approx(-3.0)  # over the one world that has it
+    assert result["mean_gap"]["text R1"]["test"] == pytest.approx(-3.0)  # (−10 + 4) / 2

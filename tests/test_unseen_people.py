@@ -1,0 +1,39 @@
+"""benchmarks/unseen_people.py: a world's people dealt into galleries keep every one-edit family together."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from _env import benchmark
+
+from finetune.data.records import Triplet
+
+unseen_people = benchmark("unseen_people")
+
+
+def test_families_join_the_people_triplets_link_and_leave_the_rest_alone():
+    records = [SimpleNamespace(person_id=p) for p in range(7)]
+    triplets = [Triplet("a", "m", "b", 1, 2), Triplet("b", "m", "c", 3, 2), Triplet("c", "m", "d", 5, 4)]
+    assert sorted(unseen_people.families(records, triplets)) == [[0], [1, 2, 3], [4, 5], [6]]
+
+
+def test_deal_keeps_families_whole_and_fills_groups_of_about_the_size():
+    fams = [[i, i + 1, i + 2] for i in range(0, 30, 3)] + [[i, i + 1] for i in range(30, 50, 2)] + [[50], [51]]
+    groups = unseen_people.deal(fams, size=13)
+    assert len(groups) == 4  # round(52 / 13)
+    assert sorted(p for g in groups for p in g) == list(range(52))
+    where = {p: i for i, g in enumerate(groups) for p in g}
+    assert all(len({where[p] for p in fam}) == 1 for fam in fams)
+    assert max(map(len, groups)) - min(map(len, groups)) <= 3  # no group outgrows another by more than a family
+
+
+def test_summary_averages_each_figure_over_the_galleries_and_image_search_only_for_the_embedding():
+    def gallery(r1: float) -> dict:
+        searches = {"t2i": {"R1": r1}, "composed": {"R@1": r1 + 10, "exact_R@10": r1 + 20}}
+        return {"figures": {"mllm": searches, "truth": searches, "embedding": {**searches, "i2i": {"mAP": r1 - 10}}}}
+
+    summary = unseen_people.summary([gallery(70.0), gallery(80.0), gallery(90.0)])
+    assert summary["mllm"]["text R1"] == {"mean": 80.0, "sd": 10.0, "min": 70.0, "max": 90.0}
+    assert summary["truth"]["exact R@10"]["mean"] == 100.0
+    assert summary["embedding"]["image mAP"]["mean"] == 70.0
+    assert "image mAP" not in summary["mllm"]
