@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from rich.console import Console
@@ -44,16 +45,16 @@ def figures(report: dict, answers: str = "mllm") -> dict[str, dict[str, float]]:
 def gaps(paths: list[Path]) -> dict:
     """Each world's figures (the MLLM's answers and true answers), its gaps to the first world's (all_people: to its
     test split), and the mean gap over the other worlds that have the column."""
-    worlds = {}
+    worlds, unseen_reports = {}, []
     for path in paths:
         report = json.loads(path.read_text())
         world = worlds[path.stem] = {"mllm": figures(report), "truth": figures(report, "truth")}
         unseen = path.with_name(path.name.replace("answers", "unseen_people", 1))
         if unseen != path and unseen.is_file():
-            summary = json.loads(unseen.read_text())["summary"]
+            unseen_reports.append(json.loads(unseen.read_text()))
             for source in ("mllm", "truth"):
                 for name, row in world[source].items():
-                    row["all_people"] = summary[source][name]["mean"]
+                    row["all_people"] = unseen_reports[-1]["summary"][source][name]["mean"]
     first, *others = worlds.values()
     for world in worlds.values():
         world["gap"] = {name: {k: v - first["mllm"][name]["test" if k == "all_people" else k]
@@ -65,7 +66,28 @@ def gaps(paths: list[Path]) -> dict:
             values = [w["gap"][name][k] for w in others if k in w["gap"][name]]
             if values:
                 mean_gap[name][k] = sum(values) / len(values)
-    return {"reports": [p.name for p in paths], "worlds": worlds, "mean_gap": mean_gap}
+    return {"reports": [p.name for p in paths], "worlds": worlds, "mean_gap": mean_gap,
+            "unseen_answers": pooled_answers(unseen_reports) if unseen_reports else {}}
+
+
+def pooled_answers(reports: list[dict]) -> dict:
+    """The MLLM's answers on every image of the unseen_people reports, pooled by image count: % right per question
+    and view, and upper type per view and hair length."""
+    images, right, cells = Counter(), defaultdict(Counter), defaultdict(Counter)
+    for report in reports:
+        per_view = Counter({"all": report["images"]})
+        for cell, got in report["upper_type_by_view_and_hair"].items():
+            per_view[cell.split()[0]] += got["images"]
+            cells[cell]["right"] += got["right"] * got["images"] / 100
+            cells[cell]["images"] += got["images"]
+        images.update(per_view)
+        for key, row in report["answer_accuracy"].items():
+            for view, n in per_view.items():
+                right[key][view] += row[view] * n / 100
+    return {"images": dict(images),
+            "by_question": {key: {view: 100 * r / images[view] for view, r in row.items()} for key, row in right.items()},
+            "upper_type_by_view_and_hair": {cell: {"right": 100 * c["right"] / c["images"], "images": c["images"]}
+                                            for cell, c in sorted(cells.items())}}
 
 
 def main() -> None:
@@ -84,6 +106,10 @@ def main() -> None:
     for name, row in result["mean_gap"].items():
         table.add_row("mean gap", name, *(f"{row[k]:+.1f}" if k in row else "" for k in COLUMNS))
     Console(width=120, color_system=None).print(table)
+    if pooled := result["unseen_answers"]:
+        print(f"answers on all {pooled['images']['all']} images of the unseen_people worlds, % right (front / back / "
+              "side): " + ", ".join(f"{key} {row['all']:.1f} ({row['front']:.1f} / {row['back']:.1f} / "
+                                    f"{row['side']:.1f})" for key, row in pooled["by_question"].items()))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"→ {args.out}")
 

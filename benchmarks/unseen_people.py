@@ -6,8 +6,9 @@ split: what a 32-person test split measures once, measured on all 160 people of 
 The world's one-edit families (the people its triplets link, the look-alikes a test split keeps together) are dealt,
 shuffled, into groups of about the test split's size; each group is a gallery of its own for text→image and
 composed search (the CLI's re-ranking at `retrieval.judge.ANSWER_WEIGHT`, with the MLLM's answers and with true
-answers, and the embedding alone) and for image→image search. The MLLM answers the bank once for every image, so the issue's five VQA
-questions are scored on every image too. Prints a table and writes benchmarks/results/unseen_people.json.
+answers, and the embedding alone) and for image→image search. The MLLM answers the bank once for every image, so the
+issue's five VQA questions are scored on every image too (per view; upper type also per view and hair length).
+Prints a table and writes benchmarks/results/unseen_people.json.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from finetune.data import load_split, load_triplets  # noqa: E402
+from finetune.data.jsonl import read_jsonl  # noqa: E402
+from finetune.data.render import VIEWS  # noqa: E402
 from finetune.data.world import QUESTION_BANK, answer_from_attributes  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from retrieval.evaluate import certain, encode_gallery, evaluate_composed, evaluate_i2i, evaluate_t2i  # noqa: E402
@@ -63,6 +66,32 @@ def deal(fams: list[list[int]], size: int, seed: int = 0) -> list[list[int]]:
     for fam in order:
         min(groups, key=len).extend(fam)
     return [sorted(g) for g in groups]
+
+
+def views(world: Path) -> dict[str, str]:
+    """Each image's view (front / back / side) by file name, from the world's annotations."""
+    return {Path(row["image"]).name: row["view"] for row in read_jsonl(world / "annotations.jsonl")}
+
+
+def answer_accuracy(records, answers: dict, view_of: dict[str, str]) -> dict[str, dict[str, float]]:
+    """% of the answers equal to the true one per question of TARGET_KEYS, overall and per view."""
+    out = {}
+    for key in TARGET_KEYS:
+        right = [(answers[r.image][key] == answer_from_attributes(r.attributes, key), view_of[Path(r.image).name])
+                 for r in records]
+        out[key] = {"all": 100 * float(np.mean([ok for ok, _ in right])),
+                    **{v: 100 * float(np.mean([ok for ok, w in right if w == v])) for v in VIEWS}}
+    return out
+
+
+def upper_type_by_view_and_hair(records, answers: dict, view_of: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Upper type answers per view and hair length ({"side long": {right, images}, ...}): long hair can cover the
+    hood a side view shows behind the neck."""
+    cells: dict[str, list[bool]] = {}
+    for r in records:
+        cell = f"{view_of[Path(r.image).name]} {r.attributes['hair_length']}"
+        cells.setdefault(cell, []).append(answers[r.image]["upper_type"] == r.attributes["upper_type"])
+    return {k: {"right": 100 * float(np.mean(v)), "images": len(v)} for k, v in sorted(cells.items())}
 
 
 def group_figures(embedder, records, triplets, answers: dict, vocabulary) -> dict:
@@ -104,13 +133,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "unseen_people.json")
     args = ap.parse_args()
     start = time.time()
+    if not (args.world / "annotations.jsonl").is_file():
+        raise SystemExit(f"{args.world}: no annotations.jsonl — point --world at a world `lineup world` rendered")
     records, triplets = load_split(args.world, None, required=True), load_triplets(args.world, None)
     size = args.group_size or len({r.person_id for r in records if r.split == "test"})
     embedder = load_embedder(str(args.base), adapter=str(args.adapter))
     vocabulary = world_vocabulary()
     answers = gallery_answers(bank_answerer(embedder, vocabulary), [r.image for r in records], QUESTION_BANK)
-    accuracy = {key: 100 * float(np.mean([answers[r.image][key] == answer_from_attributes(r.attributes, key)
-                                          for r in records])) for key in TARGET_KEYS}
+    view_of = views(args.world)
+    accuracy = answer_accuracy(records, answers, view_of)
     groups = []
     for people in deal(families(records, triplets), size):
         chosen = set(people)
@@ -120,8 +151,9 @@ def main() -> None:
                        "figures": group_figures(embedder, mine, theirs, answers, vocabulary)})
     report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
               "answer_weight": ANSWER_WEIGHT, "group_size": size, "people": len({r.person_id for r in records}),
-              "images": len(records), "answer_accuracy": accuracy, "groups": groups, "summary": summary(groups),
-              "seconds": round(time.time() - start, 1)}
+              "images": len(records), "answer_accuracy": accuracy,
+              "upper_type_by_view_and_hair": upper_type_by_view_and_hair(records, answers, view_of),
+              "groups": groups, "summary": summary(groups), "seconds": round(time.time() - start, 1)}
 
     table = Table(title=f"{report['people']} unseen people in {len(groups)} galleries of ~{size}: "
                         "mean (sd, min–max)")
@@ -131,7 +163,9 @@ def main() -> None:
         table.add_row(name, *(f"{s['mean']:.1f} ({s['sd']:.1f}, {s['min']:.1f}–{s['max']:.1f})" if s else ""
                               for s in (report["summary"][source].get(name) for source in SOURCES)))
     Console(width=120, color_system=None).print(table)
-    print("answers right on all images: " + ", ".join(f"{k} {v:.1f}" for k, v in accuracy.items()))
+    print("answers right on all images: " + ", ".join(f"{k} {v['all']:.1f}" for k, v in accuracy.items()))
+    print("upper type by view and hair length: " + ", ".join(
+        f"{k} {v['right']:.1f} ({v['images']})" for k, v in report["upper_type_by_view_and_hair"].items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
     print(f"wrote {args.out} in {report['seconds']} s")

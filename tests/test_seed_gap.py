@@ -23,6 +23,18 @@ def _report(path: Path, text: dict, composed: float) -> Path:
     return path
 
 
+def _answered(cells: dict[str, tuple[float, int]]) -> dict:
+    """An unseen_people report's answers: upper type right % on so many images per "view hair" cell."""
+    views: dict[str, tuple[float, int]] = {}
+    for cell, (right, n) in cells.items():
+        r, m = views.get(cell.split()[0], (0.0, 0))
+        views[cell.split()[0]] = (r + right * n / 100, m + n)
+    images = sum(m for _, m in views.values())
+    row = {"all": 100 * sum(r for r, _ in views.values()) / images, **{v: 100 * r / m for v, (r, m) in views.items()}}
+    return {"images": images, "answer_accuracy": {"upper_type": row},
+            "upper_type_by_view_and_hair": {c: {"right": r, "images": m} for c, (r, m) in cells.items()}}
+
+
 def test_held_out_pools_splits_by_queries_and_gaps_are_to_the_first_world(tmp_path):
     demo = _report(tmp_path / "answers.json", {"val": (80.0, 100), "test": (80.0, 300)}, 90.0)
     other = _report(tmp_path / "answers_seed1.json", {"val": (90.0, 100), "test": (70.0, 300)}, 85.0)
@@ -48,9 +60,18 @@ def test_all_people_comes_from_the_unseen_people_report_and_gaps_to_the_first_wo
     two = _report(tmp_path / "answers_seed2.json", {"val": (84.0, 100), "test": (84.0, 100)}, 90.0)
     summary = {source: {name: {"mean": mean} for name, mean in (("text R1", 77.0), ("composed R@1", 88.0),
                                                                 ("exact R@10", 60.0))} for source in ("mllm", "truth")}
-    (tmp_path / "unseen_people_seed1.json").write_text(json.dumps({"summary": summary}))
+    (tmp_path / "unseen_people_seed1.json").write_text(json.dumps({"summary": summary, **_answered({"front short": (90.0, 10)})}))
     result = seed_gap.gaps([demo, one, two])
     assert result["worlds"]["answers_seed1"]["gap"]["text R1"]["all_people"] == pytest.approx(-3.0)  # 77 − test 80
     assert "all_people" not in result["worlds"]["answers_seed2"]["mllm"]["text R1"]
     assert result["mean_gap"]["text R1"]["all_people"] == pytest.approx(-3.0)  # over the one world that has it
     assert result["mean_gap"]["text R1"]["test"] == pytest.approx(-3.0)  # (−10 + 4) / 2
+
+
+def test_unseen_answers_pool_the_worlds_by_image_count_per_view():
+    pooled = seed_gap.pooled_answers([_answered({"front short": (100.0, 30), "side long": (50.0, 10)}),
+                                      _answered({"front short": (80.0, 10), "side long": (70.0, 30)})])
+    assert pooled["images"] == {"all": 80, "front": 40, "side": 40}
+    assert pooled["by_question"]["upper_type"]["front"] == pytest.approx(95.0)  # (30 + 8) / 40, not (100 + 80) / 2
+    assert pooled["by_question"]["upper_type"]["all"] == pytest.approx(100 * (30 + 5 + 8 + 21) / 80)
+    assert pooled["upper_type_by_view_and_hair"]["side long"] == pytest.approx({"right": 65.0, "images": 40})

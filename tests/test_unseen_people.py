@@ -37,3 +37,17 @@ def test_summary_averages_each_figure_over_the_galleries_and_image_search_only_f
     assert summary["truth"]["exact R@10"]["mean"] == 100.0
     assert summary["embedding"]["image mAP"]["mean"] == 70.0
     assert "image mAP" not in summary["mllm"]
+
+
+def test_upper_type_is_scored_per_view_and_hair_length():
+    def person(image: str, hair: str, upper: str) -> SimpleNamespace:
+        return SimpleNamespace(image=f"/w/images/{image}", attributes={"hair_length": hair, "upper_type": upper})
+
+    records = [person("a.png", "long", "hoodie"), person("b.png", "long", "hoodie"), person("c.png", "short", "hoodie"),
+               person("d.png", "long", "shirt")]
+    answers = {"/w/images/a.png": {"upper_type": "shirt"}, "/w/images/b.png": {"upper_type": "hoodie"},
+               "/w/images/c.png": {"upper_type": "hoodie"}, "/w/images/d.png": {"upper_type": "shirt"}}
+    view_of = {"a.png": "side", "b.png": "side", "c.png": "side", "d.png": "front"}
+    assert unseen_people.upper_type_by_view_and_hair(records, answers, view_of) == {
+        "front long": {"right": 100.0, "images": 1}, "side long": {"right": 50.0, "images": 2},
+        "side short": {"right": 100.0, "images": 1}}
