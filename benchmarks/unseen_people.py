@@ -26,9 +26,9 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.answers import TARGET_KEYS, answer_accuracy  # noqa: E402
 from finetune.data import load_split, load_triplets  # noqa: E402
 from finetune.data.jsonl import read_jsonl  # noqa: E402
-from finetune.data.render import VIEWS  # noqa: E402
 from finetune.data.world import QUESTION_BANK, answer_from_attributes  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
 from retrieval.evaluate import certain, encode_gallery, evaluate_composed, evaluate_i2i, evaluate_t2i  # noqa: E402
@@ -38,7 +38,6 @@ from retrieval.judge import ANSWER_WEIGHT, bank_answerer, gallery_answers, world
 FIGURES = {"text R1": ("t2i", "R1"), "composed R@1": ("composed", "R@1"), "exact R@10": ("composed", "exact_R@10"),
            "image mAP": ("i2i", "mAP")}
 SOURCES = ("mllm", "truth", "embedding")  # the MLLM's answers, true answers, no re-ranking
-TARGET_KEYS = ("upper_type", "upper_color", "lower_type", "lower_color", "hair_color")
 
 
 def families(records, triplets) -> list[list[int]]:
@@ -71,17 +70,6 @@ def deal(fams: list[list[int]], size: int, seed: int = 0) -> list[list[int]]:
 def views(world: Path) -> dict[str, str]:
     """Each image's view (front / back / side) by file name, from the world's annotations."""
     return {Path(row["image"]).name: row["view"] for row in read_jsonl(world / "annotations.jsonl")}
-
-
-def answer_accuracy(records, answers: dict, view_of: dict[str, str]) -> dict[str, dict[str, float]]:
-    """% of the answers equal to the true one per question of TARGET_KEYS, overall and per view."""
-    out = {}
-    for key in TARGET_KEYS:
-        right = [(answers[r.image][key] == answer_from_attributes(r.attributes, key), view_of[Path(r.image).name])
-                 for r in records]
-        out[key] = {"all": 100 * float(np.mean([ok for ok, _ in right])),
-                    **{v: 100 * float(np.mean([ok for ok, w in right if w == v])) for v in VIEWS}}
-    return out
 
 
 def upper_type_by_view_and_hair(records, answers: dict, view_of: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -140,8 +128,7 @@ def main() -> None:
     embedder = load_embedder(str(args.base), adapter=str(args.adapter))
     vocabulary = world_vocabulary()
     answers = gallery_answers(bank_answerer(embedder, vocabulary), [r.image for r in records], QUESTION_BANK)
-    view_of = views(args.world)
-    accuracy = answer_accuracy(records, answers, view_of)
+    accuracy = answer_accuracy(args.world, records, answers, [q for q in QUESTION_BANK if q["key"] in TARGET_KEYS])
     groups = []
     for people in deal(families(records, triplets), size):
         chosen = set(people)
@@ -152,7 +139,7 @@ def main() -> None:
     report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
               "answer_weight": ANSWER_WEIGHT, "group_size": size, "people": len({r.person_id for r in records}),
               "images": len(records), "answer_accuracy": accuracy,
-              "upper_type_by_view_and_hair": upper_type_by_view_and_hair(records, answers, view_of),
+              "upper_type_by_view_and_hair": upper_type_by_view_and_hair(records, answers, views(args.world)),
               "groups": groups, "summary": summary(groups), "seconds": round(time.time() - start, 1)}
 
     table = Table(title=f"{report['people']} unseen people in {len(groups)} galleries of ~{size}: "
