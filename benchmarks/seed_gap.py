@@ -8,6 +8,11 @@ Without reports it reads benchmarks/results/answers.json and every answers_seed*
 answers_X.json, unseen_people_X.json (`benchmarks/unseen_people.py` on the same world) adds the world's
 all_people column: the mean over every person of the world in galleries of its test split's size, its gap taken to
 the first world's test split.
+
+    python benchmarks/seed_gap.py --versus unseen_people_upper_type [--out FILE]
+
+compares another answers adapter's unseen_people reports (NAME_seedN.json, the same worlds and adapter) with the
+shipped adapter's unseen_people_seedN.json: the same galleries, so each figure's difference is paired.
 """
 
 from __future__ import annotations
@@ -85,16 +90,57 @@ def pooled_answers(reports: list[dict]) -> dict:
             for view, n in per_view.items():
                 right[key][view] += row[view] * n / 100
     return {"images": dict(images),
-            "by_question": {key: {view: 100 * r / images[view] for view, r in row.items()} for key, row in right.items()},
+            "by_question": {key: {view: 100 * r / images[view] for view, r in row.items()}
+                            for key, row in right.items()},
             "upper_type_by_view_and_hair": {cell: {"right": 100 * c["right"] / c["images"], "images": c["images"]}
                                             for cell, c in sorted(cells.items())}}
+
+
+def versus(other: str, results: Path = RESULTS) -> dict:
+    """The MLLM-answer figures of the shipped answers adapter and another (`other`_seedN.json) on each world both
+    were run on, their difference, its mean over the worlds, and each adapter's answers pooled."""
+    worlds, reports = {}, {"shipped": [], "other": []}
+    for path in sorted(results.glob("unseen_people_seed*.json")):
+        theirs = path.with_name(path.name.replace("unseen_people", other, 1))
+        if not theirs.is_file():
+            continue
+        pair = {"shipped": json.loads(path.read_text()), "other": json.loads(theirs.read_text())}
+        for side, report in pair.items():
+            reports[side].append(report)
+        worlds[path.stem] = {name: {side: pair[side]["summary"]["mllm"][name]["mean"] for side in pair}
+                             for name in METRICS}
+        for row in worlds[path.stem].values():
+            row["difference"] = row["other"] - row["shipped"]
+    if not worlds:
+        raise SystemExit(f"no {other}_seedN.json beside an unseen_people_seedN.json in {results}")
+    mean = {name: sum(w[name]["difference"] for w in worlds.values()) / len(worlds) for name in METRICS}
+    return {"other": other, "worlds": worlds, "mean_difference": mean,
+            "answers": {side: pooled_answers(got) for side, got in reports.items()}}
+
+
+def _answers_line(pooled: dict) -> str:
+    return (f"% right on {pooled['images']['all']} unseen images (front / back / side): " +
+            ", ".join(f"{key} {row['all']:.1f} ({row['front']:.1f} / {row['back']:.1f} / {row['side']:.1f})"
+                      for key, row in pooled["by_question"].items()))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("reports", nargs="*", type=Path)
-    ap.add_argument("--out", type=Path, default=RESULTS / "seed_gap.json")
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/seed_gap.json (seed_gap_NAME.json)")
+    ap.add_argument("--versus", metavar="NAME", help="compare NAME_seedN.json with unseen_people_seedN.json")
     args = ap.parse_args()
+    if args.versus:
+        result = versus(args.versus)
+        for world, row in result["worlds"].items():
+            print(world + ": " + ", ".join(f"{name} {r['shipped']:.1f} → {r['other']:.1f}" for name, r in row.items()))
+        print("mean difference: " + ", ".join(f"{n} {d:+.1f}" for n, d in result["mean_difference"].items()))
+        for side, pooled in result["answers"].items():
+            print(f"{side} adapter's answers, {_answers_line(pooled)}")
+        out = args.out or RESULTS / f"seed_gap_{args.versus}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"→ {out}")
+        return
     result = gaps(args.reports or [RESULTS / "answers.json", *sorted(RESULTS.glob("answers_seed*.json"))])
     table = Table(title="re-ranked search, MLLM answers (gap to the first world; true answers)")
     for column in ("world", "metric", *COLUMNS):
@@ -106,12 +152,11 @@ def main() -> None:
     for name, row in result["mean_gap"].items():
         table.add_row("mean gap", name, *(f"{row[k]:+.1f}" if k in row else "" for k in COLUMNS))
     Console(width=120, color_system=None).print(table)
-    if pooled := result["unseen_answers"]:
-        print(f"answers on all {pooled['images']['all']} images of the unseen_people worlds, % right (front / back / "
-              "side): " + ", ".join(f"{key} {row['all']:.1f} ({row['front']:.1f} / {row['back']:.1f} / "
-                                    f"{row['side']:.1f})" for key, row in pooled["by_question"].items()))
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"→ {args.out}")
+    if result["unseen_answers"]:
+        print(f"answers, {_answers_line(result['unseen_answers'])}")
+    out = args.out or RESULTS / "seed_gap.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"→ {out}")
 
 
 if __name__ == "__main__":

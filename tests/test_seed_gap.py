@@ -75,3 +75,22 @@ def test_unseen_answers_pool_the_worlds_by_image_count_per_view():
     assert pooled["by_question"]["upper_type"]["front"] == pytest.approx(95.0)  # (30 + 8) / 40, not (100 + 80) / 2
     assert pooled["by_question"]["upper_type"]["all"] == pytest.approx(100 * (30 + 5 + 8 + 21) / 80)
     assert pooled["upper_type_by_view_and_hair"]["side long"] == pytest.approx({"right": 65.0, "images": 40})
+
+
+def test_versus_pairs_another_adapters_unseen_reports_with_the_shipped_ones_world_by_world(tmp_path):
+    def unseen(path: Path, text: float, upper: float) -> None:
+        summary = {"mllm": {name: {"mean": text if name == "text R1" else 90.0} for name in seed_gap.METRICS}}
+        path.write_text(json.dumps({"summary": summary, **_answered({"side short": (upper, 10)})}))
+
+    unseen(tmp_path / "unseen_people_seed1.json", 80.0, 70.0)
+    unseen(tmp_path / "unseen_people_seed2.json", 70.0, 70.0)
+    unseen(tmp_path / "unseen_people_seed3.json", 60.0, 70.0)  # no other report for seed 3: left out
+    unseen(tmp_path / "other_seed1.json", 77.0, 90.0)
+    unseen(tmp_path / "other_seed2.json", 71.0, 80.0)
+    result = seed_gap.versus("other", tmp_path)
+    assert list(result["worlds"]) == ["unseen_people_seed1", "unseen_people_seed2"]
+    assert result["worlds"]["unseen_people_seed1"]["text R1"] == pytest.approx(
+        {"shipped": 80.0, "other": 77.0, "difference": -3.0})
+    assert result["mean_difference"]["text R1"] == pytest.approx(-1.0)  # (−3 + 1) / 2
+    assert result["answers"]["other"]["by_question"]["upper_type"]["side"] == pytest.approx(85.0)
+    assert result["answers"]["shipped"]["images"]["all"] == 20
