@@ -60,9 +60,14 @@ def _balanced(said: np.ndarray, yes: np.ndarray) -> float:
 TARGET_KEYS = ("upper_type", "upper_color", "lower_type", "lower_color", "hair_color")
 
 
+def views(world: Path) -> dict[str, str]:
+    """Each image's view (front / back / side) by file name, from the world's annotations."""
+    return {Path(row["image"]).name: row["view"] for row in read_jsonl(world / "annotations.jsonl")}
+
+
 def answer_accuracy(world: Path, people, answers: dict, bank=QUESTION_BANK) -> dict:
     """% of the MLLM's answers equal to the true one, per question of `bank`: overall and per view."""
-    view_of = {Path(row["image"]).name: row["view"] for row in read_jsonl(world / "annotations.jsonl")}
+    view_of = views(world)
     out = {}
     for q in bank:
         right = [(answers[p.image][q["key"]] == answer_from_attributes(p.attributes, q["key"]),
@@ -108,16 +113,19 @@ def rerank_sweep(embedder, world: Path, split: str, answers: dict, vocabulary) -
     records = load_split(world, split, required=True)
     triplets = load_triplets(world, split)
     vecs = encode_gallery(embedder, records, 32)
-    out = {}
-    for source in ("mllm", "truth"):
-        rows = [answers[r.image] if source == "mllm" else
-                {q["key"]: answer_from_attributes(r.attributes, q["key"]) for q in QUESTION_BANK} for r in records]
-        kw = {"image_vecs": vecs, "batch_size": 32, "answers": rows, "vocabulary": vocabulary,
-              "reliability": certain(QUESTION_BANK) if source == "truth" else None}
-        out[source] = {w: {"t2i": evaluate_t2i(embedder, records, answer_weight=w, **kw),
-                           "composed": evaluate_composed(embedder, records, triplets, answer_weight=w, **kw)}
-                       for w in WEIGHTS}
-    return out
+    return {source: {w: searches(embedder, records, triplets, vecs, answers, vocabulary, source, w) for w in WEIGHTS}
+            for source in ("mllm", "truth")}
+
+
+def searches(embedder, records, triplets, vecs, answers: dict, vocabulary, source: str, weight: float) -> dict:
+    """{t2i, composed} on `records` as the gallery (`vecs` their embeddings), re-ranked at `weight` with the MLLM's
+    `answers` (source "mllm") or with true answers counted as certain ("truth")."""
+    rows = [answers[r.image] if source == "mllm" else
+            {q["key"]: answer_from_attributes(r.attributes, q["key"]) for q in QUESTION_BANK} for r in records]
+    kw = {"image_vecs": vecs, "batch_size": 32, "answers": rows, "vocabulary": vocabulary, "answer_weight": weight,
+          "reliability": certain(QUESTION_BANK) if source == "truth" else None}
+    return {"t2i": evaluate_t2i(embedder, records, **kw),
+            "composed": evaluate_composed(embedder, records, triplets, **kw)}
 
 
 def main() -> None:

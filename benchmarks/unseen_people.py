@@ -26,12 +26,11 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.answers import TARGET_KEYS, answer_accuracy  # noqa: E402
+from benchmarks.answers import TARGET_KEYS, answer_accuracy, searches, views  # noqa: E402
 from finetune.data import load_split, load_triplets  # noqa: E402
-from finetune.data.jsonl import read_jsonl  # noqa: E402
-from finetune.data.world import QUESTION_BANK, answer_from_attributes  # noqa: E402
+from finetune.data.world import QUESTION_BANK  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
-from retrieval.evaluate import certain, encode_gallery, evaluate_composed, evaluate_i2i, evaluate_t2i  # noqa: E402
+from retrieval.evaluate import encode_gallery, evaluate_i2i  # noqa: E402
 from retrieval.judge import ANSWER_WEIGHT, bank_answerer, gallery_answers, world_vocabulary  # noqa: E402
 
 # (task, metric) per figure, as seed_gap.py names them; image search has no answers, so only the embedding's
@@ -67,11 +66,6 @@ def deal(fams: list[list[int]], size: int, seed: int = 0) -> list[list[int]]:
     return [sorted(g) for g in groups]
 
 
-def views(world: Path) -> dict[str, str]:
-    """Each image's view (front / back / side) by file name, from the world's annotations."""
-    return {Path(row["image"]).name: row["view"] for row in read_jsonl(world / "annotations.jsonl")}
-
-
 def upper_type_by_view_and_hair(records, answers: dict, view_of: dict[str, str]) -> dict[str, dict[str, float]]:
     """Upper type answers per view and hair length ({"side long": {right, images}, ...}): long hair can cover the
     hood a side view shows behind the neck."""
@@ -85,15 +79,9 @@ def upper_type_by_view_and_hair(records, answers: dict, view_of: dict[str, str])
 def group_figures(embedder, records, triplets, answers: dict, vocabulary) -> dict:
     """{source: {t2i, composed}} on one gallery, and the embedding's i2i."""
     vecs = encode_gallery(embedder, records, 32)
-    truth = [{q["key"]: answer_from_attributes(r.attributes, q["key"]) for q in QUESTION_BANK} for r in records]
-    out = {}
-    for source in SOURCES:
-        kw = {"image_vecs": vecs, "batch_size": 32, "vocabulary": vocabulary,
-              "answer_weight": 0.0 if source == "embedding" else ANSWER_WEIGHT,
-              "answers": truth if source == "truth" else [answers[r.image] for r in records],
-              "reliability": certain(QUESTION_BANK) if source == "truth" else None}
-        out[source] = {"t2i": evaluate_t2i(embedder, records, **kw),
-                       "composed": evaluate_composed(embedder, records, triplets, **kw)}
+    out = {source: searches(embedder, records, triplets, vecs, answers, vocabulary, source, ANSWER_WEIGHT)
+           for source in ("mllm", "truth")}
+    out["embedding"] = searches(embedder, records, triplets, vecs, answers, vocabulary, "mllm", 0.0)
     out["embedding"]["i2i"] = evaluate_i2i(embedder, records, image_vecs=vecs)
     return out
 
