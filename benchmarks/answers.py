@@ -16,7 +16,7 @@ The base MLLM answers the 16 bank questions about every val and test image once,
    the answers judge per threshold (val picks `THIConfig.judge_threshold`);
 3. answer re-ranking: text→image and composed retrieval (`evaluate_t2i`, `evaluate_composed`) at answer weights
    0–0.5 (`retrieval.judge.evidence`) on val and test (val picks `retrieval.judge.ANSWER_WEIGHT`), with true
-   answers as the ceiling;
+   answers as the ceiling; and the captions' own limit (`caption_oracle`);
 4. THI auto (60 queries, 3 rounds) with either judge: Rank-1 / mAP per round.
 Prints tables and writes benchmarks/results/answers.json.
 """
@@ -117,6 +117,23 @@ def rerank_sweep(embedder, world: Path, split: str, answers: dict, vocabulary) -
             for source in ("mllm", "truth")}
 
 
+def caption_oracle(records, vocabulary) -> float:
+    """Text→image Rank-1 (%) of a perfect reader of the captions with nothing else to go on: every caption of
+    `records` as a query, the images whose true answers agree with the most of what it states (``stated``) tied
+    first, a query scoring the share of them that show its person (the tie broken at random). How far a gallery's
+    people can be told apart by what its captions state, whatever the model."""
+    truths = [{q["key"]: vocabulary.canonical(q["key"], answer_from_attributes(r.attributes, q["key"]))
+               for q in QUESTION_BANK} for r in records]
+    people = np.array([r.person_id for r in records])
+    hits = []
+    for r in records:
+        for caption in r.captions:
+            stated = vocabulary.stated(caption).items()
+            agree = np.array([sum(truth.get(k) == v for k, v in stated) for truth in truths])
+            hits.append(float((people[agree == agree.max()] == r.person_id).mean()))
+    return 100 * float(np.mean(hits))
+
+
 def searches(embedder, records, triplets, vecs, answers: dict, vocabulary, source: str, weight: float) -> dict:
     """{t2i, composed} on `records` as the gallery (`vecs` their embeddings), re-ranked at `weight` with the MLLM's
     `answers` (source "mllm") or with true answers counted as certain ("truth")."""
@@ -160,6 +177,7 @@ def main() -> None:
     match = {split: match_judges(embedder, people[split], answers, vocabulary,
                                  args.pairs // (2 if split == "val" else 1)) for split in ("val", "test")}
     rerank = {split: rerank_sweep(embedder, args.world, split, answers, vocabulary) for split in ("val", "test")}
+    oracle = {split: caption_oracle(load_split(args.world, split, required=True), vocabulary) for split in rerank}
     thi = {judge: evaluate_thi_dataset(embedder, args.world, QUESTION_BANK,
                                        THIConfig(mode="auto", rounds=3, judge=judge), max_queries=args.thi_queries,
                                        answers=answers) for judge in ("answers", "question")}
@@ -168,8 +186,8 @@ def main() -> None:
               "images_asked": len(answers), "seconds_asking": round(asked, 1), "answer_accuracy": accuracy,
               "answer_accuracy_four_views": four_views, "hair_color_by_hat": hair_by_hat(held_out, answers),
               "answer_accuracy_train_images": {"images": len(unseen), "by_question": unseen_accuracy},
-              "verification": verify,
-              "match": match, "rerank": rerank, "thi_auto": thi, "seconds": round(time.time() - start, 1)}
+              "verification": verify, "match": match, "rerank": rerank, "caption_oracle": oracle, "thi_auto": thi,
+              "seconds": round(time.time() - start, 1)}
 
     console = Console()
     console.print(_vqa_table(f"the MLLM's answers, % right on {len(people['val']) + len(people['test'])} held-out "
@@ -200,6 +218,8 @@ def main() -> None:
                                            (("t2i", "R1"), ("t2i", "mAP"), ("composed", "R@1"),
                                             ("composed", "exact_R@10"))])
     console.print(sweep)
+    console.print("a perfect reader of the captions' text→image R1: " +
+                  ", ".join(f"{split} {value:.1f}" for split, value in oracle.items()))
     rounds = Table(title="THI auto: Rank-1 / mAP per round")
     rounds.add_column("judge")
     for r in thi["answers"]:

@@ -7,7 +7,9 @@ from `benchmarks/answers.py` reports (the demo's `answers.json` first, then one 
 Without reports it reads benchmarks/results/answers.json and every answers_seed*.json beside it. Beside a report
 answers_X.json, unseen_people_X.json (`benchmarks/unseen_people.py` on the same world) adds the world's
 all_people column: the mean over every person of the world in galleries of its test split's size, its gap taken to
-the first world's test split.
+the first world's test split. Where the reports carry the caption oracle (`answers.caption_oracle`: the text Rank-1
+of a perfect reader of the captions, on the same galleries) it joins as two more rows: the oracle's figure and the
+re-ranked text Rank-1 above it, gapped like the rest.
 
     python benchmarks/seed_gap.py --versus unseen_people_upper_type [--out FILE]
 
@@ -30,6 +32,9 @@ RESULTS = Path(__file__).parent / "results"
 METRICS = {"text R1": ("t2i", "R1", "queries"), "composed R@1": ("composed", "R@1", "queries"),
            "exact R@10": ("composed", "exact_R@10", "exact_queries")}
 SPLITS = ("val", "test")
+# what captions alone allow (answers.caption_oracle), and the re-ranked text Rank-1 above it: a world whose people the
+# captions tell apart less well gaps on text Rank-1 without the engine reading it any worse
+ORACLE, ABOVE = "caption oracle R1", "text R1 − oracle"
 # a world's figures: each split, both pooled, and (where measured) every person of a world nobody trained on
 COLUMNS = (*SPLITS, "held_out", "all_people")
 
@@ -60,10 +65,11 @@ def gaps(paths: list[Path]) -> dict:
             for source in ("mllm", "truth"):
                 for name, row in world[source].items():
                     row["all_people"] = unseen_reports[-1]["summary"][source][name]["mean"]
+        with_oracle(world, report, unseen_reports[-1] if unseen.is_file() and unseen != path else None)
     first, *others = worlds.values()
     for world in worlds.values():
         world["gap"] = {name: {k: v - first["mllm"][name]["test" if k == "all_people" else k]
-                               for k, v in row.items()} for name, row in world["mllm"].items()}
+                               for k, v in row.items()} for name, row in world["mllm"].items() if name in first["mllm"]}
     mean_gap = {}
     for name in first["gap"]:
         mean_gap[name] = {}
@@ -73,6 +79,22 @@ def gaps(paths: list[Path]) -> dict:
                 mean_gap[name][k] = sum(values) / len(values)
     return {"reports": [p.name for p in paths], "worlds": worlds, "mean_gap": mean_gap,
             "unseen_answers": pooled_answers(unseen_reports) if unseen_reports else {}}
+
+
+def with_oracle(world: dict, report: dict, unseen: dict | None) -> None:
+    """Adds ORACLE (held_out pooled by the text queries) and ABOVE to both sources' figures of `world`, where its
+    answers report (and its unseen_people report, for all_people) measured the caption oracle."""
+    oracle = dict(report.get("caption_oracle", {}))
+    if not oracle:
+        return
+    counts = [report["rerank"][split]["mllm"][str(report["answer_weight"])]["t2i"]["queries"] for split in SPLITS]
+    oracle["held_out"] = sum(oracle[split] * n for split, n in zip(SPLITS, counts)) / sum(counts)
+    if unseen and "caption_oracle" in unseen["summary"]:
+        oracle["all_people"] = unseen["summary"]["caption_oracle"]["text R1"]["mean"]
+    for source in ("mllm", "truth"):
+        text = world[source]["text R1"]
+        world[source][ORACLE] = dict(oracle)
+        world[source][ABOVE] = {k: text[k] - v for k, v in oracle.items() if k in text}
 
 
 def pooled_answers(reports: list[dict]) -> dict:
@@ -146,7 +168,7 @@ def main() -> None:
     for column in ("world", "metric", *COLUMNS):
         table.add_column(column, justify="left" if column in ("world", "metric") else "right")
     for world, data in result["worlds"].items():
-        for name, row in data["mllm"].items():
+        for name, row in ((n, r) for n, r in data["mllm"].items() if n in data["gap"]):
             table.add_row(world, name, *(f"{row[k]:.1f} ({data['gap'][name][k]:+.1f}; {data['truth'][name][k]:.1f})"
                                          if k in row else "" for k in COLUMNS))
     for name, row in result["mean_gap"].items():

@@ -4,10 +4,12 @@ split: what a 32-person test split measures once, measured on all 160 people of 
     OMP_NUM_THREADS=2 python benchmarks/unseen_people.py --base DIR --adapter DIR --world W [--out FILE]
 
 The world's one-edit families (the people its triplets link, the look-alikes a test split keeps together) are dealt,
-shuffled, into groups of about the test split's size; each group is a gallery of its own for text→image and
-composed search (the CLI's re-ranking at `retrieval.judge.ANSWER_WEIGHT`, with the MLLM's answers and with true
-answers, and the embedding alone) and for image→image search. The MLLM answers the bank once for every image, so the
-issue's five VQA questions are scored on every image too (per view; upper type also per view and hair length).
+shuffled, into groups of about the test split's size; each group is a gallery of its own for text→image and composed
+search (the CLI's re-ranking at `retrieval.judge.ANSWER_WEIGHT`, with the MLLM's answers and with true answers, and the
+embedding alone) and for image→image search, beside the text→image Rank-1 of a perfect reader of its captions
+(`caption_oracle`: how far its people can be told apart by what captions state). The MLLM answers the bank once for
+every image, so the issue's five VQA questions are scored on every image too (per view; upper type also per view and
+hair length).
 Prints a table and writes benchmarks/results/unseen_people.json.
 """
 
@@ -26,7 +28,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.answers import TARGET_KEYS, answer_accuracy, searches, views  # noqa: E402
+from benchmarks.answers import TARGET_KEYS, answer_accuracy, caption_oracle, searches, views  # noqa: E402
 from finetune.data import load_split, load_triplets  # noqa: E402
 from finetune.data.world import QUESTION_BANK  # noqa: E402
 from mllm_embed import load_embedder  # noqa: E402
@@ -86,17 +88,19 @@ def group_figures(embedder, records, triplets, answers: dict, vocabulary) -> dic
     return out
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    v = np.array(values)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "min": float(v.min()),
+            "max": float(v.max())}
+
+
 def summary(groups: list[dict]) -> dict:
-    """{source: {figure: {mean, sd, min, max}}} over the groups (sd: between groups, ddof 1)."""
-    out = {}
-    for source in SOURCES:
-        out[source] = {}
-        for name, (task, metric) in FIGURES.items():
-            if task not in groups[0]["figures"][source]:
-                continue
-            values = np.array([g["figures"][source][task][metric] for g in groups])
-            out[source][name] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1
-                                 else 0.0, "min": float(values.min()), "max": float(values.max())}
+    """{source: {figure: {mean, sd, min, max}}} over the groups (sd: between groups, ddof 1), and the same of the
+    caption oracle's text R1 ({"caption_oracle": {"text R1": ...}})."""
+    out = {source: {name: _spread([g["figures"][source][task][metric] for g in groups])
+                    for name, (task, metric) in FIGURES.items() if task in groups[0]["figures"][source]}
+           for source in SOURCES}
+    out["caption_oracle"] = {"text R1": _spread([g["caption_oracle"] for g in groups])}
     return out
 
 
@@ -123,7 +127,8 @@ def main() -> None:
         mine = [r for r in records if r.person_id in chosen]
         theirs = [t for t in triplets if t.reference_id in chosen]
         groups.append({"people": len(people), "images": len(mine), "triplets": len(theirs),
-                       "figures": group_figures(embedder, mine, theirs, answers, vocabulary)})
+                       "figures": group_figures(embedder, mine, theirs, answers, vocabulary),
+                       "caption_oracle": caption_oracle(mine, vocabulary)})
     report = {"world": str(args.world), "base": str(args.base), "adapter": str(args.adapter),
               "answer_weight": ANSWER_WEIGHT, "group_size": size, "people": len({r.person_id for r in records}),
               "images": len(records), "answer_accuracy": accuracy,
@@ -132,11 +137,12 @@ def main() -> None:
 
     table = Table(title=f"{report['people']} unseen people in {len(groups)} galleries of ~{size}: "
                         "mean (sd, min–max)")
-    for col in ("figure", *SOURCES):
+    for col in ("figure", *SOURCES, "caption_oracle"):
         table.add_column(col)
     for name in FIGURES:
+        cells = (report["summary"][source].get(name) for source in (*SOURCES, "caption_oracle"))
         table.add_row(name, *(f"{s['mean']:.1f} ({s['sd']:.1f}, {s['min']:.1f}–{s['max']:.1f})" if s else ""
-                              for s in (report["summary"][source].get(name) for source in SOURCES)))
+                              for s in cells))
     Console(width=120, color_system=None).print(table)
     print("answers right on all images: " + ", ".join(f"{k} {v['all']:.1f}" for k, v in accuracy.items()))
     print("upper type by view and hair length: " + ", ".join(

@@ -12,14 +12,14 @@ from _env import benchmark
 seed_gap = benchmark("seed_gap")
 
 
-def _report(path: Path, text: dict, composed: float) -> Path:
+def _report(path: Path, text: dict, composed: float, **extra) -> Path:
     """An answers report whose text Rank-1 per split is text[split] = (R1, queries)."""
     def run(r1, queries):
         return {"t2i": {"R1": r1, "queries": queries},
                 "composed": {"R@1": composed, "queries": 10, "exact_R@10": composed, "exact_queries": 10}}
     rerank = {split: {kind: {"0.1": run(*text[split]), "0.5": run(0.0, 1)} for kind in ("mllm", "truth")}
               for split in ("val", "test")}
-    path.write_text(json.dumps({"answer_weight": 0.1, "rerank": rerank}))
+    path.write_text(json.dumps({"answer_weight": 0.1, "rerank": rerank, **extra}))
     return path
 
 
@@ -60,12 +60,32 @@ def test_all_people_comes_from_the_unseen_people_report_and_gaps_to_the_first_wo
     two = _report(tmp_path / "answers_seed2.json", {"val": (84.0, 100), "test": (84.0, 100)}, 90.0)
     summary = {source: {name: {"mean": mean} for name, mean in (("text R1", 77.0), ("composed R@1", 88.0),
                                                                 ("exact R@10", 60.0))} for source in ("mllm", "truth")}
-    (tmp_path / "unseen_people_seed1.json").write_text(json.dumps({"summary": summary, **_answered({"front short": (90.0, 10)})}))
+    answered = _answered({"front short": (90.0, 10)})
+    (tmp_path / "unseen_people_seed1.json").write_text(json.dumps({"summary": summary, **answered}))
     result = seed_gap.gaps([demo, one, two])
     assert result["worlds"]["answers_seed1"]["gap"]["text R1"]["all_people"] == pytest.approx(-3.0)  # 77 − test 80
     assert "all_people" not in result["worlds"]["answers_seed2"]["mllm"]["text R1"]
     assert result["mean_gap"]["text R1"]["all_people"] == pytest.approx(-3.0)  # over the one world that has it
     assert result["mean_gap"]["text R1"]["test"] == pytest.approx(-3.0)  # (−10 + 4) / 2
+
+
+def test_the_caption_oracle_gaps_beside_text_rank_1_and_what_the_engine_reads_above_it(tmp_path):
+    demo = _report(tmp_path / "answers.json", {"val": (80.0, 100), "test": (80.0, 300)}, 90.0,
+                   caption_oracle={"val": 78.0, "test": 82.0})
+    one = _report(tmp_path / "answers_seed1.json", {"val": (70.0, 100), "test": (70.0, 100)}, 90.0,
+                  caption_oracle={"val": 72.0, "test": 74.0})
+    summary = {source: {name: {"mean": 71.0} for name in seed_gap.METRICS} for source in ("mllm", "truth")}
+    summary["caption_oracle"] = {"text R1": {"mean": 75.0}}
+    answered = _answered({"front short": (90.0, 10)})
+    (tmp_path / "unseen_people_seed1.json").write_text(json.dumps({"summary": summary, **answered}))
+    result = seed_gap.gaps([demo, one])
+    demo_row, row = (result["worlds"][w]["mllm"] for w in ("answers", "answers_seed1"))
+    assert demo_row[seed_gap.ORACLE]["held_out"] == pytest.approx(81.0)  # (78 × 100 + 82 × 300) / 400
+    assert row[seed_gap.ABOVE] == pytest.approx({"val": -2.0, "test": -4.0, "held_out": -3.0, "all_people": -4.0})
+    gap = result["worlds"]["answers_seed1"]["gap"]
+    assert gap["text R1"]["all_people"] == pytest.approx(-9.0)  # 71 − the demo's test 80
+    assert gap[seed_gap.ORACLE]["all_people"] == pytest.approx(-7.0)  # the captions' own: 75 − 82
+    assert gap[seed_gap.ABOVE]["all_people"] == pytest.approx(-2.0)  # −4 against the demo's −2 on its test split
 
 
 def test_unseen_answers_pool_the_worlds_by_image_count_per_view():
