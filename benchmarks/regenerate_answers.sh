@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every committed result that reads the shipped base's answers (its answers adapter and calibration), regenerated in
-# two lanes of one thread each (31 min on 2 cores with three seed worlds, measured before unseen_people.py joined
-# the answers lane; each seed world adds an answers.py run, about 8 min, and an unseen_people.py run, 290 s with two
-# threads to itself). Run after `lineup demo --project P` and `lineup world --out Wn --identities 160 --seed n` for
+# two lanes of one thread each: answers.py on the demo's world and every seed world (about 8 min each) in one; the
+# dialogues, seed evals and composed edits (about 30 min), then unseen_people.py on every seed world (about 8 min
+# each) in the other. Run after `lineup demo --project P` and `lineup world --out Wn --identities 160 --seed n` for
 # the seed worlds, given in seed order from 1: answers and all unseen people on every world, seed evals and
 # dialogues on the first three.
 #     bash benchmarks/regenerate_answers.sh P W1 W2 W3 W4 W5 W6
@@ -19,8 +19,6 @@ answers_lane() {
   for i in "${!WORLDS[@]}"; do
     python benchmarks/answers.py --base "$P/model" --world "${WORLDS[$i]}" --adapter "$P/runs/stage2/adapter" \
       --out $R/answers_seed$((i + 1)).json
-    python benchmarks/unseen_people.py --base "$P/model" --world "${WORLDS[$i]}" --adapter "$P/runs/stage2/adapter" \
-      --out $R/unseen_people_seed$((i + 1)).json
   done
 }
 
@@ -37,6 +35,10 @@ search_lane() {
     --answer-weight 0.1 --out $R/composed_edits_answers.json
   python benchmarks/composed_edits.py --base "$P/model" --world "${WORLDS[0]}" --adapter "$P/runs/stage2/adapter" \
     --answer-weight 0.1 --out $R/composed_edits_seed1_answers.json
+  for i in "${!WORLDS[@]}"; do
+    python benchmarks/unseen_people.py --base "$P/model" --world "${WORLDS[$i]}" --adapter "$P/runs/stage2/adapter" \
+      --out $R/unseen_people_seed$((i + 1)).json
+  done
 }
 
 answers_lane > "$P/regenerate_answers.log" 2>&1 &
