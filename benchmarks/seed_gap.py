@@ -59,13 +59,14 @@ def gaps(paths: list[Path]) -> dict:
     for path in paths:
         report = json.loads(path.read_text())
         world = worlds[path.stem] = {"mllm": figures(report), "truth": figures(report, "truth")}
-        unseen = path.with_name(path.name.replace("answers", "unseen_people", 1))
-        if unseen != path and unseen.is_file():
-            unseen_reports.append(json.loads(unseen.read_text()))
+        unseen_path, unseen = path.with_name(path.name.replace("answers", "unseen_people", 1)), None
+        if unseen_path != path and unseen_path.is_file():
+            unseen = json.loads(unseen_path.read_text())
+            unseen_reports.append(unseen)
             for source in ("mllm", "truth"):
                 for name, row in world[source].items():
-                    row["all_people"] = unseen_reports[-1]["summary"][source][name]["mean"]
-        with_oracle(world, report, unseen_reports[-1] if unseen.is_file() and unseen != path else None)
+                    row["all_people"] = unseen["summary"][source][name]["mean"]
+        with_oracle(world, report, unseen)
     first, *others = worlds.values()
     for world in worlds.values():
         world["gap"] = {name: {k: v - first["mllm"][name]["test" if k == "all_people" else k]
